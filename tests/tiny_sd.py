@@ -1,0 +1,128 @@
+"""Tiny Stable Diffusion pipelines with seeded random weights, built from small configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "a an the of on in at with and photo painting picture drawing style castle dusk garden dog cat "
+    "red green blue yellow white black orange purple pink brown gray circle square triangle star "
+    "small large big top bottom left right center background sks zwx ohwx quality low worst blurry "
+    "bad ugly beautiful detailed portrait landscape mountain river sky sun moon tree house city "
+    "night day forest sea boat"
+).split()
+
+
+def write_tokenizer(folder: Path, words: list[str] | tuple[str, ...] = WORDS) -> None:
+    """Write a word-level CLIPTokenizer (vocab.json, merges.txt) whose merges rebuild each word."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz0123456789,.!?":
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges: list[str] = []
+    seen: set[str] = set()
+    for word in words:
+        vocab.setdefault(word + "</w>", len(vocab))
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        current = pieces[0]
+        for nxt in pieces[1:]:
+            merge = f"{current} {nxt}"
+            if merge not in seen:
+                seen.add(merge)
+                merges.append(merge)
+            current = current + nxt
+            vocab.setdefault(current, len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "model_max_length": 77,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "tokenizer_class": "CLIPTokenizer",
+            }
+        )
+    )
+
+
+def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32):
+    """Return a StableDiffusionPipeline of tiny random-weight components (seeded, fp32, CPU)."""
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=32,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=cross_attention_dim,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=1000,
+            max_position_embeddings=77,
+        )
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+    return StableDiffusionPipeline(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
+    """Build a tiny pipeline and save it as a diffusers folder (safetensors)."""
+    pipe = build_tiny_pipeline(seed)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
