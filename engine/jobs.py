@@ -125,4 +125,8 @@ class MemoryJobStore:
 
     async def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs still queued or running, oldest first."""
-        return [j for j in sorted(self.jobs.values(), key=lambda j: j.id) if j.status not in FINAL_STATUSES]
+        return [
+            j
+            for j in sorted(self.jobs.values(), key=lambda j: j.id)
+            if j.status not in FINAL_STATUSES
+        ]

@@ -126,3 +126,34 @@ def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     pipe = build_tiny_pipeline(seed)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def make_tiny_lora(
+    folder: Path, *, seed: int = 0, rank: int = 4, kohya: bool = False, cross_attention_dim: int = 32
+) -> Path:
+    """Write a random-weight LoRA for the tiny UNet; diffusers layout, or kohya when asked."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    pipe = build_tiny_pipeline(0, cross_attention_dim=cross_attention_dim)
+    torch.manual_seed(1000 + seed)
+    pipe.unet.add_adapter(
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            init_lora_weights=False,
+        )
+    )
+    state = get_peft_model_state_dict(pipe.unet)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kohya:
+        kohya_state = convert_state_dict_to_kohya({"unet." + k: v for k, v in state.items()})
+        path = folder / "tiny_kohya.safetensors"
+        save_file({k: v.contiguous() for k, v in kohya_state.items()}, str(path))
+        return path
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, safe_serialization=True)
+    return folder / "pytorch_lora_weights.safetensors"

@@ -1,0 +1,132 @@
+"""Command line: python -m engine "a castle at dusk" --steps 30 --seed 42 ..."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from engine.config import AppConfig, ConfigError, load_config
+from engine.errors import EngineError
+from engine.lora import inspect_lora_file
+from engine.pipeline import resolve_model_source
+from engine.requests import GenerationRequest
+from engine.schedulers import SCHEDULER_NAMES
+from engine.vram import estimate_for_config
+
+log = logging.getLogger("engine.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m engine", description="Generate images with Stable Diffusion (low VRAM)."
+    )
+    p.add_argument("prompt", help="what to draw")
+    p.add_argument("--negative", default=None, help="negative prompt (default from settings)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps, 1-150")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale, 0-30")
+    p.add_argument("--seed", type=int, default=None, help="seed (random when omitted)")
+    p.add_argument("--width", type=int, default=None, help="multiple of 8, 64-2048")
+    p.add_argument("--height", type=int, default=None, help="multiple of 8, 64-2048")
+    p.add_argument("--num", type=int, default=None, help="number of images, 1-8")
+    p.add_argument("--scheduler", default=None, help="sampler: " + ", ".join(SCHEDULER_NAMES))
+    p.add_argument("--model", default=None, help="hub id, folder, .safetensors file, or 'demo'")
+    p.add_argument("--lora", default=None, help="LoRA .safetensors file or folder")
+    p.add_argument("--lora-scale", type=float, default=0.8, help="LoRA strength, 0-2")
+    p.add_argument("--out", default=None, help="output folder (default from settings)")
+    p.add_argument("--prefix", default="gen", help="file name prefix")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=None)
+    p.add_argument("--preset", choices=["auto", "none", "2gb", "3gb", "4gb", "6gb", "8gb"])
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--estimate-vram", action="store_true", help="print a VRAM estimate and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _config(args: argparse.Namespace) -> AppConfig:
+    config = load_config()
+    if args.model:
+        config.model = config.model.model_copy(update={"model_id": args.model})
+    if args.precision:
+        config.model = config.model.model_copy(update={"precision": args.precision})
+    if args.device:
+        config.model = config.model.model_copy(update={"device": args.device})
+    if args.preset:
+        config.optimization = config.optimization.model_copy(update={"vram_preset": args.preset})
+    if args.out:
+        from pathlib import Path
+
+        config.generation = config.generation.model_copy(update={"output_dir": Path(args.out)})
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        num_inference_steps=args.steps,
+        guidance_scale=args.cfg,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        num_images=args.num,
+        scheduler=args.scheduler,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
+    )
+    try:
+        config = _config(args)
+        from engine.requests import resolve_request
+
+        resolved = resolve_request(request, config.generation, {})
+        if args.estimate_vram:
+            estimate = estimate_for_config(
+                config, width=resolved.width, height=resolved.height, batch_size=resolved.num_images
+            )
+            print(estimate.format())
+            return 0
+        resolve_model_source(config.model.model_id, config.model.allow_ckpt)
+        if args.lora:
+            inspect_lora_file(args.lora)
+        return _generate(config, request, args.quiet, args.prefix)
+    except (ConfigError, EngineError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _generate(config: AppConfig, request: GenerationRequest, quiet: bool, prefix: str) -> int:
+    from tqdm import tqdm
+
+    from engine.generator import TextToImageGenerator
+
+    generator = TextToImageGenerator(config)
+    generator.load_model()
+    bar = None
+
+    def progress(step: int, total: int, _latents: object) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None:
+            bar = tqdm(total=total, desc="generating", unit="step")
+        bar.update(step - bar.n)
+
+    result = generator.run(request, progress=progress)
+    if bar is not None:
+        bar.close()
+    paths = generator.save_images(result.images, prefix=prefix)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for path, seed in zip(paths, result.seeds, strict=True):
+        print(f"{path}  seed={seed}")
+    print(f"{len(paths)} image(s) in {result.seconds:.1f}s ({result.seconds_per_step:.2f}s/step)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Engine settings: pydantic models filled from the environment and `.env`, one prefix per section."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES, canonical_scheduler_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_NEGATIVE_PROMPT = (
+    "lowres, worst quality, low quality, blurry, jpeg artifacts, watermark, text, signature, "
+    "deformed, bad anatomy, extra limbs"
+)
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+VramPreset = Literal["auto", "none", "2gb", "3gb", "4gb", "6gb", "8gb"]
+ENV_FILE = ".env"
+
+
+def _section(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix,
+        env_file=ENV_FILE,
+        extra="ignore",
+        populate_by_name=True,
+        protected_namespaces=(),
+        validate_default=True,
+    )
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the variable and what is allowed."""
+
+
+class ModelConfig(BaseSettings):
+    """Which model to load and how (env prefix MODEL_)."""
+
+    model_config = _section("MODEL_")
+
+    model_id: str = Field(
+        DEFAULT_MODEL_ID,
+        validation_alias=AliasChoices("model_id", "MODEL_ID"),
+        description="Hub id, local diffusers folder, single-file .safetensors, or 'demo'",
+    )
+    precision: Precision = Field(
+        "auto", description="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16"
+    )
+    cache_dir: Path = Field(Path("models/cache"), description="Where downloaded weights are cached")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    allow_ckpt: bool = Field(False, description="Allow pickle .ckpt files (they can run code)")
+    safety_checker: bool = Field(
+        False, description="Load the NSFW safety checker when the model has one"
+    )
+    local_files_only: bool = Field(False, description="Never contact the model hub")
+    single_file_config: str = Field(
+        "", description="Folder or hub id with component configs for single-file checkpoints"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in {"auto", "cpu", "cuda", "mps"} or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
+
+
+class OptimizationConfig(BaseSettings):
+    """Memory and speed switches (env prefix OPT_); a VRAM preset fills those not set explicitly."""
+
+    model_config = _section("OPT_")
+
+    vram_preset: VramPreset = Field("auto", description="auto, none, 2gb, 3gb, 4gb, 6gb, 8gb")
+    enable_attention_slicing: bool = Field(False, description="Compute attention in slices")
+    enable_vae_slicing: bool = Field(False, description="Decode batch images one at a time")
+    enable_vae_tiling: bool = Field(False, description="Decode large images in tiles")
+    enable_model_cpu_offload: bool = Field(
+        False, description="Keep only the active model on the GPU"
+    )
+    enable_sequential_cpu_offload: bool = Field(False, description="Stream weights layer by layer")
+    enable_group_offload: bool = Field(
+        False, description="Offload in blocks with CUDA stream prefetch"
+    )
+    enable_xformers: bool = Field(
+        True, description="Use xformers attention when installed (else SDPA)"
+    )
+    enable_torch_compile: bool = Field(False, description="torch.compile the UNet (slow first run)")
+    channels_last: bool = Field(False, description="channels-last memory format for the UNet")
+    tiny_vae: str = Field("", description="Tiny autoencoder (TAESD) path or id for previews/decode")
+
+
+class GenerationConfig(BaseSettings):
+    """Defaults for each generation (env prefix GEN_)."""
+
+    model_config = _section("GEN_")
+
+    width: int = Field(512, description="Image width in pixels, a multiple of 8 in [64, 2048]")
+    height: int = Field(512, description="Image height in pixels, a multiple of 8 in [64, 2048]")
+    num_inference_steps: int = Field(25, description="Denoising steps, 1-150")
+    guidance_scale: float = Field(7.5, description="Classifier-free guidance (CFG), 0-30")
+    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="Default negative prompt")
+    scheduler: str = Field(DEFAULT_SCHEDULER, description="Sampler: " + ", ".join(SCHEDULER_NAMES))
+    num_images: int = Field(1, description="Images per request, 1-8")
+    output_dir: Path = Field(Path("outputs"), description="Where the command line saves PNGs")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _check_size(cls, value: int) -> int:
+        check_size(value)
+        return value
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _check_steps(cls, value: int) -> int:
+        check_range(value, 1, 150)
+        return value
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _check_cfg(cls, value: float) -> float:
+        check_range(value, 0, 30)
+        return value
+
+    @field_validator("num_images")
+    @classmethod
+    def _check_num(cls, value: int) -> int:
+        check_range(value, 1, 8)
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, value: str) -> str:
+        return canonical_scheduler_name(value)
+
+
+def check_size(value: int) -> None:
+    """Raise ValueError unless value is a multiple of 8 in [64, 2048]."""
+    if value % 8 or not 64 <= value <= 2048:
+        raise ValueError(f"must be a multiple of 8 between 64 and 2048 (got {value})")
+
+
+def check_range(value: float, low: float, high: float) -> None:
+    """Raise ValueError unless low <= value <= high."""
+    if not low <= value <= high:
+        raise ValueError(f"must be between {low} and {high} (got {value})")
+
+
+class AppConfig(BaseModel):
+    """All engine settings: `config.model`, `config.optimization`, `config.generation`."""
+
+    model_config = {"protected_namespaces": ()}
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+
+def env_name(section: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets `field` of a settings section."""
+    info = section.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[-1]).upper()
+    return (str(section.model_config.get("env_prefix", "")) + field).upper()
+
+
+def describe_validation_error(section: type[BaseSettings], exc: ValidationError) -> str:
+    """Turn a pydantic error into lines naming the variable, the bad value and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        name = env_name(section, field) if field in section.model_fields else field.upper()
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            msg = f"must be one of {expected.replace(' or ', ', ')}"
+        lines.append(f"{name}={err.get('input')!r}: {msg}")
+    return "; ".join(lines)
+
+
+def build_section(section: type[BaseSettings], **overrides: Any) -> Any:
+    """Instantiate one settings section, raising ConfigError with a readable message."""
+    try:
+        return section(**overrides)
+    except ValidationError as exc:
+        raise ConfigError("Invalid setting " + describe_validation_error(section, exc)) from None
+
+
+def load_config(env_file: str | Path | None = ENV_FILE) -> AppConfig:
+    """Read AppConfig from the environment (and `.env`), with readable errors for bad values."""
+    kwargs: dict[str, Any] = {} if env_file == ENV_FILE else {"_env_file": env_file}
+    sections: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, section in (
+        ("model", ModelConfig),
+        ("optimization", OptimizationConfig),
+        ("generation", GenerationConfig),
+    ):
+        try:
+            sections[key] = section(**kwargs)
+        except ValidationError as exc:
+            problems.append(describe_validation_error(section, exc))
+    if problems:
+        raise ConfigError("Invalid setting " + "; ".join(problems))
+    return AppConfig(**sections)

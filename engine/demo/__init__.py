@@ -1,0 +1,1 @@
+"""A tiny text-to-image demo model trained by the project on synthetic captioned shapes."""

@@ -1,0 +1,379 @@
+"""Train the demo text-to-image pipeline on synthetic captioned shapes (CPU, fixed seeds).
+
+Usage: python -m engine.demo.train --out models/demo --steps 6000 --minutes 60 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.demo.judge import Judge, score
+from engine.demo.shapes import caption, eval_specs, random_spec, render, vocabulary
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = 64
+LATENT_SIZE = 16  # a factor-4 VAE (3 blocks)
+ENGINE_DEFAULTS = {
+    "width": 64,
+    "height": 64,
+    "num_inference_steps": 20,
+    "guidance_scale": 5.0,
+    "negative_prompt": "",
+    "scheduler": "DPM++ 2M Karras",
+}
+
+
+def write_tokenizer(folder: Path, words: list[str]) -> None:
+    """Write a word-level CLIPTokenizer whose merges rebuild each whole word from its characters."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz0123456789,.!?'-":
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges: list[str] = []
+    seen: set[str] = set()
+    for word in words:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        current = pieces[0]
+        for nxt in pieces[1:]:
+            merge = f"{current} {nxt}"
+            if merge not in seen:
+                seen.add(merge)
+                merges.append(merge)
+            current = current + nxt
+            vocab.setdefault(current, len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab, indent=0))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    config = {
+        "model_max_length": 77,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def build_models(args: argparse.Namespace, vocab_size: int):
+    """Build the untrained VAE, text encoder and UNet from the command-line sizes."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(args.seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=IMAGE_SIZE,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=args.text_width,
+            intermediate_size=args.text_width * 2,
+            num_hidden_layers=args.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    channels = tuple(int(c) for c in args.unet_channels.split(","))
+    unet = UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=channels,
+        layers_per_block=args.layers_per_block,
+        cross_attention_dim=args.text_width,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    )
+    return vae, text_encoder, unet
+
+
+def count(module: torch.nn.Module) -> int:
+    """Number of parameters of a module."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def image_batch(specs: list) -> torch.Tensor:
+    """Render specs to a (N, 3, 64, 64) tensor in [-1, 1]."""
+    arrays = np.stack([np.asarray(render(s), dtype=np.float32) for s in specs])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def train_vae(vae, args: argparse.Namespace, rng: random.Random) -> None:
+    """Train the autoencoder on rendered images (reconstruction + a tiny KL term)."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    vae.train()
+    start = time.time()
+    for step in range(1, args.vae_steps + 1):
+        batch = image_batch([random_spec(rng, held_out=None) for _ in range(32)])
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        kl = posterior.kl().mean() / (4 * LATENT_SIZE * LATENT_SIZE)
+        loss = F.mse_loss(recon, batch) + 0.1 * F.l1_loss(recon, batch) + 1e-5 * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == args.vae_steps:
+            log.info("vae step %d loss %.5f (%.0f s)", step, loss.item(), time.time() - start)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_pool(vae, specs: list) -> torch.Tensor:
+    """Encode rendered specs to latent means (unscaled)."""
+    chunks = [
+        vae.encode(image_batch(specs[i : i + 256])).latent_dist.mean
+        for i in range(0, len(specs), 256)
+    ]
+    return torch.cat(chunks)
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's max length."""
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def make_pipeline(vae, text_encoder, unet, tokenizer, prediction_type: str):
+    """Assemble a StableDiffusionPipeline with the DPM++ 2M Karras scheduler."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type=prediction_type,
+        algorithm_type="dpmsolver++",
+        use_karras_sigmas=True,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        unet=unet,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@torch.no_grad()
+def evaluate(pipe, judge: Judge, specs: list, seed: int) -> dict[str, float]:
+    """Generate the specs' captions with the engine defaults and judge the images."""
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(specs))]
+    images = pipe(
+        [caption(s) for s in specs],
+        negative_prompt=[ENGINE_DEFAULTS["negative_prompt"]] * len(specs),
+        num_inference_steps=ENGINE_DEFAULTS["num_inference_steps"],
+        guidance_scale=ENGINE_DEFAULTS["guidance_scale"],
+        width=IMAGE_SIZE,
+        height=IMAGE_SIZE,
+        generator=generators,
+    ).images
+    return score([judge(im) for im in images], specs)
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """Exponential moving average of parameters."""
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the VAE, then the UNet and text encoder jointly, and save the best pipeline."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("models/demo"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--minutes", type=float, default=60.0, help="stop early after this long")
+    parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--pool", type=int, default=12000, help="cached training images")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--unet-channels", default="64,128,128")
+    parser.add_argument("--layers-per-block", type=int, default=1)
+    parser.add_argument("--text-width", type=int, default=128)
+    parser.add_argument("--text-layers", type=int, default=3)
+    parser.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="v_prediction")
+    parser.add_argument("--min-snr", type=float, default=5.0)
+    parser.add_argument("--uncond-prob", type=float, default=0.1)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-count", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    rng = random.Random(args.seed)
+    t0 = time.time()
+
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(Path(tmp), vocabulary())
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    vae, text_encoder, unet = build_models(args, len(tokenizer))
+    log.info(
+        "parameters: vae %d, text encoder %d, unet %d", count(vae), count(text_encoder), count(unet)
+    )
+    train_vae(vae, args, rng)
+    vae.requires_grad_(False)
+
+    specs = [random_spec(rng, held_out=False) for _ in range(args.pool)]
+    latents = encode_pool(vae, specs)
+    scaling = 1.0 / latents.std().item()
+    vae.register_to_config(scaling_factor=scaling)
+    latents = latents * scaling
+    log.info(
+        "pool of %d latents, scaling factor %.4f (%.0f s)", len(specs), scaling, time.time() - t0
+    )
+    with torch.no_grad():
+        recon = vae.decode(latents[:64] / scaling).sample
+        log.info("vae reconstruction mse %.5f", F.mse_loss(recon, image_batch(specs[:64])).item())
+    tokens = tokenize(tokenizer, [caption(s) for s in specs])
+    empty = tokenize(tokenizer, [""])[0]
+
+    noise_scheduler = DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type=args.prediction,
+    )
+    alphas = noise_scheduler.alphas_cumprod
+    snr_all = alphas / (1 - alphas)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    warmup = 200
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * step / warmup
+        progress = (step - warmup) / max(args.steps - warmup, 1)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    judge = Judge()
+    held_out = eval_specs(args.eval_count, seed=1234, held_out=True)
+    seen = eval_specs(args.eval_count // 2, seed=4321, held_out=False)
+    gen = torch.Generator().manual_seed(args.seed)
+    best = -1.0
+    unet.train()
+    text_encoder.train()
+    start = time.time()
+    step = 0
+    for step in range(1, args.steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        idx = torch.randint(0, len(specs), (args.batch,), generator=gen)
+        x0 = latents[idx]
+        ids = tokens[idx].clone()
+        drop = torch.rand(args.batch, generator=gen) < args.uncond_prob
+        ids[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (args.batch,), generator=gen)
+        noisy = noise_scheduler.add_noise(x0, noise, t)
+        target = (
+            noise if args.prediction == "epsilon" else noise_scheduler.get_velocity(x0, noise, t)
+        )
+        cond = text_encoder(ids)[0]
+        pred = unet(noisy, t, cond).sample
+        snr = snr_all[t]
+        weight = torch.clamp(snr, max=args.min_snr) / (
+            snr if args.prediction == "epsilon" else snr + 1
+        )
+        loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text_encoder, decay)
+        elapsed = time.time() - start
+        if step % 50 == 0:
+            log.info(
+                "step %d loss %.4f lr %.2e %.2f s/step",
+                step,
+                loss.item(),
+                lr_at(step),
+                elapsed / step,
+            )
+        out_of_time = (time.time() - t0) / 60 > args.minutes
+        if step % args.eval_every == 0 or step == args.steps or out_of_time:
+            pipe = make_pipeline(vae, ema_text, ema_unet, tokenizer, args.prediction)
+            pipe.set_progress_bar_config(disable=True)
+            rates = evaluate(pipe, judge, held_out, seed=10_000)
+            rates_seen = evaluate(pipe, judge, seen, seed=20_000)
+            total = rates["color"] + rates["background"] + rates["shape"]
+            log.info(
+                "eval step %d held-out colour %.2f background %.2f shape %.2f | seen colour %.2f "
+                "background %.2f shape %.2f (%.0f min)",
+                step,
+                rates["color"],
+                rates["background"],
+                rates["shape"],
+                rates_seen["color"],
+                rates_seen["background"],
+                rates_seen["shape"],
+                (time.time() - t0) / 60,
+            )
+            if total >= best:
+                best = total
+                pipe.save_pretrained(args.out, safe_serialization=True)
+                (args.out / "engine_defaults.json").write_text(
+                    json.dumps(ENGINE_DEFAULTS, indent=2) + "\n"
+                )
+                info = {
+                    "step": step,
+                    "held_out": rates,
+                    "seen": rates_seen,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                }
+                (args.out / "training_log.json").write_text(json.dumps(info, indent=2) + "\n")
+                log.info("saved to %s", args.out)
+        if out_of_time:
+            log.info("time limit reached at step %d", step)
+            break
+    log.info("done: %d steps in %.1f min, best score %.3f", step, (time.time() - t0) / 60, best)
+
+
+if __name__ == "__main__":
+    main()

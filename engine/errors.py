@@ -1,0 +1,17 @@
+"""Exceptions whose messages are fit to show a user."""
+
+
+class EngineError(Exception):
+    """A problem the user can fix (bad model path, missing weights, bad LoRA...)."""
+
+
+class ModelNotAvailableError(EngineError):
+    """The model cannot be loaded from disk and the hub cannot be reached."""
+
+
+class LoraError(EngineError):
+    """A LoRA file is missing, not a LoRA, or not for this base model."""
+
+
+class GenerationCancelled(Exception):
+    """Raised inside the pipeline's step callback to stop at the next step."""

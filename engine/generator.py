@@ -1,0 +1,300 @@
+"""TextToImageGenerator: the engine's Python API (load, generate, save, LoRA, unload)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import AppConfig
+from engine.errors import EngineError, GenerationCancelled
+from engine.lora import LoraManager
+from engine.metadata import format_parameters, save_png
+from engine.optimizations import (
+    apply_optimizations,
+    precision_name,
+    resolve_device,
+    resolve_dtype,
+)
+from engine.pipeline import ModelSource, load_pipeline, read_model_defaults, resolve_model_source
+from engine.prompts import encode_long_prompt, needs_chunking
+from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
+from engine.schedulers import make_scheduler
+from engine.vram import resolve_optimizations
+
+log = logging.getLogger(__name__)
+
+# progress(step, total, latents) is called after every denoising step on the engine thread.
+ProgressCallback = Callable[[int, int, Any], None]
+
+
+class TextToImageGenerator:
+    """A Stable Diffusion text-to-image pipeline with low-VRAM settings, LoRA and PNG metadata."""
+
+    def __init__(self, config: AppConfig | None = None) -> None:
+        self.config = config or AppConfig()
+        self.pipe: Any = None
+        self.lora: LoraManager | None = None
+        self.source: ModelSource | None = None
+        self.device = "cpu"
+        self.dtype = torch.float32
+        self.preset = "none"
+        self.applied: list[str] = []
+        self.model_defaults: dict[str, Any] = {}
+        self.model_name = ""
+        self.last_result: GenerationResult | None = None
+        self._scheduler_name = ""
+        self._base_scheduler_config: dict[str, Any] = {}
+        self._default_lora: tuple[str, float] | None = None
+        self._safety: tuple[Any, Any] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a model is loaded."""
+        return self.pipe is not None
+
+    def load_model(self) -> None:
+        """Load the configured model and apply the device, precision and memory settings."""
+        cfg = self.config
+        source = resolve_model_source(cfg.model.model_id, cfg.model.allow_ckpt)
+        self.device = resolve_device(cfg.model.device)
+        self.dtype = resolve_dtype(cfg.model.precision, self.device)
+        opt, self.preset = resolve_optimizations(cfg.optimization, self.device)
+        started = time.perf_counter()
+        pipe = load_pipeline(
+            source,
+            dtype=self.dtype,
+            cache_dir=cfg.model.cache_dir,
+            local_files_only=cfg.model.local_files_only,
+            safety_checker=cfg.model.safety_checker,
+            single_file_config=cfg.model.single_file_config or None,
+        )
+        if getattr(pipe, "safety_checker", None) is not None:
+            # Run the checker ourselves so flagged images are marked, not blacked out.
+            self._safety = (pipe.safety_checker, pipe.feature_extractor)
+            pipe.safety_checker = None
+        self._base_scheduler_config = dict(pipe.scheduler.config)
+        self.applied = apply_optimizations(pipe, opt, self.device)
+        self.pipe = pipe
+        self.source = source
+        self.model_defaults = read_model_defaults(source)
+        self.model_name = Path(source.location).stem if source.kind != "hub" else source.location
+        if cfg.model.model_id.strip().lower() == "demo":
+            self.model_name = "demo"
+        self.lora = LoraManager(pipe)
+        self._scheduler_name = ""
+        log.info(
+            "loaded %s on %s (%s, preset %s%s) in %.1fs",
+            self.model_name,
+            self.device,
+            precision_name(self.dtype),
+            self.preset,
+            (", " + ", ".join(self.applied)) if self.applied else "",
+            time.perf_counter() - started,
+        )
+
+    def prepare(self, request: GenerationRequest) -> ResolvedRequest:
+        """Validate a request and fill its defaults (raises ValueError naming the parameter)."""
+        return resolve_request(request, self.config.generation, self.model_defaults)
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        num_images: int | None = None,
+        scheduler: str | None = None,
+        lora: str | None = None,
+        lora_scale: float = 1.0,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Any]:
+        """Generate images (PIL) for a prompt; image i uses seed+i. See `last_result` for details."""
+        request = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            width=width,
+            height=height,
+            num_images=num_images,
+            scheduler=scheduler,
+            lora=lora,
+            lora_scale=lora_scale,
+        )
+        return self.run(request, progress=progress, cancel=cancel).images
+
+    def run(
+        self,
+        request: GenerationRequest | ResolvedRequest,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Run one request and return a GenerationResult (images, seeds, parameters, timings)."""
+        resolved = request if isinstance(request, ResolvedRequest) else self.prepare(request)
+        if not self.loaded:
+            raise EngineError("no model loaded; call load_model() first")
+        started = time.perf_counter()
+        self._select_lora(resolved)
+        self._select_scheduler(resolved.scheduler)
+        pipe = self.pipe
+        guidance = resolved.guidance_scale > 1.0
+        generators = [torch.Generator("cpu").manual_seed(s) for s in resolved.seeds]
+        kwargs: dict[str, Any] = {}
+        warnings: list[str] = []
+        if needs_chunking(pipe.tokenizer, resolved.prompt, resolved.negative_prompt):
+            encoded = encode_long_prompt(
+                pipe, resolved.prompt, resolved.negative_prompt, pipe._execution_device, guidance
+            )
+            kwargs["prompt_embeds"] = encoded.prompt_embeds
+            if encoded.negative_embeds is not None:
+                kwargs["negative_prompt_embeds"] = encoded.negative_embeds
+            warnings += [f"prompt too long; dropped: {d}" for d in encoded.dropped]
+        else:
+            kwargs["prompt"] = resolved.prompt
+            kwargs["negative_prompt"] = resolved.negative_prompt or None
+        steps_done = 0
+
+        def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
+            nonlocal steps_done
+            steps_done = step + 1
+            if progress is not None:
+                progress(step + 1, pipeline.num_timesteps, tensors.get("latents"))
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(f"cancelled after step {step + 1}")
+            return tensors
+
+        output = pipe(
+            **kwargs,
+            num_inference_steps=resolved.num_inference_steps,
+            guidance_scale=resolved.guidance_scale,
+            width=resolved.width,
+            height=resolved.height,
+            num_images_per_prompt=resolved.num_images,
+            generator=generators,
+            callback_on_step_end=on_step_end,
+        )
+        images = list(output.images)
+        seconds = time.perf_counter() - started
+        result = GenerationResult(
+            images=images,
+            seeds=list(resolved.seeds),
+            parameters=[self.parameters_text(resolved, s) for s in resolved.seeds],
+            request=resolved,
+            seconds=seconds,
+            seconds_per_step=seconds / max(1, steps_done),
+            warnings=warnings,
+            nsfw=self._check_nsfw(images),
+        )
+        for image, seed, text in zip(images, result.seeds, result.parameters, strict=True):
+            image.info["parameters"] = text
+            image.info["seed"] = seed
+        self.last_result = result
+        return result
+
+    def parameters_text(self, resolved: ResolvedRequest, seed: int) -> str:
+        """The PNG parameters text of one image of a request."""
+        lora_name = resolved.lora_name or (Path(resolved.lora).stem if resolved.lora else None)
+        if lora_name is None and self._default_lora is not None and resolved.lora is None:
+            lora_name = self._default_lora[0]
+        return format_parameters(
+            prompt=resolved.prompt,
+            negative_prompt=resolved.negative_prompt,
+            steps=resolved.num_inference_steps,
+            sampler=resolved.scheduler,
+            cfg_scale=resolved.guidance_scale,
+            seed=seed,
+            width=resolved.width,
+            height=resolved.height,
+            model=self.model_name,
+            lora=lora_name,
+            lora_scale=resolved.lora_scale if resolved.lora else None,
+        )
+
+    def _select_lora(self, resolved: ResolvedRequest) -> None:
+        assert self.lora is not None
+        if resolved.lora:
+            adapter = self.lora.load(resolved.lora, resolved.lora_name)
+            self.lora.activate(adapter, resolved.lora_scale)
+        elif self._default_lora is not None:
+            self.lora.activate(*self._default_lora)
+        else:
+            self.lora.activate(None)
+
+    def _select_scheduler(self, name: str) -> None:
+        if name != self._scheduler_name:
+            self.pipe.scheduler = make_scheduler(name, self._base_scheduler_config)
+            self._scheduler_name = name
+
+    def _check_nsfw(self, images: list[Any]) -> list[bool]:
+        if self._safety is None:
+            return [False] * len(images)
+        import numpy as np
+
+        checker, extractor = self._safety
+        inputs = extractor(images, return_tensors="pt").to(self.device)
+        arrays = np.stack([np.asarray(img, dtype=np.float32) / 255.0 for img in images])
+        checker.to(self.device)
+        _, flags = checker(images=arrays, clip_input=inputs.pixel_values.to(self.dtype))
+        return [bool(f) for f in flags]
+
+    def save_images(
+        self, images: list[Any], prefix: str = "gen", output_dir: str | Path | None = None
+    ) -> list[Path]:
+        """Save PNGs with their parameters chunk as OUT/PREFIX_YYYYMMDD_HHMMSS_NNN.png."""
+        folder = Path(output_dir) if output_dir is not None else self.config.generation.output_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        safe_prefix = re.sub(r"[^A-Za-z0-9_-]", "_", prefix)[:40] or "gen"
+        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        paths: list[Path] = []
+        index = 0
+        for image in images:
+            while (path := folder / f"{safe_prefix}_{stamp}_{index:03d}.png").exists():
+                index += 1
+            save_png(image, path, image.info.get("parameters"))
+            paths.append(path)
+            index += 1
+        if self.last_result is not None and self.last_result.images == list(images):
+            self.last_result.paths = paths
+        return paths
+
+    def load_lora_weights(
+        self, path: str | Path, scale: float = 1.0, name: str | None = None
+    ) -> str:
+        """Load a LoRA and make it the default for later generations; return its adapter name."""
+        if not self.loaded:
+            raise EngineError("no model loaded; call load_model() first")
+        assert self.lora is not None
+        adapter = self.lora.load(path, name)
+        self._default_lora = (adapter, float(scale))
+        self.lora.activate(adapter, scale)
+        return adapter
+
+    def unload_lora_weights(self) -> None:
+        """Unload every LoRA and return to the base model."""
+        if self.lora is not None:
+            self.lora.unload_all()
+        self._default_lora = None
+
+    def unload(self) -> None:
+        """Free the pipeline and its memory (GPU memory included)."""
+        self.pipe = None
+        self.lora = None
+        self._safety = None
+        self._default_lora = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

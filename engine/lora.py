@@ -1,0 +1,183 @@
+"""LoRA adapters at inference: load once, keep several resident, switch per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from engine.errors import LoraError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+LORA_KEY_MARKERS = ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up")
+_ADAPTER_NAME_RE = re.compile(r"[^A-Za-z0-9_]")
+
+
+@dataclass(frozen=True)
+class LoraFileInfo:
+    """What a LoRA file holds, read from its safetensors header without loading tensors."""
+
+    path: Path
+    keys: int
+    rank: int | None
+    format: str  # "diffusers", "kohya" or "peft"
+    has_text_encoder: bool
+    metadata: dict[str, str]
+
+
+def resolve_lora_file(path: str | Path) -> Path:
+    """The .safetensors file for a LoRA path (a file, or a folder holding the diffusers file name)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        candidate = p / WEIGHT_NAME
+        if candidate.is_file():
+            return candidate
+        files = sorted(p.glob("*.safetensors"))
+        if len(files) == 1:
+            return files[0]
+        raise LoraError(f"LoRA: no {WEIGHT_NAME} in folder {p}")
+    if not p.exists():
+        raise LoraError(f"LoRA: file not found: {p}")
+    if p.suffix.lower() != ".safetensors":
+        raise LoraError(f"LoRA: {p.name} is not a .safetensors file")
+    return p
+
+
+def inspect_lora_file(path: str | Path) -> LoraFileInfo:
+    """Check a file is a safetensors LoRA and describe it; raise LoraError otherwise."""
+    file = resolve_lora_file(path)
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            keys = list(handle.keys())
+            metadata = handle.metadata() or {}
+            rank = None
+            for key in keys:
+                if any(m in key for m in ("lora_A", "lora_down", "lora.down")) and key.endswith(
+                    "weight"
+                ):
+                    rank = int(handle.get_slice(key).get_shape()[0])
+                    break
+    except LoraError:
+        raise
+    except Exception as exc:
+        raise LoraError(f"LoRA: {file.name} is not a readable safetensors file ({exc})") from None
+    lora_keys = [k for k in keys if any(m in k for m in LORA_KEY_MARKERS)]
+    if not lora_keys:
+        raise LoraError(f"LoRA: {file.name} holds no LoRA weights (is it a full model?)")
+    if any(k.startswith(("lora_unet_", "lora_te")) for k in lora_keys):
+        fmt = "kohya"
+    elif any(k.startswith(("unet.", "text_encoder.")) for k in lora_keys):
+        fmt = "diffusers"
+    else:
+        fmt = "peft"
+    has_te = any(k.startswith(("text_encoder.", "lora_te")) for k in lora_keys)
+    return LoraFileInfo(file, len(keys), rank, fmt, has_te, dict(metadata))
+
+
+def adapter_name_for(name: str) -> str:
+    """A peft-safe adapter name derived from a LoRA name."""
+    cleaned = _ADAPTER_NAME_RE.sub("_", name) or "lora"
+    return cleaned if not cleaned[0].isdigit() else "l_" + cleaned
+
+
+class LoraManager:
+    """Keeps up to `max_resident` adapters loaded in a pipeline and activates one per request."""
+
+    def __init__(self, pipe: Any, max_resident: int = 8) -> None:
+        self.pipe = pipe
+        self.max_resident = max_resident
+        self.resident: OrderedDict[str, Path] = OrderedDict()
+        self.active: tuple[str, float] | None = None
+
+    def load(self, path: str | Path, name: str | None = None) -> str:
+        """Load a LoRA file as a resident adapter (no-op if already loaded); return its name."""
+        info = inspect_lora_file(path)
+        default = info.path.parent.name if info.path.name == WEIGHT_NAME else info.path.stem
+        adapter = adapter_name_for(name or default)
+        if adapter in self.resident and self.resident[adapter] == info.path:
+            self.resident.move_to_end(adapter)
+            return adapter
+        if adapter in self.resident:
+            self.unload(adapter)
+        while len(self.resident) >= self.max_resident:
+            oldest = next(iter(self.resident))
+            self.unload(oldest)
+        started = time.perf_counter()
+        try:
+            self.pipe.load_lora_weights(
+                str(info.path.parent), weight_name=info.path.name, adapter_name=adapter
+            )
+        except Exception as exc:
+            self._forget(adapter)
+            raise LoraError(
+                f"LoRA: {info.path.name} does not fit this base model ({_short(exc)})"
+            ) from exc
+        if not self._adapter_present(adapter):
+            self._forget(adapter)
+            raise LoraError(f"LoRA: {info.path.name} matched no layer of this base model")
+        self.resident[adapter] = info.path
+        self._apply()
+        log.info(
+            "loaded LoRA %s from %s in %.2fs", adapter, info.path, time.perf_counter() - started
+        )
+        return adapter
+
+    def activate(self, adapter: str | None, scale: float = 1.0) -> None:
+        """Make one resident adapter active at a scale, or none (base model) when adapter is None."""
+        if adapter is not None and adapter not in self.resident:
+            raise LoraError(f"LoRA: {adapter!r} is not loaded")
+        wanted = None if adapter is None else (adapter, float(scale))
+        if wanted != self.active:
+            self.active = wanted
+            self._apply()
+
+    def _apply(self) -> None:
+        if not self.resident:
+            return
+        if self.active is None:
+            self.pipe.disable_lora()
+            return
+        name, scale = self.active
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([name], adapter_weights=[scale])
+
+    def unload(self, adapter: str) -> None:
+        """Remove one adapter from memory."""
+        if adapter not in self.resident:
+            return
+        self._forget(adapter)
+        self.resident.pop(adapter, None)
+        if self.active and self.active[0] == adapter:
+            self.active = None
+        self._apply()
+
+    def unload_all(self) -> None:
+        """Remove every adapter and return to the base weights."""
+        if self.resident:
+            self.pipe.unload_lora_weights()
+        self.resident.clear()
+        self.active = None
+
+    def _adapter_present(self, adapter: str) -> bool:
+        adapters = self.pipe.get_list_adapters()
+        return any(adapter in names for names in adapters.values())
+
+    def _forget(self, adapter: str) -> None:
+        try:
+            if self._adapter_present(adapter):
+                self.pipe.delete_adapters(adapter)
+        except Exception:  # cleanup after a failed load; the original error matters more
+            log.debug("could not delete adapter %s", adapter, exc_info=True)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

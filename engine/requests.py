@@ -1,0 +1,150 @@
+"""Generation requests (what a user asks for) and results (what the engine returns)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.config import GenerationConfig, check_range, check_size
+from engine.schedulers import canonical_scheduler_name
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 4000
+
+
+@dataclass
+class GenerationRequest:
+    """A generation request; fields left None take the user's or the engine's defaults."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int | None = None
+    scheduler: str | None = None
+    lora: str | None = None  # path of a LoRA file or folder
+    lora_name: str | None = None  # name shown to users and written to metadata
+    lora_scale: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of the request."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        """Rebuild a request from to_dict() output, ignoring unknown keys."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A request with every field decided and validated; seeds[i] belongs to image i."""
+
+    prompt: str
+    negative_prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    seeds: tuple[int, ...]
+    width: int
+    height: int
+    scheduler: str
+    lora: str | None
+    lora_name: str | None
+    lora_scale: float
+
+    @property
+    def num_images(self) -> int:
+        """How many images this request makes."""
+        return len(self.seeds)
+
+
+@dataclass
+class GenerationResult:
+    """Images with the seed and parameters text of each, timings, and any warnings."""
+
+    images: list[Any]
+    seeds: list[int]
+    parameters: list[str]
+    request: ResolvedRequest
+    seconds: float
+    seconds_per_step: float
+    warnings: list[str] = field(default_factory=list)
+    nsfw: list[bool] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+
+
+def random_seed() -> int:
+    """A random seed that leaves room for seed+i of an 8-image batch."""
+    return secrets.randbelow(MAX_SEED - 8)
+
+
+def resolve_request(
+    request: GenerationRequest, defaults: GenerationConfig, model_defaults: dict[str, Any]
+) -> ResolvedRequest:
+    """Fill unset fields (request, then model defaults, then settings) and validate everything."""
+
+    def pick(name: str) -> Any:
+        value = getattr(request, name)
+        if value is not None:
+            return value
+        if name in model_defaults and name not in defaults.model_fields_set:
+            return model_defaults[name]
+        return getattr(defaults, name)
+
+    prompt = request.prompt if isinstance(request.prompt, str) else ""
+    if not prompt.strip():
+        raise ValueError("prompt: must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt: longer than {MAX_PROMPT_CHARS} characters")
+    checks = [
+        ("width", lambda v: check_size(int(v))),
+        ("height", lambda v: check_size(int(v))),
+        ("num_inference_steps", lambda v: check_range(int(v), 1, 150)),
+        ("guidance_scale", lambda v: check_range(float(v), 0, 30)),
+        ("num_images", lambda v: check_range(int(v), 1, 8)),
+    ]
+    values: dict[str, Any] = {}
+    for name, check in checks:
+        value = pick(name)
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"must be a number (got {value!r})")
+            if name != "guidance_scale" and int(value) != value:
+                raise ValueError(f"must be a whole number (got {value!r})")
+            check(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        values[name] = value
+    scheduler = pick("scheduler")
+    if not isinstance(scheduler, str):
+        raise ValueError("scheduler: must be a name")
+    scheduler = canonical_scheduler_name(scheduler)
+    seed = request.seed
+    if seed is None:
+        seed = random_seed()
+    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed: must be a whole number between 0 and {MAX_SEED} (got {seed!r})")
+    count = int(values["num_images"])
+    scale = request.lora_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 2:
+        raise ValueError(f"lora_scale: must be between 0 and 2 (got {request.lora_scale!r})")
+    negative = pick("negative_prompt") or ""
+    return ResolvedRequest(
+        prompt=prompt,
+        negative_prompt=str(negative),
+        num_inference_steps=int(values["num_inference_steps"]),
+        guidance_scale=float(values["guidance_scale"]),
+        seeds=tuple((seed + i) % (MAX_SEED + 1) for i in range(count)),
+        width=int(values["width"]),
+        height=int(values["height"]),
+        scheduler=scheduler,
+        lora=request.lora,
+        lora_name=request.lora_name,
+        lora_scale=float(request.lora_scale),
+    )

@@ -1,0 +1,265 @@
+"""VRAM presets for small GPUs and a peak-VRAM estimator.
+
+Estimator formula (all figures in MB, ``b`` = bytes per weight/activation element):
+
+* weights on the GPU: the sum of UNet, text encoder and VAE parameters × b when resident;
+  with model CPU offload only the largest component (the UNet) is on the GPU at a time;
+  with sequential or group offload only about one block (``OFFLOAD_RESIDENT_MB``) is.
+* UNet activations per denoising pass: ``batch × latent_pixels × 320 × b × 40`` (the live
+  feature maps, skip connections and feed-forward buffers of SD v1 scale roughly as 40 copies
+  of the first block's 320-channel map); ``batch`` doubles with classifier-free guidance.
+* attention scores: memory-efficient attention (SDPA on CUDA, xformers) keeps none; the
+  sliced processor holds ``slice × latent_pixels² × b × 2`` (scores and softmax), with
+  ``slice = batch × heads / 2``; the plain math path holds ``batch × heads × latent_pixels² × b × 2``.
+* VAE decode: about ``6 × H × W × 128 × b`` per image decoded at once (one with VAE slicing;
+  tiles of 512 px with VAE tiling) plus the mid-block attention over the latent pixels.
+* overhead: ``OVERHEAD_MB`` for the cuBLAS workspace and allocator fragmentation.
+
+The peak is the larger of the denoising phase and the decoding phase. It estimates
+``torch.cuda.max_memory_allocated``; the driver's figure adds the CUDA context (300-500 MB).
+Checked against published SD v1.5 figures at 512×512 fp16: about 3.2 GB with attention
+slicing and under 3 GB with sequential offload; bench/gpu.py measures its error on a real card.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+OVERHEAD_MB = 300.0
+OFFLOAD_RESIDENT_MB = 120.0
+
+# Parameter counts (millions) of well-known models, used when no config is at hand.
+KNOWN_MODELS: dict[str, dict[str, float]] = {
+    "sd15": {"unet": 859.5, "text_encoder": 123.1, "vae": 83.7, "heads": 8},
+    "small-sd": {"unet": 579.4, "text_encoder": 123.1, "vae": 83.7, "heads": 8},
+    "sd21-base": {"unet": 865.9, "text_encoder": 340.4, "vae": 83.7, "heads": 5},
+}
+MODEL_FAMILY = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
+    "runwayml/stable-diffusion-v1-5": "sd15",
+    "segmind/small-sd": "small-sd",
+    "OFA-Sys/small-stable-diffusion-v0": "small-sd",
+    "stabilityai/stable-diffusion-2-1-base": "sd21-base",
+}
+
+# Flags each preset turns on; everything else stays off. Precision fp16 on all GPU presets.
+# No preset turns on attention slicing: it replaces PyTorch's memory-efficient SDPA kernel
+# (which keeps no score matrix) with a sliced one that does, so on torch 2 it costs VRAM.
+PRESETS: dict[str, dict[str, bool]] = {
+    "2gb": {
+        "enable_vae_slicing": True,
+        "enable_vae_tiling": True,
+        "enable_sequential_cpu_offload": True,
+    },
+    "3gb": {
+        "enable_vae_slicing": True,
+        "enable_vae_tiling": True,
+        "enable_model_cpu_offload": True,
+    },
+    "4gb": {"enable_vae_slicing": True, "enable_vae_tiling": True},
+    "6gb": {"enable_vae_slicing": True},
+    "8gb": {},
+    "none": {},
+}
+PRESET_FLAGS = (
+    "enable_attention_slicing",
+    "enable_vae_slicing",
+    "enable_vae_tiling",
+    "enable_model_cpu_offload",
+    "enable_sequential_cpu_offload",
+)
+# Largest preset that fits a card with this much free VRAM (MB), smallest first.
+AUTO_THRESHOLDS = (("3gb", 2900), ("4gb", 3800), ("6gb", 5600), ("8gb", 7500))
+
+
+def pick_preset_for_free_vram(free_mb: float) -> str:
+    """The preset 'auto' chooses for a GPU with free_mb of free memory."""
+    chosen = "2gb"
+    for name, need in AUTO_THRESHOLDS:
+        if free_mb >= need:
+            chosen = name
+    return chosen
+
+
+def free_cuda_vram_mb() -> float | None:
+    """Free memory on the current CUDA device in MB, or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info()
+    return free / MB
+
+
+def resolve_optimizations(opt: Any, device: str, free_mb: float | None = None) -> tuple[Any, str]:
+    """Apply the VRAM preset to the flags not set explicitly; return (new config, preset used)."""
+    preset = opt.vram_preset
+    if preset == "auto":
+        if not device.startswith("cuda"):
+            preset = "none"
+        else:
+            free = free_mb if free_mb is not None else free_cuda_vram_mb()
+            preset = pick_preset_for_free_vram(free or 0.0)
+            log.info("VRAM preset auto: %.0f MB free -> %s", free or 0.0, preset)
+    flags = PRESETS[preset]
+    updates = {
+        name: flags.get(name, False) for name in PRESET_FLAGS if name not in opt.model_fields_set
+    }
+    return opt.model_copy(update=updates), preset
+
+
+@dataclass
+class VramEstimate:
+    """Estimated peak VRAM in MB with its breakdown."""
+
+    total_mb: float
+    weights_mb: dict[str, float]
+    resident_weights_mb: float
+    unet_activations_mb: float
+    attention_mb: float
+    vae_decode_mb: float
+    overhead_mb: float
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        """A human-readable table of the estimate."""
+        lines = [f"Estimated peak VRAM: {self.total_mb:,.0f} MB"]
+        for name, value in self.weights_mb.items():
+            lines.append(f"  weights {name:<13} {value:>8,.0f} MB")
+        lines += [
+            f"  on GPU at once        {self.resident_weights_mb:>8,.0f} MB",
+            f"  UNet activations      {self.unet_activations_mb:>8,.0f} MB",
+            f"  attention scores      {self.attention_mb:>8,.0f} MB",
+            f"  VAE decode            {self.vae_decode_mb:>8,.0f} MB",
+            f"  overhead              {self.overhead_mb:>8,.0f} MB",
+        ]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def model_param_counts(model_id: str) -> dict[str, float]:
+    """Parameter counts (millions) and attention heads for a model id (SD v1.5 when unknown)."""
+    family = MODEL_FAMILY.get(model_id)
+    if family is None:
+        counts = _counts_from_folder(model_id)
+        if counts is not None:
+            return counts
+        family = "sd15"
+    return dict(KNOWN_MODELS[family])
+
+
+def _counts_from_folder(path: str) -> dict[str, float] | None:
+    """Count parameters of a local diffusers folder by building its models on the meta device."""
+    from pathlib import Path
+
+    root = Path(path)
+    if not (root / "model_index.json").is_file():
+        return None
+    try:
+        from accelerate import init_empty_weights
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
+            te = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
+        heads = unet.config.attention_head_dim
+        heads = heads[0] if isinstance(heads, (list, tuple)) else heads
+        return {
+            "unet": sum(p.numel() for p in unet.parameters()) / 1e6,
+            "text_encoder": sum(p.numel() for p in te.parameters()) / 1e6,
+            "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
+            "heads": float(heads),
+        }
+    except Exception as exc:  # an unreadable folder falls back to SD v1.5 figures
+        log.warning("could not read model configs in %s (%s); assuming SD v1.5 sizes", path, exc)
+        return None
+
+
+def estimate_vram(
+    model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    *,
+    precision: str = "fp16",
+    width: int = 512,
+    height: int = 512,
+    batch_size: int = 1,
+    guidance: bool = True,
+    attention_slicing: bool = False,
+    memory_efficient_attention: bool = True,
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    model_cpu_offload: bool = False,
+    sequential_cpu_offload: bool = False,
+    group_offload: bool = False,
+    counts: dict[str, float] | None = None,
+) -> VramEstimate:
+    """Estimate peak VRAM (MB) of one generation; see the module docstring for the formula."""
+    b = 4 if precision == "fp32" else 2
+    counts = counts or model_param_counts(model_id)
+    heads = counts.get("heads", 8)
+    weights = {k: counts[k] * 1e6 * b / MB for k in ("unet", "text_encoder", "vae")}
+    notes: list[str] = []
+    if sequential_cpu_offload or group_offload:
+        resident = OFFLOAD_RESIDENT_MB
+        notes.append("weights streamed from CPU RAM block by block")
+    elif model_cpu_offload:
+        resident = max(weights.values())
+        notes.append("one component on the GPU at a time")
+    else:
+        resident = sum(weights.values())
+    latent_px = (width // 8) * (height // 8)
+    batch = batch_size * (2 if guidance else 1)
+    unet_act = batch * latent_px * 320 * b * 40 / MB
+    if attention_slicing:
+        slice_rows = max(1.0, batch * heads / 2)
+        attention = slice_rows * latent_px**2 * b * 2 / MB
+    elif memory_efficient_attention:
+        attention = 0.0
+    else:
+        attention = batch * heads * latent_px**2 * b * 2 / MB
+    decode_px = min(width * height, 512 * 512) if vae_tiling else width * height
+    decode_latent_px = min(latent_px, 64 * 64) if vae_tiling else latent_px
+    images_at_once = 1 if vae_slicing else batch_size
+    vae_decode = images_at_once * (6 * decode_px * 128 * b + decode_latent_px**2 * b * 2) / MB
+    decode_weights = weights["vae"] if model_cpu_offload else resident
+    denoise_peak = resident + unet_act + attention
+    decode_peak = decode_weights + vae_decode
+    total = max(denoise_peak, decode_peak) + OVERHEAD_MB
+    return VramEstimate(
+        total_mb=total,
+        weights_mb=weights,
+        resident_weights_mb=resident,
+        unet_activations_mb=unet_act,
+        attention_mb=attention,
+        vae_decode_mb=vae_decode,
+        overhead_mb=OVERHEAD_MB,
+        notes=notes,
+    )
+
+
+def estimate_for_config(config: Any, *, width: int, height: int, batch_size: int) -> VramEstimate:
+    """Estimate for an AppConfig as a CUDA run would resolve it (preset applied, fp16 on 'auto')."""
+    free = free_cuda_vram_mb()
+    device = "cuda" if free is not None else "cpu"
+    opt, _preset = resolve_optimizations(config.optimization, device, free_mb=free)
+    precision = config.model.precision
+    return estimate_vram(
+        config.model.model_id,
+        precision="fp16" if precision == "auto" else precision,
+        width=width,
+        height=height,
+        batch_size=batch_size,
+        guidance=config.generation.guidance_scale > 1,
+        attention_slicing=opt.enable_attention_slicing,
+        vae_slicing=opt.enable_vae_slicing,
+        vae_tiling=opt.enable_vae_tiling,
+        model_cpu_offload=opt.enable_model_cpu_offload,
+        sequential_cpu_offload=opt.enable_sequential_cpu_offload,
+        group_offload=opt.enable_group_offload,
+    )

@@ -1,0 +1,169 @@
+"""Durable jobs (the engine's JobStore): creation, status changes, recovery after a restart."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from typing import Any, cast, get_args
+
+from engine.jobs import FINAL_STATUSES, JobKind, JobRecord, JobStatus
+from storage.db import Database
+from storage.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+JOB_KINDS: frozenset[str] = frozenset(get_args(JobKind))
+JOB_STATUSES: frozenset[str] = frozenset(get_args(JobStatus))
+_COLUMNS = (
+    "id, kind, user_id, payload, guild_id, channel_id, reference, priority, status, attempts,"
+    " error, created_at"
+)
+
+
+def _to_json(name: str, value: dict[str, Any]) -> str:
+    if not isinstance(value, dict):
+        raise TypeError(f"job {name} must be a dict, got {type(value).__name__}")
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"job {name} cannot be stored as JSON: {exc}") from exc
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=int(row["id"]),
+        kind=cast(JobKind, row["kind"]),
+        user_id=int(row["user_id"]),
+        payload=json.loads(row["payload"]),
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        reference=json.loads(row["reference"]),
+        priority=int(row["priority"]),
+        status=cast(JobStatus, row["status"]),
+        attempts=int(row["attempts"]),
+        error=row["error"],
+        created_at=float(row["created_at"]),
+    )
+
+
+class JobsRepo:
+    """Reads and updates rows of the ``jobs`` table."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_job(
+        self,
+        *,
+        kind: JobKind,
+        user_id: int,
+        payload: dict[str, Any],
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        reference: dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> JobRecord:
+        """Insert a queued job and return it with its new id (committed before returning)."""
+        if kind not in JOB_KINDS:
+            raise ValueError(f"job kind must be one of {sorted(JOB_KINDS)}, got {kind!r}")
+        payload_json = _to_json("payload", payload)
+        reference_json = _to_json("reference", reference or {})
+        async with self._db.transaction() as tx:
+            result = await tx.execute(
+                "INSERT INTO jobs (kind, user_id, guild_id, channel_id, reference, payload,"
+                " priority, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    kind,
+                    user_id,
+                    guild_id,
+                    channel_id,
+                    reference_json,
+                    payload_json,
+                    int(priority),
+                    time.time(),
+                ),
+            )
+            row = await tx.fetchone(
+                f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (result.lastrowid,)
+            )
+        assert row is not None
+        return _job(row)
+
+    async def set_job_status(
+        self,
+        job_id: int,
+        status: JobStatus,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a status change; 'running' counts an attempt, final statuses set finished_at."""
+        if status not in JOB_STATUSES:
+            raise ValueError(f"job status must be one of {sorted(JOB_STATUSES)}, got {status!r}")
+        result_json = None if result is None else _to_json("result", result)
+        now = time.time()
+        running = status == "running"
+        final = status in FINAL_STATUSES
+        outcome = await self._db.execute(
+            "UPDATE jobs SET status = ?,"
+            " attempts = attempts + ?,"
+            " started_at = CASE WHEN ? THEN ? ELSE started_at END,"
+            " finished_at = CASE WHEN ? THEN ? ELSE NULL END,"
+            " error = coalesce(?, error),"
+            " result = coalesce(?, result)"
+            " WHERE id = ?",
+            (status, int(running), running, now, final, now, error, result_json, job_id),
+        )
+        if outcome.rowcount == 0:
+            raise NotFoundError(f"there is no job {job_id}")
+
+    async def update_job_reference(self, job_id: int, reference: dict[str, Any]) -> None:
+        """Replace the delivery reference of a job (e.g. after the progress message is sent)."""
+        outcome = await self._db.execute(
+            "UPDATE jobs SET reference = ? WHERE id = ?", (_to_json("reference", reference), job_id)
+        )
+        if outcome.rowcount == 0:
+            raise NotFoundError(f"there is no job {job_id}")
+
+    async def unfinished_jobs(self) -> list[JobRecord]:
+        """Jobs still queued or running, oldest first (used to recover after a restart)."""
+        rows = await self._db.fetchall(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY id"
+        )
+        return [_job(r) for r in rows]
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        """The job with this id, or None."""
+        row = await self._db.fetchone(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        return None if row is None else _job(row)
+
+    async def get_job_result(self, job_id: int) -> dict[str, Any] | None:
+        """The result stored with the job's final status, or None."""
+        row = await self._db.fetchone("SELECT result FROM jobs WHERE id = ?", (job_id,))
+        if row is None or row["result"] is None:
+            return None
+        return cast(dict[str, Any], json.loads(row["result"]))
+
+    async def get_job_times(self, job_id: int) -> tuple[float, float | None, float | None] | None:
+        """(created_at, started_at, finished_at) of a job, or None if it does not exist."""
+        row = await self._db.fetchone(
+            "SELECT created_at, started_at, finished_at FROM jobs WHERE id = ?", (job_id,)
+        )
+        return None if row is None else (row[0], row[1], row[2])
+
+    async def jobs_for_user(
+        self, user_id: int, *, limit: int = 20, statuses: set[str] | None = None
+    ) -> list[JobRecord]:
+        """A user's most recent jobs, newest first, optionally only those with given statuses."""
+        sql = f"SELECT {_COLUMNS} FROM jobs WHERE user_id = ?"
+        params: list[Any] = [user_id]
+        if statuses:
+            unknown = set(statuses) - JOB_STATUSES
+            if unknown:
+                raise ValueError(f"unknown job status(es): {sorted(unknown)}")
+            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
+            params.extend(sorted(statuses))
+        rows = await self._db.fetchall(sql + " ORDER BY id DESC LIMIT ?", (*params, int(limit)))
+        return [_job(r) for r in rows]

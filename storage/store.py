@@ -1,0 +1,122 @@
+"""The ``Storage`` facade: opens the database, holds the repositories, implements JobStore."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from engine.jobs import JobKind, JobRecord, JobStatus
+from storage.db import Database
+from storage.files import FileRoots
+from storage.generations import GenerationsRepo
+from storage.jobs import JobsRepo
+from storage.kv import KeyValueRepo
+from storage.loras import LorasRepo
+from storage.migrate import MIGRATIONS_DIR
+from storage.moderation import BlockedWordsRepo
+from storage.settings import StorageSettings
+from storage.users import UsersRepo
+
+log = logging.getLogger(__name__)
+
+
+class Storage:
+    """The bot's durable state (one SQLite file plus file roots); satisfies engine.jobs.JobStore."""
+
+    def __init__(self, db: Database, files: FileRoots) -> None:
+        self.db = db
+        self.files = files
+        self.users = UsersRepo(db)
+        self.loras = LorasRepo(db)
+        self.jobs = JobsRepo(db)
+        self.generations = GenerationsRepo(db)
+        self.blocked_words = BlockedWordsRepo(db)
+        self.kv = KeyValueRepo(db)
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        settings: StorageSettings | None = None,
+        migrations_dir: Path = MIGRATIONS_DIR,
+    ) -> Storage:
+        """Open and migrate the database (``path`` overrides ``settings.db_path``)."""
+        settings = settings or StorageSettings()
+        db = await Database.open(
+            settings.db_path if path is None else path,
+            busy_timeout_ms=settings.busy_timeout_ms,
+            migrations_dir=migrations_dir,
+        )
+        return cls(db, FileRoots(settings.outputs_dir, settings.lora_dir))
+
+    async def close(self) -> None:
+        """Close the database connection."""
+        await self.db.close()
+
+    async def __aenter__(self) -> Storage:
+        """Use as ``async with await Storage.open(...) as storage:``."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close on leaving the block."""
+        await self.close()
+
+    # --- engine.jobs.JobStore -------------------------------------------------------------
+
+    async def create_job(
+        self,
+        *,
+        kind: JobKind,
+        user_id: int,
+        payload: dict[str, Any],
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        reference: dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> JobRecord:
+        """Insert a queued job and return it with its new id (written before returning)."""
+        return await self.jobs.create_job(
+            kind=kind,
+            user_id=user_id,
+            payload=payload,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            reference=reference,
+            priority=priority,
+        )
+
+    async def set_job_status(
+        self,
+        job_id: int,
+        status: JobStatus,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a status change; 'running' also increments attempts."""
+        await self.jobs.set_job_status(job_id, status, error=error, result=result)
+
+    async def update_job_reference(self, job_id: int, reference: dict[str, Any]) -> None:
+        """Replace the delivery reference of a job (e.g. after the progress message is sent)."""
+        await self.jobs.update_job_reference(job_id, reference)
+
+    async def unfinished_jobs(self) -> list[JobRecord]:
+        """Jobs still queued or running, oldest first (used to recover after a restart)."""
+        return await self.jobs.unfinished_jobs()
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        """The job with this id, or None."""
+        return await self.jobs.get_job(job_id)
+
+    async def jobs_for_user(self, user_id: int, *, limit: int = 20) -> list[JobRecord]:
+        """A user's most recent jobs, newest first."""
+        return await self.jobs.jobs_for_user(user_id, limit=limit)

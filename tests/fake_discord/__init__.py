@@ -1,0 +1,88 @@
+"""A small fake Discord (REST + websocket gateway on 127.0.0.1) for end-to-end tests of the real discord.py.
+
+Usage::
+
+    async with FakeDiscord() as fake:
+        guild = fake.add_guild("Test Guild")              # owner + @everyone + the bot as members
+        general = guild.add_channel("general")
+        nsfw = guild.add_channel("nsfw", nsfw=True)
+        alice = fake.add_user("alice"); guild.add_member(alice)
+        admin = fake.add_user("admin"); guild.add_member(admin, manage_guild=True)
+        with fake.patch_discord():                        # Route.BASE + DEFAULT_GATEWAY -> fake
+            async with fake.running(bot):                 # login, connect task, ready; close on exit
+                it = await fake.send_slash(alice, general, "imagine", {"prompt": "a castle"})
+                assert (await it.wait_callback()).type == 5
+                followup = await it.wait_followup()
+                png = followup.files[0].data
+                click = await fake.send_component(alice, followup.message, "reroll")
+                assert (await click.wait_callback()).type == 7
+        assert fake.unhandled == []
+
+State and factories (:class:`FakeDiscord`):
+    ``FakeDiscord(*, token="fake-bot-token", bot_name=..., attachment_size_limit=10 MiB,
+    heartbeat_interval_ms=41250, privileged_intents=0)`` (``token=None`` accepts any token; an IDENTIFY
+    with a privileged intent not in ``privileged_intents`` is closed with 4014, as Discord does);
+    ``start()``/``stop()`` or ``async with``; ``base_url``, ``api_base``, ``gateway_url``; ``patch_discord()`` (sync context manager); ``running(client, wait_until_ready=True)``.
+    ``add_user(name, *, bot=False) -> FakeUser``; ``add_guild(name, *, owner=None) -> FakeGuild``;
+    ``FakeGuild.add_channel(name, *, nsfw=False)``, ``.add_role(name, permissions)``,
+    ``.add_member(user, *, roles=(), manage_guild=False)``, ``.permissions_for(user)``;
+    ``add_attachment(filename, data, content_type=None) -> FakeAttachment`` (served from the fake's URL).
+    Ids come from :class:`Snowflakes`: the same ids in the same order on every run.
+
+Gateway: ``await wait_ready()``, ``await send_reconnect()`` (op 7) then ``await wait_resumed()``,
+``await dispatch(event, data)``; ``gateway.sent`` / ``gateway.received`` / ``gateway.sequences``.
+zlib-stream transport compression is honoured when the client asks for it (discord.py does by default).
+
+Interactions: ``send_slash(user, channel, command, options=None)`` (``command`` may be ``"lora use"`` or
+``("lora", "use")``; options are typed from the synced command, a :class:`FakeAttachment` value fills
+``resolved.attachments``), ``send_autocomplete(user, channel, command, options, focused)``,
+``send_component(user, message, custom_id, *, component_type=2, values=None)``. Each returns an
+:class:`InteractionRecord`: ``events`` (ordered :class:`RecordedEvent` with ``kind``, ``payload``, ``files``,
+``message``, ``at``), ``callback``, ``followups``, ``edits``, ``original``, ``await wait_callback()``,
+``wait_followup(nth=0)``, ``wait_edit(nth=0)``, ``wait_choices()``, ``wait_kind(kind, nth=0)``, ``wait_for(predicate)``. Event kinds:
+``callback``, ``followup``, ``get_original``, ``edit_original``, ``delete_original``, ``get_followup``,
+``edit_followup``, ``delete_followup``. The fake answers like Discord: a second callback gets 400 (40060),
+a followup before the callback gets 404 (10015).
+
+Recorded elsewhere: ``registered_commands`` (``{None: global, guild_id: [...]}``), ``channel_messages``,
+``messages`` (by id), ``events`` (every REST event, also ``channel_message``, ``edit_channel_message``, ...),
+``unhandled`` (``"METHOD /path"`` of routes the fake does not know; they get ``{}``).
+
+discord.py waits ``guild_ready_timeout`` (2 s by default) after the last GUILD_CREATE before ``on_ready``;
+pass ``guild_ready_timeout=0.1`` to the client in tests to keep them fast.
+"""
+
+from .models import (
+    ALL_PERMISSIONS,
+    DEFAULT_PERMISSIONS,
+    FakeAttachment,
+    FakeChannel,
+    FakeGuild,
+    FakeMember,
+    FakeMessage,
+    FakeRole,
+    FakeUser,
+    Perm,
+    Snowflakes,
+)
+from .recorder import EventLog, InteractionRecord, RecordedEvent, UploadedFile
+from .server import FakeDiscord
+
+__all__ = [
+    "ALL_PERMISSIONS",
+    "DEFAULT_PERMISSIONS",
+    "EventLog",
+    "FakeAttachment",
+    "FakeChannel",
+    "FakeDiscord",
+    "FakeGuild",
+    "FakeMember",
+    "FakeMessage",
+    "FakeRole",
+    "FakeUser",
+    "InteractionRecord",
+    "Perm",
+    "RecordedEvent",
+    "Snowflakes",
+    "UploadedFile",
+]

@@ -1,0 +1,285 @@
+"""``FakeDiscord``: the aiohttp server, its state, factories and the interaction senders."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from . import payloads
+from .gateway import Gateway
+from .models import (
+    DEFAULT_PERMISSIONS,
+    FakeAttachment,
+    FakeChannel,
+    FakeGuild,
+    FakeMessage,
+    FakeRole,
+    FakeUser,
+    Snowflakes,
+)
+from .recorder import EventLog, InteractionRecord, UploadedFile
+from .rest import RestApi, apply_message_body
+
+log = logging.getLogger(__name__)
+
+CommandPath = str | Sequence[str]
+
+
+class FakeDiscord:
+    """A fake Discord (REST under ``/api/v10`` + websocket gateway) on 127.0.0.1."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None = "fake-bot-token",
+        bot_name: str = "ImageBot",
+        attachment_size_limit: int = 10 * 1024 * 1024,
+        heartbeat_interval_ms: int = 41250,
+        privileged_intents: int = 0,
+    ) -> None:
+        self.token = token
+        self.privileged_intents = privileged_intents
+        self.ids = Snowflakes()
+        self.attachment_size_limit = attachment_size_limit
+        self.users: dict[int, FakeUser] = {}
+        self.bot_user = self.add_user(bot_name, bot=True)
+        self.app_owner = self.add_user("app-owner")
+        self.application_id = self.bot_user.id
+        self.application_flags = 0
+        self.guilds: list[FakeGuild] = []
+        self.registered_commands: dict[int | None, list[dict[str, Any]]] = {}
+        self.interactions: dict[str, InteractionRecord] = {}
+        self.messages: dict[int, FakeMessage] = {}
+        self.channel_messages: list[FakeMessage] = []
+        self.attachments: dict[int, FakeAttachment] = {}
+        self.events = EventLog()
+        self.unhandled: list[str] = []
+        self.gateway = Gateway(self, heartbeat_interval_ms)
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeDiscord:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start serving on a free port of 127.0.0.1."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.add_routes([web.get("/gateway", self.gateway.handle), *RestApi(self).routes()])
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        """Close the gateway connections and the server."""
+        await self.gateway.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        """The value for ``discord.http.Route.BASE``."""
+        return f"{self.base_url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        """The websocket URL (also sent as ``resume_gateway_url``)."""
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    @contextlib.contextmanager
+    def patch_discord(self) -> Iterator[None]:
+        """Point discord.py's REST base and gateway at this fake; restored on exit."""
+        import discord.gateway
+        import discord.http
+        import yarl
+
+        old_base = discord.http.Route.BASE
+        old_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+        discord.http.Route.BASE = self.api_base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self.gateway_url)
+        try:
+            yield
+        finally:
+            discord.http.Route.BASE = old_base
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
+
+    @contextlib.asynccontextmanager
+    async def running(self, client: Any, *, wait_until_ready: bool = True) -> AsyncIterator[Any]:
+        """Log ``client`` in, connect it in a task, wait for READY; close it and reap the task on exit."""
+        await client.login(self.token)
+        task = asyncio.create_task(client.connect(reconnect=True), name="fake-discord-client")
+        try:
+            ready = asyncio.ensure_future(
+                client.wait_until_ready() if wait_until_ready else self.wait_ready()
+            )
+            done, _ = await asyncio.wait(
+                {ready, task}, timeout=15, return_when=asyncio.FIRST_COMPLETED
+            )
+            if ready not in done:
+                ready.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ready
+                if task in done:
+                    task.result()  # raises the connect error
+                raise TimeoutError("client did not become ready")
+            yield client
+        finally:
+            await client.close()
+            await asyncio.wait_for(
+                task, 5
+            )  # re-raises what ended the connection, if not a clean close
+
+    # -- factories -----------------------------------------------------------------------------
+
+    def add_user(self, name: str, *, bot: bool = False) -> FakeUser:
+        """Create a user (not yet a member of any guild)."""
+        user = FakeUser(self.ids.next(), name, bot=bot)
+        self.users[user.id] = user
+        return user
+
+    def add_guild(self, name: str = "Test Guild", *, owner: FakeUser | None = None) -> FakeGuild:
+        """Create a guild with ``@everyone``, an owner and the bot as members (add before connecting)."""
+        owner = owner or self.add_user(f"{name} owner")
+        guild = FakeGuild(self.ids.next(), name, owner, self.ids)
+        guild.roles.append(FakeRole(guild.id, guild.id, "@everyone", DEFAULT_PERMISSIONS))
+        guild.add_member(owner)
+        guild.add_member(self.bot_user)
+        self.guilds.append(guild)
+        return guild
+
+    def add_attachment(
+        self, filename: str, data: bytes, content_type: str | None = None
+    ) -> FakeAttachment:
+        """Store a file (for attachment options) served at ``{base_url}/attachments/{id}/{filename}``."""
+        attachment = FakeAttachment(self.ids.next(), filename, data, content_type)
+        self.attachments[attachment.id] = attachment
+        return attachment
+
+    def find_channel(self, channel_id: int) -> FakeChannel | None:
+        """Any guild's channel with this id."""
+        for guild in self.guilds:
+            if channel := guild.channel(channel_id):
+                return channel
+        return None
+
+    def apply_message_body(
+        self,
+        message: FakeMessage,
+        payload: dict[str, Any],
+        files: list[UploadedFile],
+        *,
+        edit: bool,
+    ) -> None:
+        """Apply a create/edit request body to a stored message."""
+        apply_message_body(self, message, payload, files, edit=edit)
+
+    # -- gateway -------------------------------------------------------------------------------
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the client identified and got READY + GUILD_CREATEs."""
+        await self.gateway.wait_ready(timeout)
+
+    async def send_reconnect(self) -> None:
+        """Send op 7 RECONNECT; the client reconnects and RESUMEs (see :meth:`wait_resumed`)."""
+        await self.gateway.send_reconnect()
+
+    async def wait_resumed(self, timeout: float = 10.0) -> None:
+        """Wait until the client resumed after the last :meth:`send_reconnect`."""
+        await self.gateway.wait_resumed(timeout)
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> int:
+        """Send any DISPATCH event; returns its sequence number."""
+        return await self.gateway.dispatch(event, data)
+
+    # -- interactions --------------------------------------------------------------------------
+
+    async def _send_interaction(
+        self,
+        type_: int,
+        user: FakeUser,
+        channel: FakeChannel,
+        data: dict[str, Any],
+        message: FakeMessage | None = None,
+    ) -> InteractionRecord:
+        interaction_id, token = self.ids.next(), secrets.token_urlsafe(24)
+        payload = payloads.interaction(
+            self, interaction_id, token, type_, user, channel, data, message
+        )
+        record = InteractionRecord(
+            id=interaction_id,
+            token=token,
+            type=type_,
+            payload=payload,
+            user=user,
+            channel=channel,
+            message=message,
+        )
+        self.interactions[token] = record
+        await self.gateway.dispatch("INTERACTION_CREATE", payload)
+        return record
+
+    async def send_slash(
+        self,
+        user: FakeUser,
+        channel: FakeChannel,
+        command: CommandPath,
+        options: Mapping[str, Any] | None = None,
+    ) -> InteractionRecord:
+        """Send a slash command (``"imagine"``, ``"lora use"`` or ``("lora", "use")``) as INTERACTION_CREATE."""
+        data = payloads.command_data(self, channel.guild, command, options or {}, focused=None)
+        return await self._send_interaction(2, user, channel, data)
+
+    async def send_autocomplete(
+        self,
+        user: FakeUser,
+        channel: FakeChannel,
+        command: CommandPath,
+        options: Mapping[str, Any],
+        focused: str,
+    ) -> InteractionRecord:
+        """Send an autocomplete request (type 4); ``focused`` names the option being typed."""
+        data = payloads.command_data(self, channel.guild, command, options, focused=focused)
+        return await self._send_interaction(4, user, channel, data)
+
+    async def send_component(
+        self,
+        user: FakeUser,
+        message: FakeMessage,
+        custom_id: str,
+        *,
+        component_type: int = 2,
+        values: Sequence[str] | None = None,
+    ) -> InteractionRecord:
+        """Click a button (or pick select ``values``) on a message the bot sent (type 3)."""
+        channel = self.find_channel(message.channel_id)
+        if channel is None:
+            raise LookupError(f"message {message.id} is not in a known channel")
+        if custom_id not in message.custom_ids:
+            raise LookupError(
+                f"message {message.id} has no component {custom_id!r}: {message.custom_ids}"
+            )
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
+        if values is not None:
+            data["values"] = list(values)
+        return await self._send_interaction(3, user, channel, data, message)
