@@ -16,7 +16,7 @@ import torch
 
 from engine.config import AppConfig
 from engine.errors import EngineError, GenerationCancelled
-from engine.lora import LoraManager
+from engine.lora import LoraManager, lora_display_name
 from engine.metadata import format_parameters, save_png
 from engine.optimizations import (
     apply_optimizations,
@@ -207,9 +207,12 @@ class TextToImageGenerator:
 
     def parameters_text(self, resolved: ResolvedRequest, seed: int) -> str:
         """The PNG parameters text of one image of a request."""
-        lora_name = resolved.lora_name or (Path(resolved.lora).stem if resolved.lora else None)
-        if lora_name is None and self._default_lora is not None and resolved.lora is None:
-            lora_name = self._default_lora[0]
+        lora_name = resolved.lora_name or (
+            lora_display_name(resolved.lora) if resolved.lora else None
+        )
+        scale: float | None = resolved.lora_scale
+        if lora_name is None and self._default_lora is not None:
+            lora_name, scale = self._default_lora
         return format_parameters(
             prompt=resolved.prompt,
             negative_prompt=resolved.negative_prompt,
@@ -221,7 +224,7 @@ class TextToImageGenerator:
             height=resolved.height,
             model=self.model_name,
             lora=lora_name,
-            lora_scale=resolved.lora_scale if resolved.lora else None,
+            lora_scale=scale,
         )
 
     def _select_lora(self, resolved: ResolvedRequest) -> None:

@@ -82,6 +82,14 @@ def inspect_lora_file(path: str | Path) -> LoraFileInfo:
     return LoraFileInfo(file, len(keys), rank, fmt, has_te, dict(metadata))
 
 
+def lora_display_name(path: str | Path) -> str:
+    """The name a LoRA path is known by: its folder for the diffusers file name, else its stem."""
+    p = Path(path)
+    if p.is_dir():
+        return p.name
+    return p.parent.name if p.name == WEIGHT_NAME else p.stem
+
+
 def adapter_name_for(name: str) -> str:
     """A peft-safe adapter name derived from a LoRA name."""
     cleaned = _ADAPTER_NAME_RE.sub("_", name) or "lora"
@@ -100,8 +108,7 @@ class LoraManager:
     def load(self, path: str | Path, name: str | None = None) -> str:
         """Load a LoRA file as a resident adapter (no-op if already loaded); return its name."""
         info = inspect_lora_file(path)
-        default = info.path.parent.name if info.path.name == WEIGHT_NAME else info.path.stem
-        adapter = adapter_name_for(name or default)
+        adapter = adapter_name_for(name or lora_display_name(info.path))
         if adapter in self.resident and self.resident[adapter] == info.path:
             self.resident.move_to_end(adapter)
             return adapter

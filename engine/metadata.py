@@ -9,8 +9,6 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-# Order and spelling of the web UI's "PNG info" line, so other tools parse our files.
-FIELD_ORDER = ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Lora", "Version")
 VERSION = "sd-discord-bot 0.1"
 
 
@@ -39,7 +37,8 @@ def format_parameters(
         "Model": model,
     }
     if lora:
-        fields["Lora"] = f"{lora}:{lora_scale if lora_scale is not None else 1.0:g}"
+        fields["Lora"] = lora
+        fields["Lora weight"] = f"{lora_scale if lora_scale is not None else 1.0:g}"
     fields.update(extra or {})
     fields["Version"] = VERSION
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in fields.items())

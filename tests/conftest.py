@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny_sd import make_tiny_lora, save_tiny_pipeline  # noqa: E402
+from tests.tiny_sd import make_tiny_lora, save_tiny_pipeline
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +49,7 @@ def tiny_kohya_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def foreign_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA made for a different base model (other cross-attention width)."""
-    return make_tiny_lora(
-        tmp_path_factory.mktemp("lora_f"), seed=4, rank=4, cross_attention_dim=48
-    )
+    return make_tiny_lora(tmp_path_factory.mktemp("lora_f"), seed=4, rank=4, cross_attention_dim=48)
 
 
 def tiny_config(model_dir: Path, **generation: object):

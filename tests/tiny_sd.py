@@ -7,13 +7,77 @@ from pathlib import Path
 
 import torch
 
-WORDS = (
-    "a an the of on in at with and photo painting picture drawing style castle dusk garden dog cat "
-    "red green blue yellow white black orange purple pink brown gray circle square triangle star "
-    "small large big top bottom left right center background sks zwx ohwx quality low worst blurry "
-    "bad ugly beautiful detailed portrait landscape mountain river sky sun moon tree house city "
-    "night day forest sea boat"
-).split()
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "at",
+    "with",
+    "and",
+    "photo",
+    "painting",
+    "picture",
+    "drawing",
+    "style",
+    "castle",
+    "dusk",
+    "garden",
+    "dog",
+    "cat",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "white",
+    "black",
+    "orange",
+    "purple",
+    "pink",
+    "brown",
+    "gray",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "small",
+    "large",
+    "big",
+    "top",
+    "bottom",
+    "left",
+    "right",
+    "center",
+    "background",
+    "sks",
+    "zwx",
+    "ohwx",
+    "quality",
+    "low",
+    "worst",
+    "blurry",
+    "bad",
+    "ugly",
+    "beautiful",
+    "detailed",
+    "portrait",
+    "landscape",
+    "mountain",
+    "river",
+    "sky",
+    "sun",
+    "moon",
+    "tree",
+    "house",
+    "city",
+    "night",
+    "day",
+    "forest",
+    "sea",
+    "boat",
+]
 
 
 def write_tokenizer(folder: Path, words: list[str] | tuple[str, ...] = WORDS) -> None:
@@ -129,7 +193,12 @@ def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
 
 
 def make_tiny_lora(
-    folder: Path, *, seed: int = 0, rank: int = 4, kohya: bool = False, cross_attention_dim: int = 32
+    folder: Path,
+    *,
+    seed: int = 0,
+    rank: int = 4,
+    kohya: bool = False,
+    cross_attention_dim: int = 32,
 ) -> Path:
     """Write a random-weight LoRA for the tiny UNet; diffusers layout, or kohya when asked."""
     from diffusers import StableDiffusionPipeline
@@ -155,5 +224,7 @@ def make_tiny_lora(
         path = folder / "tiny_kohya.safetensors"
         save_file({k: v.contiguous() for k, v in kohya_state.items()}, str(path))
         return path
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=state, safe_serialization=True
+    )
     return folder / "pytorch_lora_weights.safetensors"

@@ -79,10 +79,10 @@ def build_models(args: argparse.Namespace, vocab_size: int):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64),
+        block_out_channels=(16, 32, 64),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=16,
+        norm_num_groups=8,
         sample_size=IMAGE_SIZE,
     )
     text_encoder = CLIPTextModel(
@@ -127,11 +127,11 @@ def image_batch(specs: list) -> torch.Tensor:
 
 def train_vae(vae, args: argparse.Namespace, rng: random.Random) -> None:
     """Train the autoencoder on rendered images (reconstruction + a tiny KL term)."""
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     vae.train()
     start = time.time()
     for step in range(1, args.vae_steps + 1):
-        batch = image_batch([random_spec(rng, held_out=None) for _ in range(32)])
+        batch = image_batch([random_spec(rng, held_out=None) for _ in range(16)])
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
         kl = posterior.kl().mean() / (4 * LATENT_SIZE * LATENT_SIZE)

@@ -1,0 +1,1 @@
+"""LoRA training: settings, data, checkpoint files and the slice-wise trainer."""

@@ -1,0 +1,93 @@
+"""The command line end to end, in a subprocess, writing real PNGs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from engine.metadata import parse_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "GEN_", "OPT_"))}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_cli_writes_pngs_with_parameters(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run_cli(
+        "a castle",
+        "--model", str(tiny_model_dir),
+        "--steps", "3", "--cfg", "8.0", "--seed", "42",
+        "--width", "72", "--height", "64", "--num", "2",
+        "--negative", "blurry", "--scheduler", "Euler a",
+        "--out", str(out), "--quiet",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(out.glob("gen_*.png"))
+    assert len(files) == 2
+    assert f"{files[0]}  seed=42" in proc.stdout and f"{files[1]}  seed=43" in proc.stdout
+    with Image.open(files[1]) as image:
+        assert image.size == (72, 64)
+        params = parse_parameters(image.info["parameters"])
+    assert params["prompt"] == "a castle" and params["negative_prompt"] == "blurry"
+    assert params["Seed"] == "43" and params["Sampler"] == "Euler a"
+    assert params["CFG scale"] == "8" and params["Steps"] == "3"
+
+
+def test_cli_with_lora(tiny_model_dir: Path, tiny_lora: Path, tmp_path: Path) -> None:
+    proc = run_cli(
+        "a castle", "--model", str(tiny_model_dir), "--steps", "2", "--width", "64",
+        "--height", "64", "--lora", str(tiny_lora), "--lora-scale", "0.7",
+        "--out", str(tmp_path), "--quiet", "--seed", "1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    png = next(tmp_path.glob("gen_*.png"))
+    with Image.open(png) as image:
+        assert "Lora: lora_a0, Lora weight: 0.7," in image.info["parameters"]
+
+
+def test_cli_bad_input_one_line_nonzero(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cases = {
+        ("--width", "100"): "width: must be a multiple of 8",
+        ("--steps", "0"): "num_inference_steps: must be between 1 and 150",
+        ("--scheduler", "nope"): "unknown name 'nope'",
+        ("--lora", str(tmp_path / "missing.safetensors")): "LoRA: file not found",
+        ("--model", str(tmp_path / "nowhere")): "model: path not found",
+    }
+    for extra, message in cases.items():
+        args = ["a dog", "--model", str(tiny_model_dir), *extra]
+        if extra[0] == "--model":
+            args = ["a dog", *extra]
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (extra, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert lines == [lines[0]] and message in lines[0], proc.stderr
+    assert not list(tmp_path.glob("**/*.png"))
+
+
+def test_estimate_vram_loads_no_model(tmp_path: Path) -> None:
+    proc = run_cli(
+        "test", "--estimate-vram", "--width", "768", "--height", "768",
+        "--model", "someone/never-downloaded", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Estimated peak VRAM" in proc.stdout and "weights unet" in proc.stdout
+    assert not (tmp_path / "models").exists()

@@ -1,0 +1,107 @@
+"""Settings: environment and .env parsing, readable errors, VRAM presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config import AppConfig, ConfigError, GenerationConfig, load_config
+from engine.vram import PRESETS, pick_preset_for_free_vram, resolve_optimizations
+
+
+def test_defaults_have_the_seed_shape() -> None:
+    cfg = AppConfig()
+    assert cfg.model.model_id == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert cfg.model.precision == "auto"
+    assert cfg.model.cache_dir == Path("models/cache")
+    assert cfg.optimization.enable_attention_slicing is False
+    assert cfg.generation.width == 512 and cfg.generation.num_inference_steps == 25
+    assert cfg.generation.scheduler == "DPM++ 2M Karras"
+    assert cfg.generation.negative_prompt
+
+
+def test_environment_fills_sections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_ID", "demo")
+    monkeypatch.setenv("MODEL_PRECISION", "fp16")
+    monkeypatch.setenv("OPT_ENABLE_VAE_TILING", "true")
+    monkeypatch.setenv("GEN_WIDTH", "768")
+    monkeypatch.setenv("GEN_SCHEDULER", "euler A")
+    cfg = load_config()
+    assert cfg.model.model_id == "demo"
+    assert cfg.model.precision == "fp16"
+    assert cfg.optimization.enable_vae_tiling is True
+    assert cfg.generation.width == 768
+    assert cfg.generation.scheduler == "Euler a"
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("GEN_NUM_INFERENCE_STEPS=12\nMODEL_ID=./my-model\n")
+    cfg = load_config(env)
+    assert cfg.generation.num_inference_steps == 12
+    assert cfg.model.model_id == "./my-model"
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("MODEL_PRECISION", "fp64", "MODEL_PRECISION='fp64': must be one of 'auto', 'fp32'"),
+        ("GEN_NUM_INFERENCE_STEPS", "-3", "GEN_NUM_INFERENCE_STEPS='-3': must be between 1"),
+        ("GEN_WIDTH", "500", "GEN_WIDTH='500': must be a multiple of 8"),
+        ("OPT_VRAM_PRESET", "5gb", "OPT_VRAM_PRESET='5gb': must be one of 'auto', 'none', '2gb'"),
+        ("GEN_SCHEDULER", "warp", "choose one of: DPM++ 2M Karras"),
+        ("GEN_GUIDANCE_SCALE", "31", "GEN_GUIDANCE_SCALE='31': must be between 0 and 30"),
+        ("MODEL_DEVICE", "gpu", "MODEL_DEVICE='gpu': must be one of auto, cpu, cuda"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_all_bad_values_reported_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEN_WIDTH", "100")
+    monkeypatch.setenv("MODEL_PRECISION", "int4")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert "GEN_WIDTH" in str(info.value) and "MODEL_PRECISION" in str(info.value)
+
+
+def test_env_example_lists_every_field() -> None:
+    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    from engine.config import GenerationConfig, ModelConfig, OptimizationConfig, env_name
+
+    for section in (ModelConfig, OptimizationConfig, GenerationConfig):
+        for field in section.model_fields:
+            assert f"{env_name(section, field)}=" in text, env_name(section, field)
+
+
+@pytest.mark.parametrize(
+    ("free", "preset"), [(1500, "2gb"), (3000, "3gb"), (3900, "4gb"), (6000, "6gb"), (20000, "8gb")]
+)
+def test_auto_preset_follows_free_vram(free: float, preset: str) -> None:
+    assert pick_preset_for_free_vram(free) == preset
+
+
+def test_preset_fills_only_unset_flags() -> None:
+    from engine.config import OptimizationConfig
+
+    opt = OptimizationConfig(vram_preset="2gb", enable_vae_tiling=False)
+    resolved, name = resolve_optimizations(opt, "cuda")
+    assert name == "2gb"
+    assert resolved.enable_sequential_cpu_offload is True
+    assert resolved.enable_vae_tiling is False  # set explicitly, so the preset leaves it
+    cpu, cpu_name = resolve_optimizations(OptimizationConfig(), "cpu")
+    assert cpu_name == "none" and not cpu.enable_sequential_cpu_offload
+    assert set(PRESETS) >= {"2gb", "3gb", "4gb", "6gb", "8gb"}
+
+
+def test_generation_config_rejects_bad_kwargs() -> None:
+    with pytest.raises(ValueError, match="multiple of 8"):
+        GenerationConfig(width=65)
