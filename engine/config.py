@@ -141,6 +141,26 @@ class GenerationConfig(BaseSettings):
         return canonical_scheduler_name(value)
 
 
+class QueueConfig(BaseSettings):
+    """The job queue and the engine thread (env prefix QUEUE_)."""
+
+    model_config = _section("QUEUE_")
+
+    per_user_cap: int = Field(3, ge=1, le=100, description="Waiting jobs allowed per user")
+    global_cap: int = Field(100, ge=1, le=10000, description="Waiting jobs allowed in total")
+    admin_priority: bool = Field(False, description="Serve admins' jobs before others'")
+    progress_interval_s: float = Field(
+        1.5, ge=0, le=60, description="Min seconds between progress events"
+    )
+    previews: bool = Field(True, description="Attach a small preview image to progress events")
+    preview_size: int = Field(128, ge=32, le=512, description="Longest side of previews in pixels")
+    max_attempts: int = Field(3, ge=1, le=10, description="Runs of a job before it is given up")
+    train_slice_steps: int = Field(
+        10, ge=1, le=1000, description="Training steps between /imagine jobs"
+    )
+    max_trainings: int = Field(1, ge=1, le=4, description="Trainings that may run at a time")
+
+
 def check_size(value: int) -> None:
     """Raise ValueError unless value is a multiple of 8 in [64, 2048]."""
     if value % 8 or not 64 <= value <= 2048:
@@ -161,6 +181,7 @@ class AppConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
 
 
 def env_name(section: type[BaseSettings], field: str) -> str:
@@ -203,6 +224,7 @@ def load_config(env_file: str | Path | None = ENV_FILE) -> AppConfig:
         ("model", ModelConfig),
         ("optimization", OptimizationConfig),
         ("generation", GenerationConfig),
+        ("queue", QueueConfig),
     ):
         try:
             sections[key] = section(**kwargs)

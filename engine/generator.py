@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, Any], None]
 
 
+# The out-of-memory ladder: each rung adds one saving to those below it.
+MEMORY_RUNGS = (
+    "attention slicing",
+    "VAE tiling",
+    "model CPU offload",
+    "sequential CPU offload",
+    "one image at a time",
+)
+
+
 class TextToImageGenerator:
     """A Stable Diffusion text-to-image pipeline with low-VRAM settings, LoRA and PNG metadata."""
 
@@ -55,6 +65,8 @@ class TextToImageGenerator:
         self._base_scheduler_config: dict[str, Any] = {}
         self._default_lora: tuple[str, float] | None = None
         self._safety: tuple[Any, Any] | None = None
+        self._opt: Any = None
+        self.memory_level = 0
 
     @property
     def loaded(self) -> bool:
@@ -83,6 +95,8 @@ class TextToImageGenerator:
             pipe.safety_checker = None
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self.applied = apply_optimizations(pipe, opt, self.device)
+        self._opt = opt
+        self.memory_level = 0
         self.pipe = pipe
         self.source = source
         self.model_defaults = read_model_defaults(source)
@@ -226,6 +240,33 @@ class TextToImageGenerator:
             lora=lora_name,
             lora_scale=scale,
         )
+
+    def set_memory_level(self, level: int) -> None:
+        """Apply the first `level` rungs of MEMORY_RUNGS on top of the configured settings."""
+        level = max(0, min(level, len(MEMORY_RUNGS)))
+        if level == self.memory_level or not self.loaded:
+            self.memory_level = level
+            return
+        opt, pipe = self._opt, self.pipe
+        if opt.enable_attention_slicing or level >= 1:
+            pipe.enable_attention_slicing()
+        else:
+            pipe.disable_attention_slicing()
+        if opt.enable_vae_tiling or level >= 2:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        if self.device.startswith("cuda"):
+            from engine.optimizations import place_on_device
+
+            pipe.remove_all_hooks()
+            updates = {
+                "enable_model_cpu_offload": opt.enable_model_cpu_offload or level == 3,
+                "enable_sequential_cpu_offload": opt.enable_sequential_cpu_offload or level >= 4,
+            }
+            place_on_device(pipe, opt.model_copy(update=updates), self.device)
+        self.memory_level = level
+        log.info("memory level %d (%s)", level, ", ".join(MEMORY_RUNGS[:level]) or "as configured")
 
     def _select_lora(self, resolved: ResolvedRequest) -> None:
         assert self.lora is not None

@@ -102,8 +102,42 @@ class Storage:
         error: str | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        """Record a status change; 'running' also increments attempts."""
+        """Record a status change; 'running' also increments attempts.
+
+        A finished generation job also gets its generations row (at most one per job, written
+        before the job is marked done, so a crash in between reruns the job without a duplicate)
+        and the user's last seed.
+        """
+        if status == "done" and result and result.get("seeds"):
+            job = await self.jobs.get_job(job_id)
+            if job is not None and job.kind == "generate":
+                await self._record_generation(job, result)
         await self.jobs.set_job_status(job_id, status, error=error, result=result)
+
+    async def _record_generation(self, job: JobRecord, result: dict[str, Any]) -> None:
+        if await self.generations.get_generation_by_job(job.id) is not None:
+            return
+        request = job.payload.get("request", {})
+        seeds = [int(s) for s in result["seeds"]]
+        await self.generations.record_generation(
+            job_id=job.id,
+            user_id=job.user_id,
+            prompt=str(request.get("prompt", "")),
+            negative_prompt=str(request.get("negative_prompt") or ""),
+            steps=int(request.get("num_inference_steps") or 0),
+            cfg=float(request.get("guidance_scale") or 0.0),
+            width=int(request.get("width") or 0),
+            height=int(request.get("height") or 0),
+            sampler=str(request.get("scheduler") or ""),
+            seeds=seeds,
+            model=str(result.get("model", "")),
+            lora_name=request.get("lora_name"),
+            lora_scale=request.get("lora_scale") if request.get("lora_name") else None,
+            image_paths=[str(p) for p in result.get("paths", [])],
+            timings={"total_s": float(result.get("seconds", 0.0))},
+        )
+        await self.users.get_or_create_user(job.user_id)
+        await self.users.set_last_seed(job.user_id, seeds[0])
 
     async def update_job_reference(self, job_id: int, reference: dict[str, Any]) -> None:
         """Replace the delivery reference of a job (e.g. after the progress message is sent)."""

@@ -1,0 +1,184 @@
+"""The fair job queue: round-robin across users by fair tags, caps, positions, durable submits.
+
+Each job gets a tag when it is submitted: one more than the last tag among its user's waiting
+jobs, or than the tag of the job served last, whichever is larger. Jobs run in (priority, tag,
+id) order, which is round-robin across users: a user's tenth request has tag 10 and never holds
+back another user's first (tag 1). The tag is stored in the job's payload, so after a restart
+the recovered jobs run in exactly their original order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from typing import Any
+
+from engine.jobs import JobKind, JobRecord, JobStore
+
+log = logging.getLogger(__name__)
+
+TAG_KEY = "queue_tag"
+SortKey = tuple[int, float, int]
+
+
+class QueueFullError(Exception):
+    """submit refused the job; the message says why in plain words."""
+
+
+def _key(job: JobRecord) -> SortKey:
+    return (-job.priority, float(job.payload.get(TAG_KEY, 0.0)), job.id)
+
+
+class FairQueue:
+    """Waiting jobs in fair order; every operation runs on the event loop in O(log n)..O(n)."""
+
+    def __init__(self, store: JobStore, *, per_user_cap: int = 3, global_cap: int = 100) -> None:
+        self.store = store
+        self.per_user_cap = per_user_cap
+        self.global_cap = global_cap
+        self._keys: list[SortKey] = []
+        self._jobs: list[JobRecord] = []
+        self._by_id: dict[int, JobRecord] = {}
+        self._per_user: dict[int, list[float]] = {}  # user -> tags of their waiting jobs
+        self._served_tag = 0.0
+        self._available = asyncio.Event()
+        self.paused = False
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get_job(self, job_id: int) -> JobRecord | None:
+        """The waiting job with this id, or None."""
+        return self._by_id.get(job_id)
+
+    def waiting_for_user(self, user_id: int) -> list[JobRecord]:
+        """The user's waiting jobs, in the order they will run."""
+        return [job for job in self._jobs if job.user_id == user_id]
+
+    def next_tag(self, user_id: int) -> float:
+        """The fair tag a new job of this user gets."""
+        tags = self._per_user.get(user_id)
+        return max(self._served_tag, max(tags) if tags else 0.0) + 1.0
+
+    async def submit(
+        self,
+        *,
+        kind: JobKind,
+        user_id: int,
+        payload: dict[str, Any],
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        reference: dict[str, Any] | None = None,
+        priority: int = 0,
+        check_caps: bool = True,
+    ) -> JobRecord:
+        """Check the caps, write the job to the store, then place it in fair order."""
+        if check_caps:
+            mine = len(self._per_user.get(user_id, ()))
+            if mine >= self.per_user_cap:
+                raise QueueFullError(
+                    f"You already have {mine} jobs waiting (the limit is {self.per_user_cap}); "
+                    "wait for one to start or cancel one."
+                )
+            if len(self._jobs) >= self.global_cap:
+                raise QueueFullError(
+                    f"The queue is full ({self.global_cap} jobs waiting); try again in a few minutes."
+                )
+        payload = {**payload, TAG_KEY: self.next_tag(user_id)}
+        job = await self.store.create_job(
+            kind=kind,
+            user_id=user_id,
+            payload=payload,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            reference=reference,
+            priority=priority,
+        )
+        self.push(job)
+        return job
+
+    def push(self, job: JobRecord) -> None:
+        """Place a stored job in fair order (a job without a tag, e.g. recovered, gets one)."""
+        if TAG_KEY not in job.payload:
+            job.payload[TAG_KEY] = self.next_tag(job.user_id)
+        key = _key(job)
+        index = bisect.bisect_left(self._keys, key)
+        self._keys.insert(index, key)
+        self._jobs.insert(index, job)
+        self._by_id[job.id] = job
+        self._per_user.setdefault(job.user_id, []).append(key[1])
+        if not self.paused:
+            self._available.set()
+
+    def restore_served_tag(self, tag: float) -> None:
+        """After a restart: the tag of the job served last, so new jobs queue behind recovered ones."""
+        self._served_tag = max(self._served_tag, tag)
+
+    def order(self) -> list[JobRecord]:
+        """Every waiting job in the order it will be served."""
+        return list(self._jobs)
+
+    def position(self, job_id: int) -> int | None:
+        """1-based place of a waiting job in the serving order, or None if it is not waiting."""
+        job = self._by_id.get(job_id)
+        if job is None:
+            return None
+        return bisect.bisect_left(self._keys, _key(job)) + 1
+
+    def jobs_ahead(self, job_id: int) -> list[JobRecord]:
+        """The waiting jobs that run before this one."""
+        position = self.position(job_id)
+        return [] if position is None else self._jobs[: position - 1]
+
+    def remove(self, job_id: int) -> JobRecord | None:
+        """Take a waiting job out of the queue (for cancel); None if it was not waiting."""
+        job = self._by_id.get(job_id)
+        if job is None:
+            return None
+        self._take(bisect.bisect_left(self._keys, _key(job)))
+        return job
+
+    def _take(self, index: int) -> JobRecord:
+        key = self._keys.pop(index)
+        job = self._jobs.pop(index)
+        del self._by_id[job.id]
+        tags = self._per_user[job.user_id]
+        tags.remove(key[1])
+        if not tags:
+            del self._per_user[job.user_id]
+        if not self._jobs:
+            self._available.clear()
+        return job
+
+    def pop_next(self, kind: JobKind | None = None) -> JobRecord | None:
+        """Take the next job in fair order (optionally only of one kind), or None."""
+        for index, job in enumerate(self._jobs):
+            if kind is None or job.kind == kind:
+                self._served_tag = max(self._served_tag, self._keys[index][1])
+                return self._take(index)
+        return None
+
+    async def get(self) -> JobRecord:
+        """Wait for the next job in fair order (not while paused)."""
+        while True:
+            if not self.paused and self._jobs:
+                job = self.pop_next()
+                if job is not None:
+                    return job
+            self._available.clear()
+            await self._available.wait()
+
+    def pause(self) -> None:
+        """Stop handing out jobs (submits are still accepted)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Hand out jobs again."""
+        self.paused = False
+        if self._jobs:
+            self._available.set()
+
+    def has_waiting(self, kind: JobKind | None = None) -> bool:
+        """Whether a job (of this kind) waits."""
+        return any(kind is None or job.kind == kind for job in self._jobs)

@@ -1,0 +1,267 @@
+"""The fair queue and the engine executor on the tiny model: order, caps, cancel, OOM, events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import QueueConfig
+from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progress, Queued, Started
+from engine.executor import EngineExecutor
+from engine.generator import MEMORY_RUNGS, TextToImageGenerator
+from engine.jobs import MemoryJobStore
+from engine.queue import FairQueue, QueueFullError
+
+
+def request(prompt: str = "a red castle", **extra: object) -> dict:
+    return {"request": {"prompt": prompt, "seed": 1, **extra}}
+
+
+class Recorder:
+    """Collects events and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.events: list[JobEvent] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: JobEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def of(self, kind: type, job_id: int | None = None) -> list:
+        return [e for e in self.events if isinstance(e, kind) and job_id in (None, e.job.id)]
+
+    async def wait(self, kind: type, job_id: int | None = None, count: int = 1, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while len(self.of(kind, job_id)) < count:
+            self._changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seen = [(type(e).__name__, e.job.id) for e in self.events]
+                raise AssertionError(f"no {kind.__name__} for job {job_id}; events: {seen}")
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        return self.of(kind, job_id)
+
+
+@pytest.fixture
+async def executor(tiny_generator: TextToImageGenerator, tmp_path: Path):
+    store = MemoryJobStore()
+    ex = EngineExecutor(
+        tiny_generator,
+        store,
+        QueueConfig(progress_interval_s=0, per_user_cap=3, global_cap=8),
+        image_path=lambda job, i: tmp_path / f"job{job.id}-{i}.png",
+    )
+    rec = Recorder()
+    ex.subscribe(rec)
+    ex.rec = rec  # type: ignore[attr-defined]
+    await ex.start()
+    yield ex
+    await ex.stop()
+
+
+async def test_round_robin_across_three_users(executor: EngineExecutor) -> None:
+    executor.pause()
+    ids = {}
+    for user, count in ((1, 3), (2, 2), (3, 1)):
+        for n in range(count):
+            job = await executor.submit(user_id=user, payload=request(f"job {user}-{n}"))
+            ids[job.id] = user
+    positions = [executor.position(job_id) for job_id in ids]
+    assert sorted(positions) == [1, 2, 3, 4, 5, 6]
+    executor.resume()
+    await executor.rec.wait(Finished, count=6)
+    started = [ids[e.job.id] for e in executor.rec.of(Started)]
+    assert started == [1, 2, 3, 1, 2, 1]
+
+
+async def test_caps_refuse_with_a_reason(executor: EngineExecutor) -> None:
+    executor.pause()
+    for _ in range(3):
+        await executor.submit(user_id=5, payload=request())
+    with pytest.raises(QueueFullError, match="already have 3 jobs waiting"):
+        await executor.submit(user_id=5, payload=request())
+    for user in range(6, 11):
+        await executor.submit(user_id=user, payload=request())
+    with pytest.raises(QueueFullError, match="queue is full"):
+        await executor.submit(user_id=99, payload=request())
+    # Admins are not capped.
+    await executor.submit(user_id=99, payload=request(), admin=True)
+    assert len(executor.queue) == 9
+
+
+async def test_bad_request_refused_before_queueing(executor: EngineExecutor) -> None:
+    with pytest.raises(ValueError, match="width: must be a multiple of 8"):
+        await executor.submit(user_id=1, payload=request(width=99))
+    assert len(executor.queue) == 0 and executor.store.jobs == {}
+
+
+async def test_cancel_queued_and_running(executor: EngineExecutor) -> None:
+    executor.pause()
+    slow = await executor.submit(user_id=1, payload=request(num_inference_steps=150))
+    waiting = await executor.submit(user_id=2, payload=request())
+    assert await executor.cancel(waiting.id) == "queued"
+    assert executor.position(waiting.id) is None
+    assert executor.store.jobs[waiting.id].status == "cancelled"
+    executor.resume()
+    await executor.rec.wait(Progress, slow.id)
+    assert await executor.cancel(slow.id) == "running"
+    [cancelled] = await executor.rec.wait(Cancelled, slow.id)
+    assert cancelled.was_running and 1 <= cancelled.step < 150
+    assert executor.store.jobs[slow.id].status == "cancelled"
+    assert await executor.cancel(12345) is None
+
+
+async def test_progress_events_are_throttled(tiny_generator: TextToImageGenerator, tmp_path: Path) -> None:
+    results = {}
+    for interval in (0.0, 30.0):
+        ex = EngineExecutor(
+            tiny_generator,
+            MemoryJobStore(),
+            QueueConfig(progress_interval_s=interval),
+            image_path=lambda job, i: tmp_path / f"{interval}-{job.id}-{i}.png",
+        )
+        rec = Recorder()
+        ex.subscribe(rec)
+        await ex.start()
+        job = await ex.submit(user_id=1, payload=request(num_inference_steps=8))
+        await rec.wait(Finished, job.id)
+        await ex.stop()
+        results[interval] = rec.of(Progress, job.id)
+    assert [p.step for p in results[0.0]] == list(range(1, 9))
+    assert results[0.0][0].preview is not None and results[0.0][0].preview.size[0] <= 128
+    # With a long interval only the first step and the last one get through.
+    assert [p.step for p in results[30.0]] == [1, 8]
+
+
+async def test_finished_event_has_files_and_seeds(executor: EngineExecutor) -> None:
+    job = await executor.submit(user_id=1, payload=request(num_images=2, seed=500))
+    [done] = await executor.rec.wait(Finished, job.id)
+    assert done.result_data["seeds"] == [500, 501]
+    for path in done.result_data["paths"]:
+        assert Path(path).is_file() and Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert executor.store.jobs[job.id].status == "done"
+    assert executor.store.results[job.id]["seeds"] == [500, 501]
+    queued = executor.rec.of(Queued, job.id)
+    assert queued and queued[0].position == 1
+
+
+async def test_missing_seed_is_fixed_at_submit(executor: EngineExecutor) -> None:
+    job = await executor.submit(user_id=1, payload={"request": {"prompt": "a tree"}})
+    seed = job.payload["request"]["seed"]
+    assert isinstance(seed, int)
+    [done] = await executor.rec.wait(Finished, job.id)
+    assert done.result_data["seeds"] == [seed]
+
+
+async def test_oom_ladder_steps_down_and_remembers(executor: EngineExecutor) -> None:
+    seen: list[int] = []
+
+    def inject(level: int) -> None:
+        seen.append(level)
+        if level < 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    executor.fault_injector = inject
+    job = await executor.submit(user_id=1, payload=request())
+    [done] = await executor.rec.wait(Finished, job.id)
+    assert seen == [0, 1, 2] and done.result_data["memory_level"] == 2
+    notices = [n.message for n in executor.rec.of(Notice, job.id)]
+    assert len(notices) == 2 and MEMORY_RUNGS[0] in notices[0] and MEMORY_RUNGS[1] in notices[1]
+    seen.clear()
+    again = await executor.submit(user_id=1, payload=request())
+    await executor.rec.wait(Finished, again.id)
+    assert seen == [2]  # the rung that worked for 64x64 is reused straight away
+    executor.generator.set_memory_level(0)
+
+
+async def test_oom_on_every_rung_fails_with_advice(executor: EngineExecutor) -> None:
+    def inject(level: int) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    executor.fault_injector = inject
+    job = await executor.submit(user_id=1, payload=request(num_images=2))
+    [failed] = await executor.rec.wait(Failed, job.id)
+    assert "smaller size" in failed.message
+    assert len(executor.rec.of(Notice, job.id)) == len(MEMORY_RUNGS)
+    executor.fault_injector = None
+    executor.generator.set_memory_level(0)
+
+
+async def test_last_rung_makes_images_one_at_a_time(executor: EngineExecutor) -> None:
+    executor.fault_injector = lambda level: None
+    executor._levels[(64, 64)] = len(MEMORY_RUNGS)
+    job = await executor.submit(user_id=1, payload=request(num_images=3, seed=40))
+    [done] = await executor.rec.wait(Finished, job.id)
+    assert done.result_data["seeds"] == [40, 41, 42] and len(done.result_data["paths"]) == 3
+    executor._levels.clear()
+    executor.generator.set_memory_level(0)
+
+
+async def test_deleted_lora_fails_clearly(executor: EngineExecutor, tiny_lora: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "style" / "pytorch_lora_weights.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(tiny_lora, copy)
+    executor.pause()
+    job = await executor.submit(
+        user_id=1, payload=request(lora=str(copy.parent), lora_name="style", lora_scale=1.0)
+    )
+    shutil.rmtree(copy.parent)
+    executor.resume()
+    [failed] = await executor.rec.wait(Failed, job.id)
+    assert "LoRA" in failed.message and "not found" in failed.message
+
+
+async def test_training_without_trainer_fails_cleanly(executor: EngineExecutor) -> None:
+    job = await executor.submit(user_id=1, payload={"name": "x"}, kind="train")
+    [failed] = await executor.rec.wait(Failed, job.id)
+    assert failed.message == "Training is not available yet."
+
+
+async def test_event_loop_stays_responsive_during_generation(executor: EngineExecutor) -> None:
+    job = await executor.submit(user_id=1, payload=request(num_inference_steps=60, width=128, height=128))
+    await executor.rec.wait(Started, job.id)
+    lags: list[float] = []
+    query_times: list[float] = []
+    while executor.running is not None:
+        before = time.perf_counter()
+        await asyncio.sleep(0.01)
+        lags.append(time.perf_counter() - before - 0.01)
+        start = time.perf_counter()
+        executor.position(job.id)
+        executor.eta(job.id)
+        query_times.append(time.perf_counter() - start)
+    await executor.rec.wait(Finished, job.id)
+    assert len(lags) > 5
+    # Generous bounds that only a blocked loop would break.
+    assert max(lags) < 0.5, max(lags)
+    assert max(query_times) < 0.05
+
+
+def test_fair_queue_positions_match_serving_order() -> None:
+    async def scenario() -> None:
+        import random
+
+        queue = FairQueue(MemoryJobStore(), per_user_cap=1000, global_cap=1000)
+        rng = random.Random(3)
+        for _ in range(200):
+            await queue.submit(kind="generate", user_id=rng.randrange(12), payload={})
+        for _ in range(40):
+            order = queue.order()
+            for index, job in enumerate(order, start=1):
+                assert queue.position(job.id) == index
+            assert queue.pop_next().id == order[0].id
+            if rng.random() < 0.3:
+                queue.remove(rng.choice(order[1:]).id)
+            await queue.submit(kind="generate", user_id=rng.randrange(12), payload={})
+
+    asyncio.run(scenario())
