@@ -80,8 +80,8 @@ def load_image(
         raise ImageRejected("not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageRejected("decompression bomb (too many pixels)") from None
-    except OSError as exc:
-        raise ImageRejected(f"unreadable ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"corrupt or truncated ({_short(exc)})") from None
     with img:
         width, height = img.size
         # The header is read lazily: check the claimed size before decoding any pixels.
@@ -115,15 +115,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def bucket_sizes(size: int, step: int = 64, max_ratio: float = 2.0) -> list[tuple[int, int]]:
-    """(width, height) buckets of about size*size pixels, sides multiples of `step`."""
+def bucket_sizes(
+    size: int, step: int | None = None, max_ratio: float = 2.5
+) -> list[tuple[int, int]]:
+    """(width, height) buckets of about size*size pixels, sides multiples of `step` (size/8)."""
+    step = step or max(8, size // 8 // 8 * 8)
     area = size * size
     buckets = {(size, size)}
     width = step
     while width <= size * max_ratio:
         height = int(area / width) // step * step
         if height >= step and 1 / max_ratio <= width / height <= max_ratio:
-            buckets.add((width, height))
+            buckets.update({(width, height), (height, width)})
         width += step
     return sorted(buckets)
 

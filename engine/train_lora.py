@@ -14,7 +14,8 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.training.config import TrainConfig
-from engine.training.trainer import LoraTrainer, TrainOutput, TrainProgress, train
+from engine.training.results import TrainOutput, TrainProgress
+from engine.training.trainer import LoraTrainer, train
 
 log = logging.getLogger(__name__)
 

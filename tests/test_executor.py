@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -35,7 +36,9 @@ class Recorder:
     def of(self, kind: type, job_id: int | None = None) -> list:
         return [e for e in self.events if isinstance(e, kind) and job_id in (None, e.job.id)]
 
-    async def wait(self, kind: type, job_id: int | None = None, count: int = 1, timeout: float = 60):
+    async def wait(
+        self, kind: type, job_id: int | None = None, count: int = 1, timeout: float = 60
+    ):
         deadline = time.monotonic() + timeout
         while len(self.of(kind, job_id)) < count:
             self._changed.clear()
@@ -43,10 +46,8 @@ class Recorder:
             if remaining <= 0:
                 seen = [(type(e).__name__, e.job.id) for e in self.events]
                 raise AssertionError(f"no {kind.__name__} for job {job_id}; events: {seen}")
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
         return self.of(kind, job_id)
 
 
@@ -119,14 +120,16 @@ async def test_cancel_queued_and_running(executor: EngineExecutor) -> None:
     assert await executor.cancel(12345) is None
 
 
-async def test_progress_events_are_throttled(tiny_generator: TextToImageGenerator, tmp_path: Path) -> None:
+async def test_progress_events_are_throttled(
+    tiny_generator: TextToImageGenerator, tmp_path: Path
+) -> None:
     results = {}
     for interval in (0.0, 30.0):
         ex = EngineExecutor(
             tiny_generator,
             MemoryJobStore(),
             QueueConfig(progress_interval_s=interval),
-            image_path=lambda job, i: tmp_path / f"{interval}-{job.id}-{i}.png",
+            image_path=lambda job, i, tag=interval: tmp_path / f"{tag}-{job.id}-{i}.png",
         )
         rec = Recorder()
         ex.subscribe(rec)
@@ -205,7 +208,9 @@ async def test_last_rung_makes_images_one_at_a_time(executor: EngineExecutor) ->
     executor.generator.set_memory_level(0)
 
 
-async def test_deleted_lora_fails_clearly(executor: EngineExecutor, tiny_lora: Path, tmp_path: Path) -> None:
+async def test_deleted_lora_fails_clearly(
+    executor: EngineExecutor, tiny_lora: Path, tmp_path: Path
+) -> None:
     import shutil
 
     copy = tmp_path / "style" / "pytorch_lora_weights.safetensors"
@@ -228,7 +233,9 @@ async def test_training_without_trainer_fails_cleanly(executor: EngineExecutor) 
 
 
 async def test_event_loop_stays_responsive_during_generation(executor: EngineExecutor) -> None:
-    job = await executor.submit(user_id=1, payload=request(num_inference_steps=60, width=128, height=128))
+    job = await executor.submit(
+        user_id=1, payload=request(num_inference_steps=60, width=128, height=128)
+    )
     await executor.rec.wait(Started, job.id)
     lags: list[float] = []
     query_times: list[float] = []

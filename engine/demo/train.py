@@ -127,7 +127,9 @@ def image_batch(specs: list) -> torch.Tensor:
 
 def train_vae(vae, args: argparse.Namespace, rng: random.Random) -> None:
     """Train the autoencoder on rendered images (reconstruction + a tiny KL term)."""
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    with torch.no_grad():  # start with a small posterior variance so the decoder sees clean latents
+        vae.quant_conv.bias[vae.config.latent_channels :] = -8.0
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=3e-4, weight_decay=0.0)
     vae.train()
     start = time.time()
     for step in range(1, args.vae_steps + 1):
@@ -139,7 +141,7 @@ def train_vae(vae, args: argparse.Namespace, rng: random.Random) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 100 == 0 or step == args.vae_steps:
+        if step % 50 == 0 or step == args.vae_steps:
             log.info("vae step %d loss %.5f (%.0f s)", step, loss.item(), time.time() - start)
     vae.eval()
 
@@ -152,6 +154,14 @@ def encode_pool(vae, specs: list) -> torch.Tensor:
         for i in range(0, len(specs), 256)
     ]
     return torch.cat(chunks)
+
+
+def to_image(tensor: torch.Tensor):
+    """A (3, H, W) tensor in [-1, 1] as a PIL image."""
+    from PIL import Image
+
+    array = ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -221,20 +231,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--minutes", type=float, default=60.0, help="stop early after this long")
-    parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--vae-steps", type=int, default=700)
+    parser.add_argument("--vae-init", type=Path, default=None, help="reuse a trained VAE folder")
     parser.add_argument("--pool", type=int, default=12000, help="cached training images")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--unet-channels", default="64,128,128")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=8e-4)
+    parser.add_argument("--unet-channels", default="32,64,128")
     parser.add_argument("--layers-per-block", type=int, default=1)
     parser.add_argument("--text-width", type=int, default=128)
-    parser.add_argument("--text-layers", type=int, default=3)
+    parser.add_argument("--text-layers", type=int, default=2)
     parser.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="v_prediction")
     parser.add_argument("--min-snr", type=float, default=5.0)
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-count", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="1 is steadier than 2 when other processes share the cores",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -253,7 +269,13 @@ def main(argv: list[str] | None = None) -> None:
     log.info(
         "parameters: vae %d, text encoder %d, unet %d", count(vae), count(text_encoder), count(unet)
     )
-    train_vae(vae, args, rng)
+    if args.vae_init is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae_init).eval()
+    else:
+        train_vae(vae, args, rng)
+        vae.save_pretrained(args.out / "vae", safe_serialization=True)
     vae.requires_grad_(False)
 
     specs = [random_spec(rng, held_out=False) for _ in range(args.pool)]
@@ -267,6 +289,11 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         recon = vae.decode(latents[:64] / scaling).sample
         log.info("vae reconstruction mse %.5f", F.mse_loss(recon, image_batch(specs[:64])).item())
+        judge = Judge()
+        images = [to_image(r) for r in recon]
+        log.info(
+            "judge on vae reconstructions: %s", score([judge(im) for im in images], specs[:64])
+        )
     tokens = tokenize(tokenizer, [caption(s) for s in specs])
     empty = tokenize(tokenizer, [""])[0]
 
@@ -290,7 +317,6 @@ def main(argv: list[str] | None = None) -> None:
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    judge = Judge()
     held_out = eval_specs(args.eval_count, seed=1234, held_out=True)
     seen = eval_specs(args.eval_count // 2, seed=4321, held_out=False)
     gen = torch.Generator().manual_seed(args.seed)

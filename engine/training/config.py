@@ -77,6 +77,7 @@ class TrainConfig:
         if self.alpha is None:
             self.alpha = float(self.rank)
         self.validate()
+        self.alpha = float(self.alpha)
 
     def validate(self) -> None:
         """Raise ValueError('<parameter>: ...') for the first bad value."""
@@ -87,9 +88,9 @@ class TrainConfig:
         _int_range("keep_checkpoints", self.keep_checkpoints, 0, 1000)
         _int_range("sample_steps", self.sample_steps, 0, 150)
         _int_range("seed", self.seed, 0, 2**63 - 1)
-        if self.resolution % 8 or not 32 <= self.resolution <= 2048:
+        if self.resolution % 8 or not 64 <= self.resolution <= 2048:
             raise ValueError(
-                f"resolution: must be a multiple of 8 between 32 and 2048 (got {self.resolution})"
+                f"resolution: must be a multiple of 8 between 64 and 2048 (got {self.resolution})"
             )
         _float_range("alpha", self.alpha, 1e-6, 1e4)
         _float_range("lr", self.lr, 1e-8, 1.0)

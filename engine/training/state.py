@@ -134,10 +134,13 @@ def remove_adapter(module: torch.nn.Module | None, adapter: str, before: PeftAtt
     """Delete one adapter; when it was the only one, put back the plain layers and attributes."""
     if module is None or adapter not in (getattr(module, "peft_config", None) or {}):
         return
-    if hasattr(module, "delete_adapters"):
+    from diffusers import ModelMixin
+    from diffusers.utils.peft_utils import delete_adapter_layers
+
+    if isinstance(module, ModelMixin):
         module.delete_adapters(adapter)
     else:
-        module.delete_adapter(adapter)
+        delete_adapter_layers(module, adapter)
     if getattr(module, "peft_config", None):
         return
     if not before.had_layers:

@@ -7,18 +7,17 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from engine.lora import adapter_name_for
 from engine.training import files
-from engine.training.config import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainConfig
+from engine.training.config import TrainConfig
 from engine.training.data import group_by_shape, load_examples, pick_batch
+from engine.training.lora_model import add_lora_adapters, diffusion_loss, lora_state_dicts
+from engine.training.results import ProgressFn, TrainOutput, TrainProgress
 from engine.training.state import (
     PeftAttributes,
     PipelineState,
@@ -33,38 +32,6 @@ from engine.training.state import (
 log = logging.getLogger(__name__)
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """Where a training run stands after a slice (or a step, for the progress callback)."""
-
-    step: int
-    max_steps: int
-    loss: float | None
-    avg_loss: float | None
-    seconds_per_step: float | None
-    done: bool
-
-
-@dataclass(frozen=True)
-class TrainOutput:
-    """The files of a finished run and what they hold."""
-
-    output_dir: Path
-    weights_path: Path
-    kohya_path: Path
-    info_path: Path
-    sample_path: Path | None
-    rank: int
-    alpha: float
-    sha256: str
-    steps: int
-    trigger_word: str
-    loss_curve: list[float] = field(repr=False)
-
-
-ProgressFn = Callable[[TrainProgress], None]
 
 
 class LoraTrainer:
@@ -95,6 +62,8 @@ class LoraTrainer:
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
         """Load data and model parts, cache latents/embeddings, add the adapter, resume if possible."""
+        if self._ready:
+            return
         cfg = self.config
         examples = load_examples(
             cfg.dataset_dir,
@@ -103,8 +72,9 @@ class LoraTrainer:
             trigger_word=cfg.trigger_word,
             template=cfg.caption_template,
         )
-        if self.device is None:
-            self.device = str(self.pipe.unet.device) if self.pipe is not None else None
+        if self.device is None and self.pipe is not None:
+            # _execution_device sees through model-CPU-offload hooks (unet.device would say cpu).
+            self.device = str(getattr(self.pipe, "_execution_device", self.pipe.unet.device))
         if self.device is None:
             from engine.optimizations import resolve_device
 
@@ -132,7 +102,9 @@ class LoraTrainer:
         found = capture(self.modules, self.unet)
         self._peft_before = [capture_peft_attributes(m) for m in self.modules]
         try:
-            self._add_adapters()
+            self.unet_params, self.te_params = add_lora_adapters(
+                self.unet, self.text_encoder, cfg, self.adapter_name
+            )
             restore(found, self.modules, self.unet, devices=False)
             self._enter(offload=False)
             try:
@@ -157,46 +129,17 @@ class LoraTrainer:
         )
 
     def _load_pipeline(self, dtype: torch.dtype) -> Any:
+        from engine.optimizations import xformers_available
         from engine.pipeline import load_pipeline, resolve_model_source
 
         pipe = load_pipeline(resolve_model_source(self.config.model), dtype=dtype)
-        return pipe.to(self.device)
-
-    def _add_adapters(self) -> None:
-        from peft import LoraConfig
-
-        cfg = self.config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.unet.add_adapter(
-                LoraConfig(
-                    r=cfg.rank,
-                    lora_alpha=cfg.alpha,
-                    init_lora_weights="gaussian",
-                    target_modules=list(UNET_TARGETS),
-                ),
-                adapter_name=self.adapter_name,
-            )
-            if cfg.train_text_encoder:
-                self.text_encoder.add_adapter(
-                    LoraConfig(
-                        r=cfg.rank,
-                        lora_alpha=cfg.alpha,
-                        init_lora_weights="gaussian",
-                        target_modules=list(TEXT_ENCODER_TARGETS),
-                    ),
-                    adapter_name=self.adapter_name,
-                )
-        marker = f".{self.adapter_name}."
-        self.unet_params = [p for n, p in self.unet.named_parameters() if marker in n]
-        self.te_params = (
-            [p for n, p in self.text_encoder.named_parameters() if marker in n]
-            if cfg.train_text_encoder
-            else []
-        )
-        for param in self.unet_params + self.te_params:
-            # Trainable weights stay fp32 under fp16/bf16 autocast (the frozen base is half).
-            param.data = param.data.float()
+        pipe.to(self.device)
+        if str(self.device).startswith("cuda") and xformers_available():
+            try:
+                pipe.enable_xformers_memory_efficient_attention()
+            except Exception as exc:  # a broken xformers build: PyTorch SDPA is the default anyway
+                log.warning("xformers could not be enabled (%s); using PyTorch SDPA", exc)
+        return pipe
 
     @torch.no_grad()
     def _cache(self, examples: list[Any]) -> None:
@@ -344,35 +287,18 @@ class LoraTrainer:
     def _loss(
         self, latents: torch.Tensor, hidden: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
-        sched = self.noise_scheduler
-        batch = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        timesteps = torch.randint(
-            0, sched.config.num_train_timesteps, (batch,), generator=generator
-        ).to(self.device)
-        noisy = sched.add_noise(latents, noise, timesteps)
-        dtype = self.base_dtype
-        with torch.autocast(
-            device_type=torch.device(self.device).type,
-            dtype=self.autocast_dtype or torch.float32,
-            enabled=self.autocast_dtype is not None,
-        ):
-            pred = self.unet(noisy.to(dtype), timesteps, hidden.to(dtype)).sample
-        target = (
-            noise
-            if self.prediction_type == "epsilon"
-            else sched.get_velocity(latents, noise, timesteps)
+        return diffusion_loss(
+            self.unet,
+            self.noise_scheduler,
+            latents,
+            hidden,
+            generator,
+            device=self.device,
+            base_dtype=self.base_dtype,
+            autocast_dtype=self.autocast_dtype,
+            prediction_type=self.prediction_type,
+            min_snr_gamma=self.config.min_snr_gamma,
         )
-        per_item = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if self.config.min_snr_gamma > 0:
-            alphas = sched.alphas_cumprod.to(self.device)[timesteps].float()
-            snr = alphas / (1 - alphas)
-            clipped = snr.clamp(max=self.config.min_snr_gamma)
-            weight = (
-                clipped / (snr + 1) if self.prediction_type == "v_prediction" else clipped / snr
-            )
-            per_item = per_item * weight
-        return per_item.mean()
 
     def _train_one_step(self) -> float:
         cfg = self.config
@@ -414,16 +340,10 @@ class LoraTrainer:
 
     # ----------------------------------------------------------- checkpoints
     def lora_state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-        """The trained weights as peft state dicts (UNet, text encoder or None), on the CPU."""
-        from peft.utils import get_peft_model_state_dict
-
-        unet = get_peft_model_state_dict(self.unet, adapter_name=self.adapter_name)
-        te = (
-            get_peft_model_state_dict(self.text_encoder, adapter_name=self.adapter_name)
-            if self.te_params
-            else None
+        """The trained weights as peft state dicts (UNet, text encoder or None)."""
+        return lora_state_dicts(
+            self.unet, self.text_encoder, self.adapter_name, bool(self.te_params)
         )
-        return unet, te
 
     def _write_weights(self, folder: Path) -> Path:
         unet, te = self.lora_state()
