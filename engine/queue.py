@@ -61,6 +61,19 @@ class FairQueue:
         tags = self._per_user.get(user_id)
         return max(self._served_tag, max(tags) if tags else 0.0) + 1.0
 
+    def check_caps(self, user_id: int) -> None:
+        """Raise QueueFullError when the user or the whole queue has no room for another job."""
+        mine = len(self._per_user.get(user_id, ()))
+        if mine >= self.per_user_cap:
+            raise QueueFullError(
+                f"You already have {mine} jobs waiting (the limit is {self.per_user_cap}); "
+                "wait for one to start or cancel one."
+            )
+        if len(self._jobs) >= self.global_cap:
+            raise QueueFullError(
+                f"The queue is full ({self.global_cap} jobs waiting); try again in a few minutes."
+            )
+
     async def submit(
         self,
         *,
@@ -75,16 +88,7 @@ class FairQueue:
     ) -> JobRecord:
         """Check the caps, write the job to the store, then place it in fair order."""
         if check_caps:
-            mine = len(self._per_user.get(user_id, ()))
-            if mine >= self.per_user_cap:
-                raise QueueFullError(
-                    f"You already have {mine} jobs waiting (the limit is {self.per_user_cap}); "
-                    "wait for one to start or cancel one."
-                )
-            if len(self._jobs) >= self.global_cap:
-                raise QueueFullError(
-                    f"The queue is full ({self.global_cap} jobs waiting); try again in a few minutes."
-                )
+            self.check_caps(user_id)
         payload = {**payload, TAG_KEY: self.next_tag(user_id)}
         job = await self.store.create_job(
             kind=kind,

@@ -1,0 +1,209 @@
+"""Entry point: python bot.py — settings, storage, model, engine thread, cogs, Discord."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+import discord
+from discord.ext import commands
+
+from cogs._config import BotSettings, DiscordSettings
+from engine.config import AppConfig, ConfigError, load_config
+from engine.errors import EngineError
+from engine.events import JobEvent
+from engine.executor import EngineExecutor
+from engine.generator import TextToImageGenerator
+from engine.jobs import JobRecord
+from storage import Storage, StorageError, StorageSettings
+
+log = logging.getLogger("bot")
+
+EXTENSIONS = (
+    "cogs.imagine",
+    "cogs.lora",
+    "cogs.train",
+    "cogs.profile",
+    "cogs.queue",
+    "cogs.admin",
+    "cogs.errors",
+)
+NO_TOKEN = (
+    "No Discord bot token found. Create a bot at https://discord.com/developers/applications "
+    "(New Application -> Bot -> Reset Token), then put DISCORD_TOKEN=<your token> in a file "
+    "named .env next to bot.py (see .env.example)."
+)
+
+
+class ImageBot(commands.Bot):
+    """The Discord bot: holds the shared services the cogs use."""
+
+    def __init__(
+        self,
+        *,
+        bot_settings: BotSettings,
+        discord_settings: DiscordSettings,
+        config: AppConfig,
+        storage: Storage,
+        generator: TextToImageGenerator,
+        executor: EngineExecutor,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("intents", discord.Intents.default())
+        super().__init__(command_prefix=commands.when_mentioned, help_command=None, **kwargs)
+        self.bot_settings = bot_settings
+        self.discord_settings = discord_settings
+        self.config = config
+        self.storage = storage
+        self.generator = generator
+        self.executor = executor
+        self.failed_extensions: list[str] = []
+        executor.subscribe(self._on_engine_event)
+
+    def _on_engine_event(self, event: JobEvent) -> None:
+        self.dispatch("job_event", event)
+
+    async def setup_hook(self) -> None:
+        """Load every cog (one failure is logged, not fatal), start the engine, sync commands."""
+        for name in EXTENSIONS:
+            try:
+                await self.load_extension(name)
+            except Exception:
+                log.exception("failed to load %s", name)
+                self.failed_extensions.append(name)
+        recovered = await self.executor.start()
+        if recovered:
+            log.info("%d job(s) from before the restart are queued again", recovered)
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        """Sync slash commands to the development server (instant) or globally."""
+        guild_id = self.discord_settings.dev_guild_id
+        if guild_id:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to server %s", len(synced), guild_id)
+        else:
+            synced = await self.tree.sync()
+            log.info("synced %d global commands (may take up to an hour to appear)", len(synced))
+
+    async def on_ready(self) -> None:
+        """Log who we are once connected."""
+        log.info("connected as %s to %d server(s)", self.user, len(self.guilds))
+
+    async def close(self) -> None:
+        """Stop taking jobs, let the running step finish (its job stays queued), close the DB."""
+        await self.executor.stop()
+        await super().close()
+
+    def job_owner(self, job: JobRecord) -> int:
+        """The Discord user id of a job."""
+        return job.user_id
+
+
+def trainer_factory_for(generator: TextToImageGenerator):
+    """A function that builds a slice-wise LoRA trainer for a train job, sharing the pipeline."""
+
+    def factory(job: JobRecord) -> Any:
+        from engine.train_lora import LoraTrainer, TrainConfig
+
+        params = dict(job.payload.get("train", {}))
+        config = TrainConfig(model=generator.config.model.model_id, **params)
+        return LoraTrainer(config, pipe=generator.pipe, device=generator.device)
+
+    return factory
+
+
+async def build(
+    config: AppConfig,
+    bot_settings: BotSettings,
+    discord_settings: DiscordSettings,
+    storage_settings: StorageSettings,
+    **bot_kwargs: Any,
+) -> ImageBot:
+    """Open storage, load the model on the engine thread's behalf, and assemble the bot."""
+    storage = await Storage.open(storage_settings.db_path, settings=storage_settings)
+    generator = TextToImageGenerator(config)
+    await asyncio.to_thread(generator.load_model)
+    executor = EngineExecutor(
+        generator,
+        storage,
+        config.queue,
+        image_path=lambda job, index: storage.files.image_path(job.id, index),
+        trainer_factory=trainer_factory_for(generator),
+    )
+    return ImageBot(
+        bot_settings=bot_settings,
+        discord_settings=discord_settings,
+        config=config,
+        storage=storage,
+        generator=generator,
+        executor=executor,
+        **bot_kwargs,
+    )
+
+
+async def run() -> int:
+    """Read settings, build the bot and run it until Ctrl-C or SIGTERM."""
+    try:
+        discord_settings = DiscordSettings()
+        bot_settings = BotSettings()
+        storage_settings = StorageSettings()
+        config = load_config()
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=bot_settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if discord_settings.token is None or not discord_settings.token.get_secret_value().strip():
+        print(NO_TOKEN, file=sys.stderr)
+        return 2
+    try:
+        bot = await build(config, bot_settings, discord_settings, storage_settings)
+    except (StorageError, EngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Windows has no signal handlers in asyncio: Ctrl-C arrives as KeyboardInterrupt there.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with bot:
+            runner = asyncio.create_task(bot.start(discord_settings.token.get_secret_value()))
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if runner in done:
+                runner.result()
+            log.info("shutting down: finishing the current step, keeping waiting jobs")
+    except discord.LoginFailure:
+        print("error: Discord refused the token; check DISCORD_TOKEN in .env", file=sys.stderr)
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print(
+            "error: this bot needs no privileged intents; check the intents setup", file=sys.stderr
+        )
+        return 2
+    finally:
+        await bot.storage.close()
+    return 0
+
+
+def main() -> None:
+    """Run the bot and exit with its status."""
+    try:
+        sys.exit(asyncio.run(run()))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

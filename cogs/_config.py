@@ -1,0 +1,67 @@
+"""Bot settings (env prefixes DISCORD_ and BOT_), read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IdList = Annotated[list[int], NoDecode]
+WordList = Annotated[list[str], NoDecode]
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
+    return value
+
+
+class DiscordSettings(BaseSettings):
+    """How to reach Discord (env prefix DISCORD_)."""
+
+    model_config = SettingsConfigDict(env_prefix="DISCORD_", env_file=".env", extra="ignore")
+
+    token: SecretStr | None = Field(None, description="Bot token from the Developer Portal")
+    dev_guild_id: int | None = Field(
+        None, description="Sync commands to this server only (instant)"
+    )
+
+
+class BotSettings(BaseSettings):
+    """How the bot behaves (env prefix BOT_)."""
+
+    model_config = SettingsConfigDict(env_prefix="BOT_", env_file=".env", extra="ignore")
+
+    admin_user_ids: IdList = Field(default_factory=list, description="User ids with admin rights")
+    admin_role_ids: IdList = Field(default_factory=list, description="Role ids with admin rights")
+    cooldown_s: float = Field(10.0, ge=0, le=3600, description="Seconds between /imagine per user")
+    nsfw_mode: Literal["spoiler", "withhold", "allow"] = Field(
+        "spoiler", description="Flagged images outside NSFW channels: spoiler, withhold or allow"
+    )
+    nsfw_words: WordList = Field(
+        default_factory=lambda: ["nsfw", "nude", "naked", "porn", "sex", "explicit", "hentai"],
+        description="Prompt words that flag an image as NSFW",
+    )
+    max_attachment_mb: float = Field(10.0, gt=0, le=100, description="Largest attachment accepted")
+    progress_previews: bool = Field(True, description="Show a small preview while generating")
+    edit_interval_s: float = Field(
+        1.5, ge=0.2, le=60, description="Min seconds between message edits"
+    )
+    train_min_images: int = Field(4, ge=1, le=20, description="Fewest usable images for /train")
+    train_default_steps: int = Field(500, ge=1, le=20000, description="Default /train steps")
+    train_max_steps: int = Field(3000, ge=1, le=20000, description="Most /train steps allowed")
+    train_max_rank: int = Field(32, ge=1, le=128, description="Highest /train rank allowed")
+    train_data_dir: Path = Field(Path("data/train"), description="Where /train stores its images")
+    log_level: str = Field("INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("admin_user_ids", "admin_role_ids", "nsfw_words", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("nsfw_words")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [word.lower() for word in value]

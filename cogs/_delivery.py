@@ -1,0 +1,139 @@
+"""Delivering job status to Discord: throttled edits, token expiry, restart-safe targets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from engine.jobs import JobRecord
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+# Interaction tokens last 15 minutes; stop using one a little before that.
+TOKEN_LIFETIME_S = 14 * 60
+
+
+def interaction_reference(interaction: discord.Interaction) -> dict[str, Any]:
+    """What a job needs to reach its user later, even after a restart."""
+    return {
+        "app_id": interaction.application_id,
+        "token": interaction.token,
+        "created": interaction.created_at.timestamp(),
+        "channel_id": interaction.channel_id,
+        "nsfw_channel": bool(getattr(interaction.channel, "is_nsfw", lambda: False)()),
+    }
+
+
+@dataclass
+class _Update:
+    content: str | None = None
+    embed: discord.Embed | None = None
+    files: list[discord.File] = field(default_factory=list)
+    view: discord.ui.View | None = None
+    mention: bool = False
+
+
+@dataclass
+class _State:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last: float = 0.0
+    final: bool = False
+    pending: _Update | None = None
+    flush: asyncio.Task[None] | None = None
+
+
+class JobMessenger:
+    """Edits each job's status message at most every `interval` seconds, final state always."""
+
+    def __init__(self, bot: ImageBot, interval: float) -> None:
+        self.bot = bot
+        self.interval = interval
+        self._states: dict[int, _State] = {}
+
+    def _state(self, job_id: int) -> _State:
+        return self._states.setdefault(job_id, _State())
+
+    async def update(self, job: JobRecord, update: _Update) -> None:
+        """A progress update: shown now, or coalesced with later ones within the interval."""
+        state = self._state(job.id)
+        if state.final:
+            return
+        wait = self.interval - (time.monotonic() - state.last)
+        if wait > 0:
+            state.pending = update
+            if state.flush is None or state.flush.done():
+                state.flush = asyncio.create_task(self._flush_later(job, wait))
+            return
+        await self._send(job, state, update)
+
+    async def _flush_later(self, job: JobRecord, delay: float) -> None:
+        await asyncio.sleep(delay)
+        state = self._state(job.id)
+        update, state.pending = state.pending, None
+        if update is not None and not state.final:
+            await self._send(job, state, update)
+
+    async def final(self, job: JobRecord, update: _Update) -> None:
+        """The job's last message (result, failure, cancel); always delivered."""
+        state = self._state(job.id)
+        state.final = True
+        state.pending = None
+        if state.flush is not None and not state.flush.done():
+            state.flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await state.flush
+        await self._send(job, state, update)
+        self._states.pop(job.id, None)
+
+    async def _send(self, job: JobRecord, state: _State, update: _Update) -> None:
+        async with state.lock:
+            state.last = time.monotonic()
+            try:
+                await self._deliver(job, update)
+            except discord.HTTPException as exc:
+                log.warning("could not update the message of job %s: %s", job.id, exc)
+
+    async def _deliver(self, job: JobRecord, update: _Update) -> None:
+        ref = job.reference
+        kwargs: dict[str, Any] = {"content": update.content, "embed": update.embed}
+        if update.view is not None:
+            kwargs["view"] = update.view
+        fresh = ref.get("token") and time.time() - float(ref.get("created", 0)) < TOKEN_LIFETIME_S
+        if fresh:
+            webhook = discord.Webhook.partial(int(ref["app_id"]), ref["token"], client=self.bot)
+            # Discord accepts "@original" wherever a webhook message id goes.
+            await webhook.edit_message("@original", attachments=update.files, **kwargs)  # type: ignore[arg-type]
+            return
+        channel_id = ref.get("channel_id") or job.channel_id
+        if not channel_id:
+            log.warning("job %s has no channel to report to", job.id)
+            return
+        channel = self.bot.get_partial_messageable(int(channel_id))
+        message_id = ref.get("message_id")
+        if message_id and not update.mention:
+            await channel.get_partial_message(int(message_id)).edit(
+                attachments=update.files, **kwargs
+            )
+            return
+        content = update.content or ""
+        if update.mention or not message_id:
+            content = f"<@{job.user_id}> {content}".strip()
+        kwargs["content"] = content
+        message = await channel.send(
+            files=update.files, allowed_mentions=discord.AllowedMentions(users=True), **kwargs
+        )
+        if not message_id:
+            job.reference = {**ref, "message_id": message.id}
+            await self.bot.storage.update_job_reference(job.id, job.reference)
+
+
+Update = _Update

@@ -1,0 +1,82 @@
+"""The central app-command error handler: plain ephemeral messages, tracebacks only in the log.
+
+Order: user-facing errors (our own checks) and Discord's check failures are shown as they are;
+cooldowns say how long to wait; bad values from the engine (ValueError) are shown as the
+engine words them; anything else is logged with its traceback and the user gets a short note.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs._checks import UserFacingError
+from engine.errors import EngineError
+from engine.queue import QueueFullError
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+
+async def reply_ephemeral(interaction: discord.Interaction, message: str) -> None:
+    """Answer an interaction ephemerally, whether or not it was already answered."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not send an error message: %s", exc)
+
+
+def describe(error: Exception) -> str | None:
+    """The user-facing text for an error, or None when it is unexpected."""
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original  # type: ignore[assignment]
+    if isinstance(error, (UserFacingError, QueueFullError, EngineError)):
+        return str(error)
+    if isinstance(error, app_commands.CommandOnCooldown):
+        return f"Slow down: try again in {error.retry_after:.0f} s."
+    if isinstance(error, app_commands.CheckFailure):
+        return str(error) or "You cannot use this command here."
+    if isinstance(error, ValueError):
+        return f"Invalid value: {error}"
+    return None
+
+
+class Errors(commands.Cog):
+    """Installs the tree-wide error handler."""
+
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+        self._previous = bot.tree.on_error
+
+    async def cog_load(self) -> None:
+        """Route every app-command error through on_app_command_error."""
+        self.bot.tree.on_error = self.on_app_command_error  # type: ignore[assignment]
+
+    async def cog_unload(self) -> None:
+        """Restore the previous handler."""
+        self.bot.tree.on_error = self._previous  # type: ignore[assignment]
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        """Tell the user what went wrong in plain words; log the unexpected."""
+        message = describe(error)
+        if message is None:
+            command = interaction.command.qualified_name if interaction.command else "?"
+            log.exception("unexpected error in /%s", command, exc_info=error)
+            message = "Something went wrong on our side; the error was logged."
+        await reply_ephemeral(interaction, message)
+
+
+async def setup(bot: ImageBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(Errors(bot))
