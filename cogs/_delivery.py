@@ -27,7 +27,8 @@ def interaction_reference(interaction: discord.Interaction) -> dict[str, Any]:
     return {
         "app_id": interaction.application_id,
         "token": interaction.token,
-        "created": interaction.created_at.timestamp(),
+        # Our own clock, not the snowflake's: the 15 minutes run from when we received it.
+        "created": time.time(),
         "channel_id": interaction.channel_id,
         "nsfw_channel": bool(getattr(interaction.channel, "is_nsfw", lambda: False)()),
     }

@@ -256,6 +256,7 @@ class EngineExecutor:
         job.status = "running"
         run = _Running(job, threading.Event())
         self.running = run
+        log.info("job %s (%s) started for user %s", job.id, job.kind, job.user_id)
         self._emit(Started(job))
         self._announce_positions()
         try:

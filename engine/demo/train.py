@@ -146,6 +146,31 @@ def train_vae(vae, args: argparse.Namespace, rng: random.Random) -> None:
     vae.eval()
 
 
+def finetune_decoder(vae, steps: int, seed: int) -> None:
+    """Sharpen the decoder with the encoder frozen, so the latent space (and the UNet) stay valid."""
+    rng = random.Random(seed + 1)
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
+    vae.decoder.train()
+    start = time.time()
+    for step in range(1, steps + 1):
+        batch = image_batch([random_spec(rng, held_out=None) for _ in range(16)])
+        with torch.no_grad():
+            latents = vae.encode(batch).latent_dist.sample()
+        recon = vae.decode(latents).sample
+        loss = F.mse_loss(recon, batch) + 0.5 * F.l1_loss(recon, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == steps:
+            log.info("decoder step %d loss %.5f (%.0f s)", step, loss.item(), time.time() - start)
+    vae.eval()
+    vae.requires_grad_(False)
+
+
 @torch.no_grad()
 def encode_pool(vae, specs: list) -> torch.Tensor:
     """Encode rendered specs to latent means (unscaled)."""
@@ -251,9 +276,25 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="1 is steadier than 2 when other processes share the cores",
     )
+    parser.add_argument(
+        "--decoder-only",
+        type=Path,
+        default=None,
+        help="only fine-tune the decoder of this VAE folder (encoder frozen) and save it back",
+    )
+    parser.add_argument("--decoder-steps", type=int, default=1500)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    if args.decoder_only is not None:
+        from diffusers import AutoencoderKL
+
+        torch.manual_seed(args.seed)
+        vae = AutoencoderKL.from_pretrained(args.decoder_only)
+        finetune_decoder(vae, args.decoder_steps, args.seed)
+        vae.save_pretrained(args.decoder_only, safe_serialization=True)
+        log.info("decoder saved to %s", args.decoder_only)
+        return
     random.seed(args.seed)
     np.random.seed(args.seed)
     rng = random.Random(args.seed)

@@ -1,0 +1,383 @@
+"""/imagine: the queue, live progress, and the buttons on results (restart-safe)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs._checks import (
+    Cooldowns,
+    UserFacingError,
+    ensure_not_banned,
+    ensure_prompt_allowed,
+    is_admin,
+    prompt_is_nsfw,
+)
+from cogs._delivery import JobMessenger, Update, interaction_reference
+from cogs._ui import png_file, progress_line, queued_line, result_embed, size_choices
+from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progress, Queued, Started
+from engine.jobs import JobRecord
+from engine.requests import MAX_SEED, random_seed
+from engine.schedulers import SCHEDULER_NAMES
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES_BY_PRESET = {"2gb": 2, "3gb": 2, "4gb": 4}
+
+
+def max_images(bot: ImageBot) -> int:
+    """How many images one request may ask for on this machine's VRAM preset."""
+    return MAX_IMAGES_BY_PRESET.get(bot.generator.preset, 8)
+
+
+def sizes(bot: ImageBot) -> dict[str, tuple[int, int]]:
+    """Size choices for /imagine and /settings on this model and preset."""
+    gen = bot.generator
+    width = gen.model_defaults.get("width", bot.config.generation.width)
+    height = gen.model_defaults.get("height", bot.config.generation.height)
+    if "width" in bot.config.generation.model_fields_set:
+        width, height = bot.config.generation.width, bot.config.generation.height
+    return size_choices(int(width), int(height), gen.preset)
+
+
+async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any) -> dict[str, Any]:
+    """A request dict from the options given, filled from the user's saved defaults."""
+    profile = await bot.storage.users.get_or_create_user(user_id)
+    size = options.get("size")
+    width = height = None
+    if size:
+        choices = sizes(bot)
+        if size not in choices:
+            raise UserFacingError(f"Unknown size {size!r}; choose one of: {', '.join(choices)}.")
+        width, height = choices[size]
+    count = options.get("count")
+    if count is not None and count > max_images(bot):
+        raise UserFacingError(f"At most {max_images(bot)} images per request on this machine.")
+    request: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": options.get("negative") or profile.negative_prompt,
+        "num_inference_steps": options.get("steps") or profile.steps,
+        "guidance_scale": options.get("cfg") if options.get("cfg") is not None else profile.cfg,
+        "seed": options.get("seed") if options.get("seed") is not None else profile.fixed_seed,
+        "width": width or profile.width,
+        "height": height or profile.height,
+        "num_images": count,
+        "scheduler": options.get("sampler") or profile.sampler,
+    }
+    if profile.lora_name:
+        lora = await bot.storage.loras.get_lora(profile.lora_name)
+        if lora is None or lora.status != "ready":
+            await bot.storage.users.clear_active_lora(user_id)
+            raise UserFacingError(
+                f"Your LoRA {profile.lora_name!r} is no longer available; it has been switched off."
+            )
+        request.update(lora=lora.path, lora_name=lora.name, lora_scale=profile.lora_scale or 1.0)
+    return request
+
+
+async def submit_for(
+    bot: ImageBot, interaction: discord.Interaction, request: dict[str, Any]
+) -> JobRecord:
+    """Validate, defer the interaction, and queue the job with a restart-safe reference."""
+    executor = bot.executor
+    user = interaction.user
+    admin = is_admin(bot, user)
+    try:
+        prepared = bot.generator.prepare(_as_request(request))
+    except ValueError as exc:
+        raise UserFacingError(f"Invalid request: {exc}") from None
+    if not admin:
+        executor.queue.check_caps(user.id)
+    del prepared
+    await interaction.response.defer(thinking=True)
+    return await executor.submit(
+        user_id=user.id,
+        payload={"request": request},
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        reference=interaction_reference(interaction),
+        admin=admin,
+    )
+
+
+def _as_request(data: dict[str, Any]):
+    from engine.requests import GenerationRequest
+
+    return GenerationRequest.from_dict(data)
+
+
+async def can_manage_job(bot: ImageBot, interaction: discord.Interaction, job_id: int) -> JobRecord:
+    """The job, if the clicking user made it or is an admin; else a plain refusal."""
+    job = await bot.storage.get_job(job_id)
+    if job is None:
+        raise UserFacingError("That job no longer exists.")
+    if job.user_id != interaction.user.id and not is_admin(bot, interaction.user):
+        raise UserFacingError(
+            "Only the person who asked for these images (or an admin) can do that."
+        )
+    return job
+
+
+class _JobButton(
+    discord.ui.DynamicItem[discord.ui.Button], template=r"sd:(?P<action>[a-z]+):(?P<job>[0-9]+)"
+):
+    """Every job button; the custom id carries the action and the job id, so it survives restarts."""
+
+    LABELS = {
+        "cancel": ("Cancel", discord.ButtonStyle.danger, "✖️"),
+        "reroll": ("Reroll", discord.ButtonStyle.primary, "🎲"),
+        "var": ("Variations", discord.ButtonStyle.secondary, "🔀"),
+        "seed": ("Reuse seed", discord.ButtonStyle.secondary, "🌱"),
+        "del": ("Delete", discord.ButtonStyle.secondary, "🗑️"),
+    }
+
+    def __init__(self, action: str, job_id: int) -> None:
+        label, style, emoji = self.LABELS[action]
+        super().__init__(
+            discord.ui.Button(
+                label=label, style=style, emoji=emoji, custom_id=f"sd:{action}:{job_id}"
+            )
+        )
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> _JobButton:
+        """Rebuild the button from its custom id (also after a restart)."""
+        action = match["action"]
+        if action not in cls.LABELS:
+            raise UserFacingError("This button is not known any more.")
+        return cls(action, int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Dispatch to the cog's handler for this action."""
+        cog = interaction.client.get_cog("Imagine")  # type: ignore[union-attr]
+        try:
+            await cog.on_button(interaction, self.action, self.job_id)
+        except (UserFacingError, ValueError) as exc:
+            from cogs.errors import reply_ephemeral
+
+            await reply_ephemeral(interaction, str(exc))
+
+
+def cancel_view(job_id: int) -> discord.ui.View:
+    """The view shown while a job waits or runs."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(_JobButton("cancel", job_id))
+    return view
+
+
+def result_view(job_id: int) -> discord.ui.View:
+    """The view shown under finished images."""
+    view = discord.ui.View(timeout=None)
+    for action in ("reroll", "var", "seed", "del"):
+        view.add_item(_JobButton(action, job_id))
+    return view
+
+
+async def _sampler_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    return [
+        app_commands.Choice(name=n, value=n)
+        for n in SCHEDULER_NAMES
+        if current.lower() in n.lower()
+    ][:25]
+
+
+async def _size_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    choices = sizes(interaction.client)  # type: ignore[arg-type]
+    return [
+        app_commands.Choice(name=f"{name} ({w}×{h})", value=name)
+        for name, (w, h) in choices.items()
+        if current.lower() in name
+    ][:25]
+
+
+class Imagine(commands.Cog):
+    """Text-to-image generation for everyone on the server."""
+
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+        self.messenger = JobMessenger(bot, bot.bot_settings.edit_interval_s)
+        self.cooldowns = Cooldowns(bot.bot_settings.cooldown_s)
+
+    async def cog_load(self) -> None:
+        """Register the restart-safe buttons."""
+        self.bot.add_dynamic_items(_JobButton)
+
+    async def cog_unload(self) -> None:
+        """Unregister the buttons."""
+        self.bot.remove_dynamic_items(_JobButton)
+
+    @app_commands.command(name="imagine", description="Generate images from a text prompt")
+    @app_commands.describe(
+        prompt="What to draw",
+        negative="What to avoid",
+        steps="Denoising steps (more = slower, finer)",
+        cfg="How closely to follow the prompt (0-30)",
+        seed="Seed for reproducible images",
+        size="Image size",
+        count="Number of images",
+        sampler="Sampler (scheduler)",
+    )
+    @app_commands.autocomplete(sampler=_sampler_autocomplete, size=_size_autocomplete)
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 1500],
+        negative: app_commands.Range[str, 0, 1000] | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        size: str | None = None,
+        count: app_commands.Range[int, 1, 8] | None = None,
+        sampler: str | None = None,
+    ) -> None:
+        """Queue a generation and report its progress by editing the reply."""
+        bot = self.bot
+        user = interaction.user
+        await ensure_not_banned(bot, user.id)
+        await ensure_prompt_allowed(bot, prompt, negative)
+        wait = self.cooldowns.remaining(user.id)
+        if wait > 0 and not is_admin(bot, user):
+            raise UserFacingError(f"Slow down: you can use /imagine again in {wait:.0f} s.")
+        request = await build_request(
+            bot, user.id, prompt, negative=negative, steps=steps, cfg=cfg, seed=seed,
+            size=size, count=count, sampler=sampler,
+        )  # fmt: skip
+        await submit_for(bot, interaction, request)
+        self.cooldowns.mark(user.id)
+
+    # ----- buttons -----------------------------------------------------------------------
+    async def on_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+        """Handle a click on one of the job buttons."""
+        bot = self.bot
+        if action == "cancel":
+            await can_manage_job(bot, interaction, job_id)
+            outcome = await bot.executor.cancel(job_id)
+            text = {
+                "queued": "Removed from the queue.",
+                "running": "Stopping at the next step…",
+                None: "That job has already finished.",
+            }[outcome]
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        if action == "del":
+            await can_manage_job(bot, interaction, job_id)
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            if interaction.message is not None:
+                await interaction.message.delete()
+            await interaction.followup.send("Deleted.", ephemeral=True)
+            return
+        job = await bot.storage.get_job(job_id)
+        if job is None or job.kind != "generate":
+            raise UserFacingError("That job no longer exists.")
+        generation = await bot.storage.generations.get_generation_by_job(job_id)
+        seeds = list(generation.seeds) if generation else [job.payload["request"].get("seed", 0)]
+        if action == "seed":
+            profile = await bot.storage.users.set_fixed_seed(interaction.user.id, seeds[0])
+            await interaction.response.send_message(
+                f"Your fixed seed is now `{profile.fixed_seed}`; `/seed random` undoes it.",
+                ephemeral=True,
+            )
+            return
+        await ensure_not_banned(bot, interaction.user.id)
+        request = dict(job.payload["request"])
+        if action == "reroll":
+            request["seed"] = random_seed()
+        else:  # variations: the same prompt with the seeds right after these
+            request["seed"] = (max(seeds) + 1) % (MAX_SEED + 1)
+        await submit_for(bot, interaction, request)
+
+    # ----- job events --------------------------------------------------------------------
+    @commands.Cog.listener()
+    async def on_job_event(self, event: JobEvent) -> None:
+        """Show a generation job's state in its message."""
+        job = event.job
+        if job.kind != "generate" or not (job.reference.get("token") or job.channel_id):
+            return
+        if isinstance(event, Queued):
+            await self.messenger.update(
+                job,
+                Update(content=queued_line(event.position, event.eta_s), view=cancel_view(job.id)),
+            )
+        elif isinstance(event, Started):
+            await self.messenger.update(
+                job, Update(content="🎨 Starting…", view=cancel_view(job.id))
+            )
+        elif isinstance(event, Progress):
+            files = []
+            if event.preview is not None and self.bot.bot_settings.progress_previews:
+                files = [png_file(event.preview, "preview.png")]
+            line = progress_line(event.step, event.total, event.eta_s)
+            await self.messenger.update(
+                job, Update(content=line, files=files, view=cancel_view(job.id))
+            )
+        elif isinstance(event, Notice):
+            await self.messenger.update(
+                job, Update(content=f"⚠️ {event.message}", view=cancel_view(job.id))
+            )
+        elif isinstance(event, Finished):
+            await self.messenger.final(job, self._result_update(job, event))
+        elif isinstance(event, Failed):
+            await self.messenger.final(
+                job, Update(content=f"❌ {event.message}", view=discord.ui.View())
+            )
+        elif isinstance(event, Cancelled):
+            text = (
+                f"🚫 Cancelled after step {event.step}."
+                if event.was_running
+                else "🚫 Cancelled — removed from the queue."
+            )
+            await self.messenger.final(job, Update(content=text, view=discord.ui.View()))
+
+    def _result_update(self, job: JobRecord, event: Finished) -> Update:
+        settings = self.bot.bot_settings
+        data = event.result_data
+        request = job.payload.get("request", {})
+        flagged = any(data.get("nsfw", [])) or prompt_is_nsfw(
+            settings.nsfw_words, request.get("prompt"), request.get("negative_prompt")
+        )
+        nsfw_channel = bool(job.reference.get("nsfw_channel"))
+        hide = flagged and not nsfw_channel and settings.nsfw_mode != "allow"
+        content = f"<@{job.user_id}>"
+        files: list[discord.File] = []
+        if hide and settings.nsfw_mode == "withhold":
+            content += " these images were flagged as NSFW and are only shown in NSFW channels."
+        else:
+            images = getattr(event.result, "images", [])
+            texts = data.get("parameters", [])
+            for index, image in enumerate(images):
+                text = texts[index] if index < len(texts) else None
+                files.append(png_file(image, f"job{job.id}-{index}.png", text, spoiler=hide))
+        expired = not job.reference.get("token") or _expired(job)
+        return Update(
+            content=content, embed=result_embed(job, data), files=files,
+            view=result_view(job.id), mention=expired,
+        )  # fmt: skip
+
+
+def _expired(job: JobRecord) -> bool:
+    import time
+
+    from cogs._delivery import TOKEN_LIFETIME_S
+
+    return time.time() - float(job.reference.get("created", 0)) >= TOKEN_LIFETIME_S
+
+
+async def setup(bot: ImageBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(Imagine(bot))
