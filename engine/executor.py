@@ -206,6 +206,10 @@ class EngineExecutor:
         """Start jobs again."""
         self.queue.resume()
 
+    async def run_on_engine(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(*args) on the engine thread, between jobs (e.g. to try loading a LoRA)."""
+        return await self._in_thread(fn, *args)
+
     @property
     def seconds_per_image(self) -> float | None:
         """Average seconds per generated image since start."""
@@ -410,9 +414,10 @@ class EngineExecutor:
                     trainer.train_steps, self.config.train_slice_steps, run.cancel
                 )
                 run.step, run.total = status.step, status.max_steps
-                self._emit(
-                    Progress(job, status.step, status.max_steps, status.eta_s, None, status.loss)
-                )
+                eta = None
+                if status.seconds_per_step is not None:
+                    eta = (status.max_steps - status.step) * status.seconds_per_step
+                self._emit(Progress(job, status.step, status.max_steps, eta, None, status.loss))
                 if run.cancel.is_set():
                     raise GenerationCancelled(f"training stopped at step {status.step}")
                 if status.done:
@@ -422,7 +427,7 @@ class EngineExecutor:
         except BaseException:
             await self._in_thread(trainer.abort)
             raise
-        data = output.to_dict() if hasattr(output, "to_dict") else dict(output)
+        data = _train_output_data(output)
         await self.store.set_job_status(job.id, "done", result=data)
         self._emit(Finished(job, output, data))
 
@@ -456,3 +461,12 @@ def _job_units(job: JobRecord) -> float:
         return 0.0
     steps = job.payload.get("request", {}).get("num_inference_steps") or 25
     return _pixel_units(job.payload) * steps
+
+
+def _train_output_data(output: Any) -> dict[str, Any]:
+    """A JSON-friendly summary of a finished training (paths as strings, no loss curve)."""
+    from dataclasses import asdict, is_dataclass
+
+    raw = asdict(output) if is_dataclass(output) else dict(output)
+    raw.pop("loss_curve", None)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}

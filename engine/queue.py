@@ -89,29 +89,42 @@ class FairQueue:
         """Check the caps, write the job to the store, then place it in fair order."""
         if check_caps:
             self.check_caps(user_id)
-        payload = {**payload, TAG_KEY: self.next_tag(user_id)}
-        job = await self.store.create_job(
-            kind=kind,
-            user_id=user_id,
-            payload=payload,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            reference=reference,
-            priority=priority,
-        )
-        self.push(job)
+        # Reserve the tag (and the cap slot) before awaiting the store, so concurrent submits
+        # of one user get distinct tags.
+        tag = self.next_tag(user_id)
+        tags = self._per_user.setdefault(user_id, [])
+        tags.append(tag)
+        try:
+            job = await self.store.create_job(
+                kind=kind,
+                user_id=user_id,
+                payload={**payload, TAG_KEY: tag},
+                guild_id=guild_id,
+                channel_id=channel_id,
+                reference=reference,
+                priority=priority,
+            )
+        except BaseException:
+            tags.remove(tag)
+            if not tags:
+                self._per_user.pop(user_id, None)
+            raise
+        self._insert(job)
         return job
 
     def push(self, job: JobRecord) -> None:
         """Place a stored job in fair order (a job without a tag, e.g. recovered, gets one)."""
         if TAG_KEY not in job.payload:
             job.payload[TAG_KEY] = self.next_tag(job.user_id)
+        self._per_user.setdefault(job.user_id, []).append(_key(job)[1])
+        self._insert(job)
+
+    def _insert(self, job: JobRecord) -> None:
         key = _key(job)
         index = bisect.bisect_left(self._keys, key)
         self._keys.insert(index, key)
         self._jobs.insert(index, job)
         self._by_id[job.id] = job
-        self._per_user.setdefault(job.user_id, []).append(key[1])
         if not self.paused:
             self._available.set()
 

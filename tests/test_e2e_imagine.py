@@ -27,14 +27,20 @@ def final_edit(record):
 
 async def wait_result(record, timeout: float = 60):
     return await record.wait_for(
-        lambda e: e.kind == "edit_original" and bool(e.files) and not e.files[0].filename.startswith("preview"),
+        lambda e: (
+            e.kind == "edit_original"
+            and bool(e.files)
+            and not e.files[0].filename.startswith("preview")
+        ),
         timeout=timeout,
     )
 
 
 async def test_imagine_from_defer_to_images(world, tiny_model_dir: Path) -> None:
     async with running(world, tiny_model_dir):
-        it = await world.slash(world.alice, "imagine", {"prompt": "a red castle", "seed": 5, "count": 2})
+        it = await world.slash(
+            world.alice, "imagine", {"prompt": "a red castle", "seed": 5, "count": 2}
+        )
         assert (await it.wait_callback()).type == 5
         result = await wait_result(it)
         edits = [e for e in it.events if e.kind == "edit_original"]
@@ -58,3 +64,171 @@ async def test_imagine_from_defer_to_images(world, tiny_model_dir: Path) -> None
         generation = await world.bot.storage.generations.get_generation_by_job(1)
         assert generation is not None and list(generation.seeds) == [5, 6]
         assert all(Path(p).is_file() for p in generation.image_paths)
+
+
+def png_seed(upload) -> int:
+    with Image.open(io.BytesIO(upload.data)) as image:
+        return int(parse_parameters(image.info["parameters"])["Seed"])
+
+
+async def test_result_buttons(world, tiny_model_dir: Path) -> None:
+    async with running(world, tiny_model_dir) as bot:
+        it = await world.slash(world.alice, "imagine", {"prompt": "a blue house", "seed": 40})
+        result = await wait_result(it)
+        message = result.message
+        assert message is not None
+
+        reroll = await world.fake.send_component(world.alice, message, "sd:reroll:1")
+        assert (await reroll.wait_callback()).type == 5
+        rerolled = await wait_result(reroll)
+        assert png_seed(rerolled.files[0]) != 40
+
+        variations = await world.fake.send_component(world.bob, message, "sd:var:1")
+        varied = await wait_result(variations)
+        assert png_seed(varied.files[0]) == 41  # the seed right after this image's
+        job3 = await bot.storage.get_job(3)
+        assert job3 is not None and job3.user_id == world.bob.id
+
+        reuse = await world.fake.send_component(world.bob, message, "sd:seed:1")
+        answer = await reuse.wait_callback()
+        assert "40" in answer.data["content"] and answer.data["flags"] & 64
+        profile = await bot.storage.users.get_user(world.bob.id)
+        assert profile is not None and profile.fixed_seed == 40
+
+        refused = await world.fake.send_component(world.bob, message, "sd:del:1")
+        denied = await refused.wait_callback()
+        assert "Only the person" in denied.data["content"] and not message.deleted
+        delete = await world.fake.send_component(world.alice, message, "sd:del:1")
+        await delete.wait_followup()
+        assert message.deleted
+
+
+async def test_cancel_button_while_waiting_and_running(world, tiny_model_dir: Path) -> None:
+    async with running(world, tiny_model_dir) as bot:
+        bot.executor.pause()
+        slow = await world.slash(world.alice, "imagine", {"prompt": "a slow castle", "steps": 150})
+        waiting = await world.slash(world.bob, "imagine", {"prompt": "a dog"})
+        queued = await waiting.wait_for(
+            lambda e: e.kind == "edit_original" and "sd:cancel:2" in str(e.payload)
+        )
+        assert "position 2" in queued.payload["content"]
+        click = await world.fake.send_component(world.bob, queued.message, "sd:cancel:2")
+        assert "Removed from the queue" in (await click.wait_callback()).data["content"]
+        await waiting.wait_for(lambda e: "removed from the queue" in str(e.payload.get("content")))
+        bot.executor.resume()
+        running_edit = await slow.wait_for(
+            lambda e: e.kind == "edit_original" and "step" in str(e.payload.get("content"))
+        )
+        intruder = await world.fake.send_component(world.bob, running_edit.message, "sd:cancel:1")
+        assert "Only the person" in (await intruder.wait_callback()).data["content"]
+        click = await world.fake.send_component(world.alice, running_edit.message, "sd:cancel:1")
+        assert "Stopping" in (await click.wait_callback()).data["content"]
+        await slow.wait_for(
+            lambda e: "Cancelled after step" in str(e.payload.get("content")), timeout=60
+        )
+        assert (await bot.storage.get_job(1)).status == "cancelled"
+
+
+async def test_two_users_are_served_fairly(world, tiny_model_dir: Path) -> None:
+    async with running(world, tiny_model_dir) as bot:
+        bot.executor.pause()
+        records = []
+        for n in range(3):
+            records.append(
+                ("alice", await world.slash(world.alice, "imagine", {"prompt": f"alice {n}"}))
+            )
+        records.append(("bob", await world.slash(world.bob, "imagine", {"prompt": "bob 0"})))
+        for _, record in records:
+            await record.wait_callback()
+        bot.executor.resume()
+        finished = []
+        for who, record in records:
+            event = await wait_result(record)
+            finished.append((event.at, who))
+        order = [who for _, who in sorted(finished)]
+        assert order == ["alice", "bob", "alice", "alice"]
+
+
+async def test_refusals_are_ephemeral_and_queue_nothing(world, tiny_model_dir: Path) -> None:
+    async with running(world, tiny_model_dir, cooldown_s=600) as bot:
+        await bot.storage.blocked_words.add_blocked_word("gore")
+        await bot.storage.users.get_or_create_user(world.bob.id)
+        await bot.storage.users.set_banned(world.bob.id, True)
+        cases = [
+            (world.bob, {"prompt": "a cat"}, "banned"),
+            (world.alice, {"prompt": "a cat with gore"}, "blocked word"),
+            (world.alice, {"prompt": "a cat", "size": "gigantic"}, "Unknown size"),
+            (world.alice, {"prompt": "a cat", "sampler": "Warp"}, "unknown name 'Warp'"),
+        ]
+        for user, options, expected in cases:
+            it = await world.slash(user, "imagine", options)
+            reply = await it.wait_callback()
+            assert reply.type == 4 and reply.data["flags"] & 64, reply.payload
+            assert expected in reply.data["content"]
+        first = await world.slash(world.alice, "imagine", {"prompt": "a cat"})
+        assert (await first.wait_callback()).type == 5
+        again = await world.slash(world.alice, "imagine", {"prompt": "a cat"})
+        reply = await again.wait_callback()
+        assert "Slow down" in reply.data["content"] and reply.data["flags"] & 64
+        jobs = await bot.storage.jobs_for_user(world.alice.id)
+        assert len(jobs) == 1
+
+
+async def test_nsfw_prompt_is_spoilered_outside_nsfw_channels(world, tiny_model_dir: Path) -> None:
+    async with running(world, tiny_model_dir):
+        public = await world.slash(world.alice, "imagine", {"prompt": "a nude statue", "seed": 1})
+        result = await wait_result(public)
+        assert all(f.filename.startswith("SPOILER_") for f in result.files)
+        private = await world.slash(
+            world.alice, "imagine", {"prompt": "a nude statue", "seed": 1}, channel=world.nsfw
+        )
+        result = await wait_result(private)
+        assert not any(f.filename.startswith("SPOILER_") for f in result.files)
+
+
+async def test_waiting_job_is_delivered_after_restart(world, tiny_model_dir: Path) -> None:
+    async with running(world, tiny_model_dir) as bot:
+        bot.executor.pause()
+        it = await world.slash(world.alice, "imagine", {"prompt": "a patient castle", "seed": 9})
+        await it.wait_for(
+            lambda e: e.kind == "edit_original" and "Queued" in str(e.payload.get("content"))
+        )
+    # The bot stopped with the job waiting; a new process picks it up and edits the same reply.
+    async with running(world, tiny_model_dir) as bot:
+        result = await wait_result(it)
+        assert png_seed(result.files[0]) == 9
+        assert (await bot.storage.get_job(1)).status == "done"
+
+
+async def test_reconnect_mid_job_still_delivers(world, tiny_model_dir: Path) -> None:
+    async with running(world, tiny_model_dir):
+        it = await world.slash(
+            world.alice, "imagine", {"prompt": "a stormy sea", "steps": 40, "seed": 3}
+        )
+        await it.wait_for(lambda e: "step" in str(e.payload.get("content")))
+        await world.fake.send_reconnect()
+        await world.fake.wait_resumed()
+        result = await wait_result(it)
+        assert png_seed(result.files[0]) == 3
+        after = await world.slash(world.bob, "imagine", {"prompt": "a calm sea"})
+        assert (await after.wait_callback()).type == 5
+
+
+async def test_expired_token_posts_to_the_channel_with_a_mention(
+    world, tiny_model_dir: Path
+) -> None:
+    async with running(world, tiny_model_dir) as bot:
+        bot.executor.pause()
+        it = await world.slash(world.alice, "imagine", {"prompt": "a late castle", "seed": 2})
+        await it.wait_for(lambda e: "Queued" in str(e.payload.get("content")))
+        job = bot.executor.queue.order()[0]
+        job.reference["created"] -= 16 * 60  # pretend 16 minutes passed
+        bot.executor.resume()
+        for _ in range(200):
+            posted = [m for m in world.fake.channel_messages if m.attachments]
+            if posted:
+                break
+            await __import__("asyncio").sleep(0.1)
+        assert posted, "no channel message with the images"
+        assert f"<@{world.alice.id}>" in posted[0].content
+        assert posted[0].attachments[0].data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -272,3 +272,13 @@ def test_fair_queue_positions_match_serving_order() -> None:
             await queue.submit(kind="generate", user_id=rng.randrange(12), payload={})
 
     asyncio.run(scenario())
+
+
+async def test_concurrent_submits_of_one_user_get_distinct_turns(executor: EngineExecutor) -> None:
+    executor.pause()
+    jobs = await asyncio.gather(
+        *(executor.submit(user_id=1, payload=request(f"a {n}")) for n in range(3))
+    )
+    other = await executor.submit(user_id=2, payload=request("b"))
+    order = [job.id for job in executor.queue.order()]
+    assert order == [jobs[0].id, other.id, jobs[1].id, jobs[2].id]
