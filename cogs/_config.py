@@ -21,7 +21,9 @@ def _split(value: Any) -> Any:
 class DiscordSettings(BaseSettings):
     """How to reach Discord (env prefix DISCORD_)."""
 
-    model_config = SettingsConfigDict(env_prefix="DISCORD_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="DISCORD_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     token: SecretStr | None = Field(None, description="Bot token from the Developer Portal")
     dev_guild_id: int | None = Field(
@@ -32,7 +34,9 @@ class DiscordSettings(BaseSettings):
 class BotSettings(BaseSettings):
     """How the bot behaves (env prefix BOT_)."""
 
-    model_config = SettingsConfigDict(env_prefix="BOT_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="BOT_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     admin_user_ids: IdList = Field(default_factory=list, description="User ids with admin rights")
     admin_role_ids: IdList = Field(default_factory=list, description="Role ids with admin rights")

@@ -28,6 +28,7 @@ def _section(prefix: str) -> SettingsConfigDict:
         env_prefix=prefix,
         env_file=ENV_FILE,
         extra="ignore",
+        env_ignore_empty=True,
         populate_by_name=True,
         protected_namespaces=(),
         validate_default=True,

@@ -12,7 +12,11 @@ class StorageSettings(BaseSettings):
     """Where the bot keeps its database, generated images and LoRA adapters."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STORAGE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="STORAGE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_ignore_empty=True,
     )
 
     db_path: Path = Field(

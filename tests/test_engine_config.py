@@ -73,13 +73,31 @@ def test_all_bad_values_reported_together(monkeypatch: pytest.MonkeyPatch) -> No
     assert "GEN_WIDTH" in str(info.value) and "MODEL_PRECISION" in str(info.value)
 
 
-def test_env_example_lists_every_field() -> None:
-    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
-    from engine.config import GenerationConfig, ModelConfig, OptimizationConfig, env_name
+SECTIONS = ("ModelConfig", "OptimizationConfig", "GenerationConfig", "QueueConfig")
 
-    for section in (ModelConfig, OptimizationConfig, GenerationConfig):
+
+def _all_sections() -> list[type]:
+    import engine.config as ec
+    from cogs._config import BotSettings, DiscordSettings
+    from storage import StorageSettings
+
+    return [*(getattr(ec, name) for name in SECTIONS), DiscordSettings, BotSettings, StorageSettings]
+
+
+def test_env_example_lists_every_field() -> None:
+    from engine.config import env_name
+
+    text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
+    for section in _all_sections():
         for field in section.model_fields:
-            assert f"{env_name(section, field)}=" in text, env_name(section, field)
+            assert f"\n{env_name(section, field)}=" in text, env_name(section, field)
+
+
+def test_env_example_copied_as_is_gives_the_defaults(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    for section in _all_sections():
+        from_file = section(_env_file=example)
+        assert from_file.model_dump() == section().model_dump(), section.__name__
 
 
 @pytest.mark.parametrize(
