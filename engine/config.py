@@ -95,7 +95,8 @@ class OptimizationConfig(BaseSettings):
     )
     enable_torch_compile: bool = Field(False, description="torch.compile the UNet (slow first run)")
     channels_last: bool = Field(False, description="channels-last memory format for the UNet")
-    tiny_vae: str = Field("", description="Tiny autoencoder (TAESD) path or id for previews/decode")
+    tiny_vae: str = Field("", description="Tiny autoencoder (TAESD) folder or hub id for previews")
+    tiny_vae_decode: bool = Field(False, description="Also decode final images with the tiny VAE")
 
 
 class GenerationConfig(BaseSettings):

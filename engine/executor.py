@@ -22,7 +22,6 @@ from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progres
 from engine.generator import MEMORY_RUNGS, TextToImageGenerator
 from engine.jobs import JobKind, JobRecord, JobStore
 from engine.metadata import save_png
-from engine.preview import preview_or_none
 from engine.queue import TAG_KEY, FairQueue, QueueFullError
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest
 
@@ -314,7 +313,7 @@ class EngineExecutor:
             last_emit = now
             preview = None
             if self.config.previews and step < total:
-                preview = preview_or_none(latents, self.config.preview_size)
+                preview = self.generator.preview(latents, self.config.preview_size)
             eta = None
             if self._seconds_per_unit is not None:
                 eta = (total - step) * self._seconds_per_unit * _pixel_units(job.payload)

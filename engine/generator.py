@@ -24,7 +24,14 @@ from engine.optimizations import (
     resolve_device,
     resolve_dtype,
 )
-from engine.pipeline import ModelSource, load_pipeline, read_model_defaults, resolve_model_source
+from engine.pipeline import (
+    ModelSource,
+    load_pipeline,
+    offline,
+    read_model_defaults,
+    resolve_model_source,
+)
+from engine.preview import preview_or_none
 from engine.prompts import encode_long_prompt, needs_chunking
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
 from engine.schedulers import make_scheduler
@@ -66,6 +73,7 @@ class TextToImageGenerator:
         self._default_lora: tuple[str, float] | None = None
         self._safety: tuple[Any, Any] | None = None
         self._opt: Any = None
+        self.tiny_vae: Any = None
         self.memory_level = 0
 
     @property
@@ -105,6 +113,7 @@ class TextToImageGenerator:
             self.model_name = "demo"
         self.lora = LoraManager(pipe)
         self._scheduler_name = ""
+        self.tiny_vae = self._load_tiny_vae(opt)
         log.info(
             "loaded %s on %s (%s, preset %s%s) in %.1fs",
             self.model_name,
@@ -114,6 +123,43 @@ class TextToImageGenerator:
             (", " + ", ".join(self.applied)) if self.applied else "",
             time.perf_counter() - started,
         )
+
+    def _load_tiny_vae(self, opt: Any) -> Any:
+        """Load the tiny autoencoder (TAESD) when configured; optionally make it the decoder."""
+        if not opt.tiny_vae:
+            return None
+        from diffusers import AutoencoderTiny
+
+        try:
+            tiny = AutoencoderTiny.from_pretrained(
+                opt.tiny_vae,
+                dtype=self.dtype,
+                cache_dir=str(self.config.model.cache_dir),
+                local_files_only=self.config.model.local_files_only or offline(),
+            )
+        except (OSError, ValueError) as exc:
+            raise EngineError(
+                f"tiny VAE {opt.tiny_vae!r} is not available offline; download it once "
+                f"(e.g. madebyollin/taesd) or clear OPT_TINY_VAE ({type(exc).__name__})"
+            ) from exc
+        tiny.to(self.device).eval()
+        if opt.tiny_vae_decode:
+            self.pipe.vae = tiny
+            self.applied.append("tiny VAE decode")
+        return tiny
+
+    def preview(self, latents: Any, max_side: int = 128) -> Any:
+        """A small image of the first latent: the tiny VAE when loaded, else a linear guess."""
+        if self.tiny_vae is None or latents is None:
+            return preview_or_none(latents, max_side)
+        with torch.no_grad():
+            decoded = self.tiny_vae.decode(latents[:1].to(self.tiny_vae.dtype)).sample
+        from PIL import Image
+
+        array = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
+        image = Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+        image.thumbnail((max_side, max_side))
+        return image
 
     def prepare(self, request: GenerationRequest) -> ResolvedRequest:
         """Validate a request and fill its defaults (raises ValueError naming the parameter)."""

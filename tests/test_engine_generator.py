@@ -262,3 +262,34 @@ def test_model_defaults_file_applies_when_settings_are_unset(
     gen2 = TextToImageGenerator(cfg2)
     gen2.load_model()
     assert gen2.generate("a dog", seed=1)[0].size == (80, 64)
+
+
+def test_tiny_vae_previews_and_decode(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny(
+        encoder_block_out_channels=(16, 16),
+        decoder_block_out_channels=(16, 16),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+    ).save_pretrained(tmp_path / "taesd")
+    cfg = tiny_config(tiny_model_dir)
+    cfg.optimization = OptimizationConfig(tiny_vae=str(tmp_path / "taesd"))
+    gen = TextToImageGenerator(cfg)
+    gen.load_model()
+    previews = []
+    gen.generate("a tree", seed=1, progress=lambda i, n, lat: previews.append(gen.preview(lat, 48)))
+    assert previews and previews[0].size == (48, 48)
+    baseline = gen.generate("a tree", seed=1)[0]
+    cfg.optimization = OptimizationConfig(tiny_vae=str(tmp_path / "taesd"), tiny_vae_decode=True)
+    fast = TextToImageGenerator(cfg)
+    fast.load_model()
+    assert "tiny VAE decode" in fast.applied
+    decoded = fast.generate("a tree", seed=1)[0]
+    assert decoded.size == baseline.size
+    assert np.abs(pixels(decoded) - pixels(baseline)).mean() > 1  # a different decoder ran
+    cfg.optimization = OptimizationConfig(tiny_vae="nobody/missing-taesd")
+    with pytest.raises(EngineError, match="not available offline"):
+        TextToImageGenerator(cfg).load_model()
