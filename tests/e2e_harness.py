@@ -31,7 +31,13 @@ class World:
     tmp: Path
     bot: ImageBot | None = None
 
-    async def slash(self, user: FakeUser, command: str, options: dict[str, Any] | None = None, channel: FakeChannel | None = None):
+    async def slash(
+        self,
+        user: FakeUser,
+        command: str,
+        options: dict[str, Any] | None = None,
+        channel: FakeChannel | None = None,
+    ):
         """Send a slash command and return its InteractionRecord."""
         return await self.fake.send_slash(user, channel or self.general, command, options or {})
 
@@ -48,14 +54,21 @@ def make_world(fake: FakeDiscord, tmp: Path) -> World:
     return World(fake, guild, general, nsfw, alice, bob, admin, tmp)
 
 
-async def start_bot(world: World, model_dir: Path, *, generation: dict[str, Any] | None = None, **bot_settings: Any) -> ImageBot:
+async def start_bot(
+    world: World,
+    model_dir: Path,
+    *,
+    generation: dict[str, Any] | None = None,
+    queue: dict[str, Any] | None = None,
+    **bot_settings: Any,
+) -> ImageBot:
     """Build the real bot with settings pointing at the temp folder and the fake server."""
     settings = {"cooldown_s": 0, "edit_interval_s": 0.2, "train_data_dir": world.tmp / "train"}
     settings.update(bot_settings)
     gen = {"num_inference_steps": 3}
     gen.update(generation or {})
     config = tiny_config(model_dir, **gen)
-    config.queue = config.queue.model_copy(update={"progress_interval_s": 0.2})
+    config.queue = config.queue.model_copy(update={"progress_interval_s": 0.2, **(queue or {})})
     return await build(
         config,
         BotSettings(**settings),

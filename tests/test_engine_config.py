@@ -81,7 +81,12 @@ def _all_sections() -> list[type]:
     from cogs._config import BotSettings, DiscordSettings
     from storage import StorageSettings
 
-    return [*(getattr(ec, name) for name in SECTIONS), DiscordSettings, BotSettings, StorageSettings]
+    return [
+        *(getattr(ec, name) for name in SECTIONS),
+        DiscordSettings,
+        BotSettings,
+        StorageSettings,
+    ]
 
 
 def test_env_example_lists_every_field() -> None:

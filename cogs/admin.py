@@ -1,0 +1,169 @@
+"""/admin: pause and resume the queue, ban members, block words, and see how the bot is doing."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs._checks import UserFacingError, admin_only, is_admin
+from cogs._ui import clip, info_embed
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+
+class Admin(commands.Cog):
+    """Server-admin controls; every command refuses non-admins with a plain message."""
+
+    group = app_commands.Group(name="admin", description="Bot controls for server admins")
+
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        """Apply a pause that was set before the last restart."""
+        if await self.bot.storage.kv.is_queue_paused():
+            self.bot.executor.pause()
+            log.info("the queue stays paused (an admin paused it before the restart)")
+
+    async def _reply(self, interaction: discord.Interaction, text: str) -> None:
+        await interaction.response.send_message(text, ephemeral=True)
+
+    # ----- the queue ---------------------------------------------------------------------
+    @group.command(name="pause", description="Stop starting new jobs (the running one finishes)")
+    @admin_only()
+    async def pause(self, interaction: discord.Interaction) -> None:
+        """Pause the queue; the flag survives restarts."""
+        await self.bot.storage.kv.set_queue_paused(True)
+        self.bot.executor.pause()
+        log.info("queue paused by %s", interaction.user.id)
+        waiting = len(self.bot.executor.queue)
+        await self._reply(
+            interaction,
+            f"The queue is paused ({waiting} waiting); new requests are still accepted. "
+            "`/admin resume` starts it again.",
+        )
+
+    @group.command(name="resume", description="Start serving the queue again")
+    @admin_only()
+    async def resume(self, interaction: discord.Interaction) -> None:
+        """Resume the queue."""
+        await self.bot.storage.kv.set_queue_paused(False)
+        self.bot.executor.resume()
+        log.info("queue resumed by %s", interaction.user.id)
+        await self._reply(interaction, "The queue is running again.")
+
+    # ----- members -----------------------------------------------------------------------
+    @group.command(name="ban", description="Stop a member from using the bot")
+    @app_commands.describe(user="Who to ban")
+    @admin_only()
+    async def ban(self, interaction: discord.Interaction, user: discord.User) -> None:
+        """Ban a member and drop their waiting jobs."""
+        bot = self.bot
+        if user.id == interaction.user.id:
+            raise UserFacingError("You cannot ban yourself.")
+        if is_admin(bot, user):
+            raise UserFacingError(f"{user.mention} is an admin and cannot be banned.")
+        if user.bot:
+            raise UserFacingError("Bots cannot be banned here.")
+        await bot.storage.users.set_banned(user.id, True)
+        dropped = 0
+        for job in bot.executor.queue.waiting_for_user(user.id):
+            if await bot.executor.cancel(job.id) == "queued":
+                dropped += 1
+        text = f"{user.mention} is banned from using the bot."
+        if dropped:
+            text += f" Their {dropped} waiting job{'s' if dropped > 1 else ''} were removed."
+        await self._reply(interaction, text)
+
+    @group.command(name="unban", description="Let a banned member use the bot again")
+    @app_commands.describe(user="Who to unban")
+    @admin_only()
+    async def unban(self, interaction: discord.Interaction, user: discord.User) -> None:
+        """Lift a ban."""
+        profile = await self.bot.storage.users.get_user(user.id)
+        if profile is None or not profile.banned:
+            raise UserFacingError(f"{user.mention} is not banned.")
+        await self.bot.storage.users.set_banned(user.id, False)
+        await self._reply(interaction, f"{user.mention} can use the bot again.")
+
+    # ----- words -------------------------------------------------------------------------
+    @group.command(name="block", description="Refuse prompts containing a word or phrase")
+    @app_commands.describe(word="The word or phrase to block (whole words, any case)")
+    @admin_only()
+    async def block(
+        self, interaction: discord.Interaction, word: app_commands.Range[str, 1, 100]
+    ) -> None:
+        """Add a blocked word."""
+        if not word.strip():
+            raise UserFacingError("Give a word or phrase to block.")
+        added = await self.bot.storage.blocked_words.add_blocked_word(
+            word, added_by=interaction.user.id
+        )
+        shown = " ".join(word.split()).lower()
+        text = f"Blocked `{shown}`." if added else f"`{shown}` was already blocked."
+        await self._reply(interaction, text)
+
+    @group.command(name="unblock", description="Allow a blocked word or phrase again")
+    @app_commands.describe(word="The word or phrase to allow again")
+    @admin_only()
+    async def unblock(
+        self, interaction: discord.Interaction, word: app_commands.Range[str, 1, 100]
+    ) -> None:
+        """Remove a blocked word."""
+        if not word.strip():
+            raise UserFacingError("Give a word or phrase to unblock.")
+        removed = await self.bot.storage.blocked_words.remove_blocked_word(word)
+        shown = " ".join(word.split()).lower()
+        text = f"`{shown}` is allowed again." if removed else f"`{shown}` was not blocked."
+        await self._reply(interaction, text)
+
+    @group.command(name="blocked", description="List the blocked words")
+    @admin_only()
+    async def blocked(self, interaction: discord.Interaction) -> None:
+        """Show every blocked word."""
+        words = await self.bot.storage.blocked_words.list_blocked_words()
+        if not words:
+            await self._reply(interaction, "No words are blocked.")
+            return
+        embed = info_embed(f"Blocked words ({len(words)})", clip(", ".join(words), 4000))
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    # ----- numbers -----------------------------------------------------------------------
+    @group.command(name="stats", description="Jobs served, speed, queue, model and device")
+    @admin_only()
+    async def stats(self, interaction: discord.Interaction) -> None:
+        """Show how the bot is doing."""
+        bot = self.bot
+        executor = bot.executor
+        totals = await bot.storage.generations.stats()
+        speed = executor.seconds_per_image or totals.avg_seconds_per_image
+        embed = info_embed("Bot stats")
+        embed.add_field(
+            name="Jobs served", value=f"{totals.jobs_served} ({executor.served} since start)"
+        )
+        embed.add_field(name="Images made", value=str(totals.images))
+        embed.add_field(name="Seconds per image", value="-" if speed is None else f"{speed:.2f} s")
+        state = "paused" if executor.queue.paused else "running"
+        embed.add_field(name="Queue", value=f"{len(executor.queue)} waiting ({state})")
+        embed.add_field(name="Model", value=bot.generator.model_name or "?")
+        embed.add_field(name="VRAM preset", value=bot.generator.preset)
+        embed.add_field(name="Device", value=bot.generator.device)
+        if bot.failed_extensions:
+            embed.add_field(
+                name="Cogs that failed to load",
+                value=", ".join(bot.failed_extensions),
+                inline=False,
+            )
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+async def setup(bot: ImageBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(Admin(bot))

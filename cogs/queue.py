@@ -1,0 +1,120 @@
+"""/queue and /cancel: what waits and runs, and taking your own jobs back."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs._ui import clip, format_eta, info_embed
+from engine.jobs import JobRecord
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 10
+
+
+def job_summary(job: JobRecord) -> str:
+    """A short description of a job: its id, owner and what it makes."""
+    if job.kind == "train":
+        name = job.payload.get("train", {}).get("name") or job.payload.get("lora_name") or "?"
+        what = f"training LoRA `{name}`"
+    else:
+        request = job.payload.get("request", {})
+        count = request.get("num_images") or 1
+        prompt = clip(str(request.get("prompt", "")).replace("\n", " "), 60)
+        what = f"{count} image{'s' if count != 1 else ''}: “{prompt}”"
+    return f"job {job.id} · <@{job.user_id}> · {what}"
+
+
+class Queue(commands.Cog):
+    """Shows the queue and cancels a member's jobs."""
+
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="queue", description="What is waiting, where your jobs are")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        """Show the running job, the waiting jobs, and the caller's positions with ETAs."""
+        executor = self.bot.executor
+        waiting = executor.queue.order()
+        paused = executor.queue.paused
+        title = "Queue (paused by an admin)" if paused else "Queue"
+        embed = info_embed(title)
+        running = executor.running
+        if running is not None:
+            step = f" — step {running.step}/{running.total}" if running.total else ""
+            embed.add_field(name="Running now", value=job_summary(running.job) + step, inline=False)
+        else:
+            embed.add_field(name="Running now", value="nothing", inline=False)
+        if waiting:
+            lines = [
+                f"{index}. {job_summary(job)}"
+                for index, job in enumerate(waiting[:MAX_LISTED], start=1)
+            ]
+            if len(waiting) > MAX_LISTED:
+                lines.append(f"… and {len(waiting) - MAX_LISTED} more")
+            embed.add_field(
+                name=f"Waiting ({len(waiting)})", value=clip("\n".join(lines)), inline=False
+            )
+        else:
+            embed.add_field(name="Waiting", value="nobody is waiting", inline=False)
+        mine = []
+        user_id = interaction.user.id
+        if running is not None and running.job.user_id == user_id:
+            mine.append(f"job {running.job.id}: running now")
+        for job in executor.queue.waiting_for_user(user_id):
+            position = executor.position(job.id)
+            eta = (
+                "waits until an admin resumes the queue"
+                if paused
+                else format_eta(executor.eta(job.id))
+            )
+            mine.append(f"job {job.id}: position {position}, {eta}")
+        embed.add_field(
+            name="Your jobs",
+            value=clip("\n".join(mine)) if mine else "none — `/imagine` to make something",
+            inline=False,
+        )
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="cancel", description="Cancel your waiting and running jobs")
+    async def cancel(self, interaction: discord.Interaction) -> None:
+        """Remove the caller's waiting jobs and stop the running one; say which."""
+        executor = self.bot.executor
+        user_id = interaction.user.id
+        removed: list[int] = []
+        for job in executor.queue.waiting_for_user(user_id):
+            if await executor.cancel(job.id) == "queued":
+                removed.append(job.id)
+        stopping: int | None = None
+        running = executor.running
+        if (
+            running is not None
+            and running.job.user_id == user_id
+            and await executor.cancel(running.job.id) == "running"
+        ):
+            stopping = running.job.id
+        if not removed and stopping is None:
+            text = "You have no jobs waiting or running."
+        else:
+            parts = []
+            if removed:
+                ids = ", ".join(str(i) for i in removed)
+                parts.append(f"Removed from the queue: job{'s' if len(removed) > 1 else ''} {ids}.")
+            if stopping is not None:
+                parts.append(f"Job {stopping} is running and stops at its next step.")
+            text = " ".join(parts)
+        log.info("user %s cancelled waiting %s, running %s", user_id, removed, stopping)
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def setup(bot: ImageBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(Queue(bot))
