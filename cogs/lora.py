@@ -78,6 +78,8 @@ def remove_lora_files(root: Path, stored: str) -> bool:
         return True
     if target.is_file():
         target = target.parent
+    if target.name == "final" and target.parent.parent == root:
+        target = target.parent  # a LoRA trained here: loras/<name>/final plus its checkpoints
     if target.parent != root or not target.is_dir():
         log.warning("not deleting %s: it is not a LoRA folder under %s", stored, root)
         return False

@@ -160,7 +160,6 @@ class QueueConfig(BaseSettings):
     train_slice_steps: int = Field(
         10, ge=1, le=1000, description="Training steps between /imagine jobs"
     )
-    max_trainings: int = Field(1, ge=1, le=4, description="Trainings that may run at a time")
 
 
 def check_size(value: int) -> None:

@@ -201,3 +201,18 @@ async def test_kohya_lora_list_info_and_delete(
             world.alice, world.general, "lora use", {"name": ""}, focused="name"
         )
         assert await complete.wait_choices() == []
+
+
+def test_remove_lora_files_takes_a_trained_lora_folder_whole(tmp_path: Path) -> None:
+    from cogs.lora import remove_lora_files
+
+    root = tmp_path / "loras"
+    final = root / "castle" / "final"
+    final.mkdir(parents=True)
+    (final / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    (root / "castle" / "checkpoint-10").mkdir()
+    assert remove_lora_files(root, str(final)) is True
+    assert not (root / "castle").exists()
+    outside = tmp_path / "elsewhere" / "final"
+    outside.mkdir(parents=True)
+    assert remove_lora_files(root, str(outside)) is False and outside.exists()

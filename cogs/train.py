@@ -1,0 +1,501 @@
+"""/train: an admin attaches images; a LoRA trains between /imagine jobs and is registered."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs._checks import UserFacingError, admin_only
+from cogs._delivery import JobMessenger, Update
+from cogs._ui import COLOR_OK, clip, progress_line
+from engine.events import Cancelled, Failed, Finished, JobEvent, Progress, Queued, Started
+from engine.jobs import JobRecord
+from engine.prepare_dataset import PrepareReport, prepare_dataset
+from engine.train_lora import TrainConfig
+from storage import AlreadyExistsError, NotFoundError, safe_name
+from storage.loras import check_lora_name
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+# Suffix we write for each accepted attachment type (by file extension and by content type).
+SUFFIXES = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg", ".webp": ".webp", ".bmp": ".bmp"}
+SUFFIXES[".gif"] = ".gif"
+CONTENT_TYPES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/jpg": ".jpg",
+    "image/pjpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/bmp": ".bmp",
+    "image/x-ms-bmp": ".bmp",
+    "image/gif": ".gif",
+}
+MAX_IMAGES = 10
+TRAIN_EDIT_INTERVAL_S = 10.0  # training runs for minutes: one message edit every ~10 s
+MIN_CHECKPOINT_EVERY = 10
+DEFAULT_RANK = 4
+# Letters or digits of any script, '_' and '-': no spaces, no Discord markup, no mentions.
+_TRIGGER_RE = re.compile(r"^[^\W_][\w-]{0,39}$")
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """One accepted attachment and the file suffix it is stored under."""
+
+    attachment: discord.Attachment
+    suffix: str
+
+
+def check_trigger_word(text: str) -> str:
+    """The trigger word if it is one word of letters, digits, '_' or '-'; else UserFacingError."""
+    word = text.strip()
+    if not _TRIGGER_RE.match(word):
+        raise UserFacingError(
+            f"The trigger word {clip(discord.utils.escape_markdown(word), 60)!s} is not usable: "
+            "use one word (up to 40 letters, digits, '_' or '-'), no spaces or symbols, "
+            "for example `zxqstyle`."
+        )
+    return word
+
+
+def upload_suffix(attachment: discord.Attachment) -> str | None:
+    """The suffix to store an attachment under, or None when it is not an accepted image type."""
+    ext = Path(attachment.filename).suffix.lower()
+    by_name = SUFFIXES.get(ext)
+    content_type = (attachment.content_type or "").split(";")[0].strip().lower()
+    if content_type in CONTENT_TYPES:
+        return CONTENT_TYPES[content_type]
+    if content_type in ("", "application/octet-stream"):
+        return by_name  # no usable type given: trust the extension (the bytes are checked later)
+    return None
+
+
+def check_uploads(
+    attachments: list[discord.Attachment], *, max_mb: float, min_images: int
+) -> tuple[list[_Upload], list[str]]:
+    """Sort the attachments by type and size before any download: (usable, reasons left out)."""
+    problems: list[str] = []
+    uploads: list[_Upload] = []
+    limit = int(max_mb * 1024 * 1024)
+    for attachment in attachments:
+        shown = _shown_name(attachment.filename)
+        suffix = upload_suffix(attachment)
+        if suffix is None:
+            problems.append(f"{shown}: not a PNG, JPEG, WebP, BMP or GIF image")
+        elif attachment.size > limit:
+            problems.append(f"{shown}: {attachment.size / 1048576:.1f} MB, over {max_mb:g} MB")
+        else:
+            uploads.append(_Upload(attachment, suffix))
+    if len(uploads) < min_images:
+        head = (
+            f"Training needs at least {min_images} usable images; "
+            f"{_count(len(uploads), 'usable image')} attached."
+        )
+        raise UserFacingError(_with_reasons(head, problems))
+    return uploads, problems
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _shown_name(filename: str) -> str:
+    plain = filename.replace("`", "'")
+    return f"`{clip(plain, 80)}`"
+
+
+def _with_reasons(head: str, reasons: list[str]) -> str:
+    if not reasons:
+        return head
+    lines = "\n".join(f"• {r}" for r in reasons[:MAX_IMAGES])
+    return clip(f"{head}\n{lines}", 1900)
+
+
+def checkpoint_interval(steps: int) -> int:
+    """Steps between checkpoints: about four per run, not more often than every 10 steps."""
+    return max(MIN_CHECKPOINT_EVERY, steps // 4)
+
+
+def is_training_leftover(folder: Path) -> bool:
+    """Whether a folder holds only what a LoRA training writes (checkpoints, final, temp dirs)."""
+    for entry in folder.iterdir():
+        trainer_made = entry.name == "final" or entry.name.startswith(("checkpoint-", "."))
+        if not (entry.is_dir() and trainer_made):
+            return False
+    return True
+
+
+def train_name(job: JobRecord) -> str:
+    """The LoRA name a train job produces."""
+    return str(job.payload.get("train", {}).get("name", "?"))
+
+
+class Train(commands.Cog):
+    """Admins train new styles (LoRA adapters) from a handful of images."""
+
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+        interval = max(TRAIN_EDIT_INTERVAL_S, bot.bot_settings.edit_interval_s)
+        self.messenger = JobMessenger(bot, interval)
+        self._preparing: set[str] = set()  # names (casefolded) whose images are being checked
+
+    async def cog_load(self) -> None:
+        """Mark LoRAs left 'training' without a job (a crash before queueing) as failed."""
+        try:
+            training = await self.bot.storage.loras.list_loras(status="training")
+            if not training:
+                return
+            jobs = await self.bot.storage.unfinished_jobs()
+            alive = {train_name(job).casefold() for job in jobs if job.kind == "train"}
+            for lora in training:
+                if lora.name.casefold() not in alive:
+                    log.warning("LoRA %s was training but has no job any more; failed", lora.name)
+                    await self.bot.storage.loras.set_lora_status(lora.name, "failed")
+        except Exception:
+            log.exception("could not check LoRAs left in training")
+
+    @app_commands.command(name="train", description="Train a new style (LoRA) from 4-10 images")
+    @app_commands.describe(
+        name="Name of the new LoRA (letters, digits, '_', '-', '.')",
+        trigger="One word that calls up the style in prompts, e.g. zxqstyle",
+        image1="Training image (PNG, JPEG, WebP, BMP or GIF)",
+        image2="Training image",
+        image3="Training image",
+        image4="Training image",
+        image5="Training image",
+        image6="Training image",
+        image7="Training image",
+        image8="Training image",
+        image9="Training image",
+        image10="Training image",
+        steps="Training steps (more = slower, stronger)",
+        rank="LoRA rank (higher = bigger file, more detail)",
+    )
+    @app_commands.guild_only()
+    @admin_only()
+    async def train(
+        self,
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, 64],
+        trigger: app_commands.Range[str, 1, 40],
+        image1: discord.Attachment,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
+        image4: discord.Attachment | None = None,
+        image5: discord.Attachment | None = None,
+        image6: discord.Attachment | None = None,
+        image7: discord.Attachment | None = None,
+        image8: discord.Attachment | None = None,
+        image9: discord.Attachment | None = None,
+        image10: discord.Attachment | None = None,
+        steps: app_commands.Range[int, 1, 20000] | None = None,
+        rank: app_commands.Range[int, 1, 128] | None = None,
+    ) -> None:
+        """Check everything, store the images, queue the training and report where it stands."""
+        bot = self.bot
+        settings = bot.bot_settings
+        given = (image1, image2, image3, image4, image5, image6, image7, image8, image9, image10)
+        attachments = [a for a in given if a is not None]
+        name = name.strip()
+        try:
+            check_lora_name(name)
+        except ValueError as exc:
+            raise UserFacingError(f"That name cannot be used: {exc}.") from None
+        trigger_word = check_trigger_word(trigger)
+        default_steps = min(settings.train_default_steps, settings.train_max_steps)
+        max_steps = steps if steps is not None else default_steps
+        if not 1 <= max_steps <= settings.train_max_steps:
+            raise UserFacingError(
+                f"Steps must be between 1 and {settings.train_max_steps} (got {max_steps})."
+            )
+        lora_rank = rank if rank is not None else min(DEFAULT_RANK, settings.train_max_rank)
+        if not 1 <= lora_rank <= settings.train_max_rank:
+            raise UserFacingError(
+                f"Rank must be between 1 and {settings.train_max_rank} (got {lora_rank})."
+            )
+        uploads, left_out = check_uploads(
+            attachments, max_mb=settings.max_attachment_mb, min_images=settings.train_min_images
+        )
+        key = name.casefold()
+        if key in self._preparing or await bot.storage.loras.get_lora(name) is not None:
+            raise UserFacingError(
+                f"A LoRA named `{name}` already exists (or is being set up); choose another name."
+            )
+        output_dir = bot.storage.files.lora_path(name)
+        if output_dir.exists() and any(output_dir.iterdir()):
+            if not is_training_leftover(output_dir):
+                raise UserFacingError(
+                    f"Files of an earlier LoRA named `{name}` are still on disk; choose another "
+                    "name (or ask the host to remove that folder)."
+                )
+            # A deleted LoRA's checkpoints: a new run must not resume from them.
+            log.info("removing the leftovers of a deleted training in %s", output_dir)
+            await asyncio.to_thread(shutil.rmtree, output_dir)
+        folder = (Path(settings.train_data_dir) / safe_name(name)).resolve()
+        config = self._config(
+            folder / "dataset", output_dir, name, trigger_word, max_steps, lora_rank
+        )
+
+        self._preparing.add(key)
+        try:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            report, reasons = await self._stage(uploads, folder, config)
+            job = await self._register_and_submit(interaction, config)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            self._preparing.discard(key)
+        await interaction.followup.send(
+            _queued_text(job, config, len(report.written), left_out + reasons), ephemeral=True
+        )
+
+    # ----- the steps of /train -----------------------------------------------------------
+    def _config(
+        self,
+        dataset_dir: Path,
+        output_dir: Path,
+        name: str,
+        trigger_word: str,
+        max_steps: int,
+        rank: int,
+    ) -> TrainConfig:
+        """The training settings, checked now so a bad value is refused before queueing."""
+        from cogs.imagine import sizes
+
+        bot = self.bot
+        resolution = int(sizes(bot)["square"][0])
+        sample_steps = int(bot.config.generation.num_inference_steps)
+        try:
+            return TrainConfig(
+                dataset_dir=dataset_dir,
+                output_dir=output_dir,
+                model=bot.generator.config.model.model_id,
+                name=name,
+                trigger_word=trigger_word,
+                max_steps=max_steps,
+                rank=rank,
+                resolution=resolution,
+                checkpoint_every=checkpoint_interval(max_steps),
+                sample_steps=max(1, min(sample_steps, 50)),
+            )
+        except ValueError as exc:
+            raise UserFacingError(f"Invalid training setting: {exc}") from None
+
+    async def _stage(
+        self, uploads: list[_Upload], folder: Path, config: TrainConfig
+    ) -> tuple[PrepareReport, list[str]]:
+        """Download into folder/raw, prepare folder/dataset; refuse too few usable images."""
+        settings = self.bot.bot_settings
+        raw = folder / "raw"
+        shutil.rmtree(folder, ignore_errors=True)  # leftovers of an earlier attempt at this name
+        await asyncio.to_thread(raw.mkdir, parents=True, exist_ok=True)
+        limit = int(settings.max_attachment_mb * 1024 * 1024)
+        originals: dict[str, str] = {}
+        for index, upload in enumerate(uploads):
+            stored = f"{index:03d}{upload.suffix}"
+            originals[stored] = upload.attachment.filename
+            try:
+                data = await upload.attachment.read()
+            except discord.HTTPException as exc:
+                log.warning("could not download %s: %s", upload.attachment.url, exc)
+                raise UserFacingError(
+                    f"Could not download {_shown_name(upload.attachment.filename)}; "
+                    "please try again."
+                ) from None
+            if len(data) > limit:
+                raise UserFacingError(
+                    f"{_shown_name(upload.attachment.filename)} is over "
+                    f"{settings.max_attachment_mb:g} MB."
+                )
+            await asyncio.to_thread((raw / stored).write_bytes, data)
+        size = config.resolution
+        report = await asyncio.to_thread(
+            prepare_dataset,
+            raw,
+            config.dataset_dir,
+            size,
+            min_size=max(64, size // 2),
+            trigger_word=config.trigger_word,
+            template=config.caption_template,
+        )
+        reasons = [
+            f"{_shown_name(originals.get(r.path.name, r.path.name))}: {r.reason}"
+            for r in report.rejected
+        ]
+        if len(report.written) < settings.train_min_images:
+            head = (
+                f"Training needs at least {settings.train_min_images} usable images; "
+                f"only {len(report.written)} of {len(uploads)} could be used."
+            )
+            raise UserFacingError(_with_reasons(head, reasons))
+        return report, reasons
+
+    async def _register_and_submit(
+        self, interaction: discord.Interaction, config: TrainConfig
+    ) -> JobRecord:
+        """Reserve the name in the LoRA table (status training) and queue the training job."""
+        bot = self.bot
+        name = config.name
+        try:
+            await bot.storage.loras.add_lora(
+                name,
+                path=str(config.output_dir / "final"),
+                owner_id=interaction.user.id,
+                trigger_word=config.trigger_word,
+                rank=config.rank,
+                base_model=bot.generator.model_name or config.model,
+                status="training",
+            )
+        except AlreadyExistsError:
+            raise UserFacingError(
+                f"A LoRA named `{name}` already exists; choose another name."
+            ) from None
+        payload = {"train": _job_settings(config)}
+        reference = {
+            "channel_id": interaction.channel_id,
+            "nsfw_channel": bool(getattr(interaction.channel, "is_nsfw", lambda: False)()),
+        }
+        try:
+            return await bot.executor.submit(
+                kind="train",
+                user_id=interaction.user.id,
+                payload=payload,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                reference=reference,
+                admin=True,
+            )
+        except BaseException:
+            await bot.storage.loras.delete_lora(name)
+            raise
+
+    # ----- job events --------------------------------------------------------------------
+    @commands.Cog.listener()
+    async def on_job_event(self, event: JobEvent) -> None:
+        """Record a training's outcome in the LoRA table and show its state in the channel."""
+        job = event.job
+        if job.kind != "train":
+            return
+        name = train_name(job)
+        if isinstance(event, Finished):
+            await self._set_status(name, "ready", sha256=event.result_data.get("sha256"))
+            await self._final(job, self._finished_update(job, name, event.result_data))
+        elif isinstance(event, Failed):
+            await self._set_status(name, "failed")
+            text = (
+                f"❌ Training of `{name}` failed: {event.message} "
+                "The checkpoints saved so far are kept."
+            )
+            await self._final(job, Update(content=clip(text, 1900), view=discord.ui.View()))
+        elif isinstance(event, Cancelled):
+            await self._set_status(name, "failed")
+            text = (
+                f"🚫 Training of `{name}` cancelled after step {event.step}; "
+                "the checkpoints saved so far are kept."
+                if event.was_running
+                else f"🚫 Training of `{name}` cancelled before it started."
+            )
+            await self._final(job, Update(content=text, view=discord.ui.View()))
+        elif isinstance(event, Queued):
+            where = (
+                "next in line" if event.position <= 1 else f"position {event.position} in the queue"
+            )
+            await self._update(job, f"🕐 Training of `{name}` is queued — {where}.")
+        elif isinstance(event, Started):
+            await self._update(job, f"🧠 Training `{name}`: loading the images and the model…")
+        elif isinstance(event, Progress):
+            line = progress_line(event.step, event.total, event.eta_s, what=f"Training `{name}`")
+            if event.loss is not None:
+                line += f" · loss {event.loss:.4f}"
+            await self._update(job, line)
+
+    def _has_target(self, job: JobRecord) -> bool:
+        return bool(job.reference.get("token") or job.reference.get("channel_id") or job.channel_id)
+
+    async def _update(self, job: JobRecord, content: str) -> None:
+        if self._has_target(job):
+            await self.messenger.update(job, Update(content=content, view=_cancel_view(job.id)))
+
+    async def _final(self, job: JobRecord, update: Update) -> None:
+        if self._has_target(job):
+            await self.messenger.final(job, update)
+
+    async def _set_status(self, name: str, status: Any, sha256: str | None = None) -> None:
+        try:
+            await self.bot.storage.loras.set_lora_status(name, status, sha256=sha256)
+        except NotFoundError:
+            log.warning(
+                "LoRA %s was deleted while it trained; status %s not recorded", name, status
+            )
+        except Exception:
+            log.exception("could not record status %s of LoRA %s", status, name)
+
+    def _finished_update(self, job: JobRecord, name: str, data: dict[str, Any]) -> Update:
+        trigger = data.get("trigger_word") or job.payload.get("train", {}).get("trigger_word", "")
+        content = (
+            f"<@{job.user_id}> ✅ LoRA `{name}` is ready. Try it with `/lora use {name}` "
+            f"and put `{trigger}` in your prompt."
+        )
+        embed = discord.Embed(title=f"LoRA {name}", color=COLOR_OK)
+        embed.add_field(name="Trigger word", value=f"`{trigger}`")
+        embed.add_field(name="Steps", value=str(data.get("steps", "?")))
+        embed.add_field(name="Rank", value=str(data.get("rank", "?")))
+        if data.get("sha256"):
+            embed.add_field(name="sha256", value=f"`{str(data['sha256'])[:16]}…`", inline=False)
+        files: list[discord.File] = []
+        sample = data.get("sample_path")
+        if sample and Path(sample).is_file():
+            buffer = io.BytesIO(Path(sample).read_bytes())
+            files.append(discord.File(buffer, filename=f"{safe_name(name)}-sample.png"))
+            embed.set_image(url=f"attachment://{safe_name(name)}-sample.png")
+        embed.set_footer(text=f"job {job.id}")
+        return Update(content=content, embed=embed, files=files, view=discord.ui.View())
+
+
+def _queued_text(job: JobRecord, config: TrainConfig, images: int, reasons: list[str]) -> str:
+    text = (
+        f"✅ Training of `{config.name}` is queued (job {job.id}): {_count(images, 'image')}, "
+        f"{config.max_steps} steps, rank {config.rank}, trigger word `{config.trigger_word}`. "
+        "Progress is posted in this channel; /imagine keeps working meanwhile."
+    )
+    return _with_reasons(text + "\nLeft out:", reasons) if reasons else text
+
+
+def _job_settings(config: TrainConfig) -> dict[str, Any]:
+    """The TrainConfig arguments of the job payload (JSON; the model comes from the engine)."""
+    return {
+        "dataset_dir": str(config.dataset_dir),
+        "output_dir": str(config.output_dir),
+        "name": config.name,
+        "trigger_word": config.trigger_word,
+        "max_steps": config.max_steps,
+        "rank": config.rank,
+        "resolution": config.resolution,
+        "checkpoint_every": config.checkpoint_every,
+        "sample_steps": config.sample_steps,
+    }
+
+
+def _cancel_view(job_id: int) -> discord.ui.View:
+    from cogs.imagine import cancel_view
+
+    return cancel_view(job_id)
+
+
+async def setup(bot: ImageBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(Train(bot))
