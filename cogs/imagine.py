@@ -185,9 +185,10 @@ def result_view(job_id: int) -> discord.ui.View:
     return view
 
 
-async def _sampler_autocomplete(
+async def sampler_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
+    """Sampler names containing what the user typed."""
     return [
         app_commands.Choice(name=n, value=n)
         for n in SCHEDULER_NAMES
@@ -195,9 +196,10 @@ async def _sampler_autocomplete(
     ][:25]
 
 
-async def _size_autocomplete(
+async def size_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
+    """Size names (with their pixels) containing what the user typed."""
     choices = sizes(interaction.client)  # type: ignore[arg-type]
     return [
         app_commands.Choice(name=f"{name} ({w}×{h})", value=name)
@@ -233,7 +235,7 @@ class Imagine(commands.Cog):
         count="Number of images",
         sampler="Sampler (scheduler)",
     )
-    @app_commands.autocomplete(sampler=_sampler_autocomplete, size=_size_autocomplete)
+    @app_commands.autocomplete(sampler=sampler_autocomplete, size=size_autocomplete)
     async def imagine(
         self,
         interaction: discord.Interaction,

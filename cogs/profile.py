@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from cogs._checks import UserFacingError
 from cogs._ui import clip, info_embed
-from cogs.imagine import sizes
+from cogs.imagine import sampler_autocomplete, size_autocomplete, sizes
 from engine.requests import MAX_SEED, GenerationRequest
 from engine.schedulers import SCHEDULER_NAMES, canonical_scheduler_name
 from storage import UserProfile
@@ -85,27 +85,6 @@ def settings_embed(bot: ImageBot, profile: UserProfile, title: str) -> discord.E
     return embed
 
 
-async def _sampler_autocomplete(
-    interaction: discord.Interaction, current: str
-) -> list[app_commands.Choice[str]]:
-    return [
-        app_commands.Choice(name=n, value=n)
-        for n in SCHEDULER_NAMES
-        if current.lower() in n.lower()
-    ][:25]
-
-
-async def _size_autocomplete(
-    interaction: discord.Interaction, current: str
-) -> list[app_commands.Choice[str]]:
-    choices = sizes(interaction.client)  # type: ignore[arg-type]
-    return [
-        app_commands.Choice(name=f"{name} ({w}×{h})", value=name)
-        for name, (w, h) in choices.items()
-        if current.lower() in name
-    ][:25]
-
-
 class Profile(commands.Cog):
     """Per-member seeds and generation defaults."""
 
@@ -173,7 +152,7 @@ class Profile(commands.Cog):
         sampler="Sampler (scheduler)",
         negative="What to avoid in every image",
     )
-    @app_commands.autocomplete(sampler=_sampler_autocomplete, size=_size_autocomplete)
+    @app_commands.autocomplete(sampler=sampler_autocomplete, size=size_autocomplete)
     async def settings_set(
         self,
         interaction: discord.Interaction,

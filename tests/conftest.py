@@ -75,3 +75,14 @@ def tiny_generator(tmp_path_factory: pytest.TempPathFactory):
     gen.load_model()
     yield gen
     gen.unload()
+
+
+@pytest.fixture
+async def world(tmp_path: Path):
+    """A fake Discord with a guild, channels and users; asserts every route the bot used is known."""
+    from tests.e2e_harness import make_world
+    from tests.fake_discord import FakeDiscord
+
+    async with FakeDiscord() as fake:
+        yield make_world(fake, tmp_path)
+        assert fake.unhandled == []

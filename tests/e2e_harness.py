@@ -14,7 +14,14 @@ from bot import ImageBot, build
 from cogs._config import BotSettings, DiscordSettings
 from storage import StorageSettings
 from tests.conftest import tiny_config
-from tests.fake_discord import FakeChannel, FakeDiscord, FakeGuild, FakeUser
+from tests.fake_discord import (
+    FakeChannel,
+    FakeDiscord,
+    FakeGuild,
+    FakeUser,
+    InteractionRecord,
+    RecordedEvent,
+)
 
 
 @dataclass
@@ -93,3 +100,21 @@ async def running(world: World, model_dir: Path, **kwargs: Any) -> AsyncIterator
                 yield bot
     finally:
         await bot.storage.close()
+
+
+async def answer(it: InteractionRecord, timeout: float = 30) -> RecordedEvent:
+    """The bot's answer: the message callback, or the first followup after a deferral."""
+    callback = await it.wait_callback(timeout)
+    if callback.type == 5:
+        return await it.wait_followup(timeout)
+    return callback
+
+
+def ephemeral(event: RecordedEvent) -> bool:
+    """Whether a reply is only visible to the person who asked."""
+    return bool((event.data.get("flags") or 0) & 64)
+
+
+def text_of(event: RecordedEvent) -> str:
+    """The content and embeds of a reply as one string."""
+    return f"{event.data.get('content') or ''} {event.data.get('embeds') or ''}"

@@ -5,19 +5,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from engine.metadata import parse_parameters
-from tests.e2e_harness import make_world, running
-from tests.fake_discord import FakeDiscord
-
-
-@pytest.fixture
-async def world(tmp_path: Path):
-    async with FakeDiscord() as fake:
-        yield make_world(fake, tmp_path)
-        assert fake.unhandled == []
+from tests.e2e_harness import running
 
 
 def final_edit(record):

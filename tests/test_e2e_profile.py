@@ -5,33 +5,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from cogs.imagine import sizes
 from engine.metadata import parse_parameters
-from tests.e2e_harness import make_world, running
-from tests.fake_discord import FakeDiscord, InteractionRecord, RecordedEvent
-
-
-@pytest.fixture
-async def world(tmp_path: Path):
-    async with FakeDiscord() as fake:
-        yield make_world(fake, tmp_path)
-        assert fake.unhandled == []
-
-
-async def answer(it: InteractionRecord, timeout: float = 10) -> RecordedEvent:
-    """The bot's answer: the message callback, or the first followup after a deferral."""
-    callback = await it.wait_callback(timeout)
-    if callback.type == 5:
-        return await it.wait_followup(timeout)
-    return callback
-
-
-def ephemeral(event: RecordedEvent) -> bool:
-    """Whether a reply is only visible to the person who asked."""
-    return bool((event.data.get("flags") or 0) & 64)
+from tests.e2e_harness import answer, ephemeral, running
 
 
 async def parameters(world, user, options: dict) -> list[dict[str, str]]:

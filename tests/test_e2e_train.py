@@ -16,19 +16,12 @@ from PIL import Image
 
 from engine.events import Finished, JobEvent, Progress, Started
 from engine.lora import resolve_lora_file
-from tests.e2e_harness import World, make_world, running
-from tests.fake_discord import FakeDiscord, RecordedEvent
+from tests.e2e_harness import World, running
+from tests.fake_discord import RecordedEvent
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPHEMERAL = 64
 SLOW = 300  # generous: the suite may run on a loaded 2-core machine
-
-
-@pytest.fixture
-async def world(tmp_path: Path):
-    async with FakeDiscord() as fake:
-        yield make_world(fake, tmp_path)
-        assert fake.unhandled == []
 
 
 class EngineLog:
