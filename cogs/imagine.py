@@ -61,16 +61,20 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
     count = options.get("count")
     if count is not None and count > max_images(bot):
         raise UserFacingError(f"At most {max_images(bot)} images per request on this machine.")
+    fast = bool(options.get("fast"))
+    # Fast mode brings its own steps, CFG and sampler; saved defaults for normal mode don't apply.
+    saved_steps, saved_cfg = (None, None) if fast else (profile.steps, profile.cfg)
     request: dict[str, Any] = {
         "prompt": prompt,
         "negative_prompt": options.get("negative") or profile.negative_prompt,
-        "num_inference_steps": options.get("steps") or profile.steps,
-        "guidance_scale": options.get("cfg") if options.get("cfg") is not None else profile.cfg,
+        "num_inference_steps": options.get("steps") or saved_steps,
+        "guidance_scale": options.get("cfg") if options.get("cfg") is not None else saved_cfg,
         "seed": options.get("seed") if options.get("seed") is not None else profile.fixed_seed,
         "width": width or profile.width,
         "height": height or profile.height,
         "num_images": count,
         "scheduler": options.get("sampler") or profile.sampler,
+        "fast": fast,
     }
     if profile.lora_name:
         lora = await bot.storage.loras.get_lora(profile.lora_name)
@@ -234,6 +238,7 @@ class Imagine(commands.Cog):
         size="Image size",
         count="Number of images",
         sampler="Sampler (scheduler)",
+        fast="Fast mode: LCM, 4-8 steps (negative prompts have little effect)",
     )
     @app_commands.autocomplete(sampler=sampler_autocomplete, size=size_autocomplete)
     async def imagine(
@@ -247,6 +252,7 @@ class Imagine(commands.Cog):
         size: str | None = None,
         count: app_commands.Range[int, 1, 8] | None = None,
         sampler: str | None = None,
+        fast: bool | None = None,
     ) -> None:
         """Queue a generation and report its progress by editing the reply."""
         bot = self.bot
@@ -258,7 +264,7 @@ class Imagine(commands.Cog):
             raise UserFacingError(f"Slow down: you can use /imagine again in {wait:.0f} s.")
         request = await build_request(
             bot, user.id, prompt, negative=negative, steps=steps, cfg=cfg, seed=seed,
-            size=size, count=count, sampler=sampler,
+            size=size, count=count, sampler=sampler, fast=fast,
         )  # fmt: skip
         await submit_for(bot, interaction, request)
         self.cooldowns.mark(user.id)
@@ -356,6 +362,8 @@ class Imagine(commands.Cog):
         nsfw_channel = bool(job.reference.get("nsfw_channel"))
         hide = flagged and not nsfw_channel and settings.nsfw_mode != "allow"
         content = f"<@{job.user_id}>"
+        for warning in data.get("warnings", []):
+            content += f"\nℹ️ {warning[:300]}"
         files: list[discord.File] = []
         if hide and settings.nsfw_mode == "withhold":
             content += " these images were flagged as NSFW and are only shown in NSFW channels."

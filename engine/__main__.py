@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="hub id, folder, .safetensors file, or 'demo'")
     p.add_argument("--lora", default=None, help="LoRA .safetensors file or folder")
     p.add_argument("--lora-scale", type=float, default=0.8, help="LoRA strength, 0-2")
+    p.add_argument("--fast", action="store_true", help="LCM-LoRA fast mode: 4-8 steps, low CFG")
     p.add_argument("--out", default=None, help="output folder (default from settings)")
     p.add_argument("--prefix", default="gen", help="file name prefix")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=None)
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheduler=args.scheduler,
         lora=args.lora,
         lora_scale=args.lora_scale,
+        fast=args.fast,
     )
     try:
         config = _config(args)

@@ -112,6 +112,12 @@ class GenerationConfig(BaseSettings):
     scheduler: str = Field(DEFAULT_SCHEDULER, description="Sampler: " + ", ".join(SCHEDULER_NAMES))
     num_images: int = Field(1, description="Images per request, 1-8")
     output_dir: Path = Field(Path("outputs"), description="Where the command line saves PNGs")
+    fast_lora: str = Field(
+        "latent-consistency/lcm-lora-sdv1-5",
+        description="LCM-LoRA for fast mode: a file, a folder or a hub id",
+    )
+    fast_steps: int = Field(6, ge=1, le=12, description="Steps in fast mode (LCM: 4-8)")
+    fast_guidance: float = Field(1.5, ge=0, le=3, description="CFG in fast mode (LCM: 1-2)")
 
     @field_validator("width", "height")
     @classmethod

@@ -16,7 +16,7 @@ import torch
 
 from engine.config import AppConfig
 from engine.errors import EngineError, GenerationCancelled
-from engine.lora import LoraManager, lora_display_name
+from engine.lora import WEIGHT_NAME, LoraManager, lora_display_name, resolve_lora_file
 from engine.metadata import format_parameters, save_png
 from engine.optimizations import (
     apply_optimizations,
@@ -51,6 +51,10 @@ MEMORY_RUNGS = (
     "sequential CPU offload",
     "one image at a time",
 )
+
+
+FAST_ADAPTER = "lcm_fast"
+FAST_NOTE = "fast mode: negative prompts have little effect"
 
 
 class TextToImageGenerator:
@@ -214,7 +218,7 @@ class TextToImageGenerator:
         guidance = resolved.guidance_scale > 1.0
         generators = [torch.Generator("cpu").manual_seed(s) for s in resolved.seeds]
         kwargs: dict[str, Any] = {}
-        warnings: list[str] = []
+        warnings: list[str] = [FAST_NOTE] if resolved.fast and resolved.negative_prompt else []
         if needs_chunking(pipe.tokenizer, resolved.prompt, resolved.negative_prompt):
             encoded = encode_long_prompt(
                 pipe, resolved.prompt, resolved.negative_prompt, pipe._execution_device, guidance
@@ -285,6 +289,7 @@ class TextToImageGenerator:
             model=self.model_name,
             lora=lora_name,
             lora_scale=scale,
+            extra={"Fast": "LCM-LoRA"} if resolved.fast else None,
         )
 
     def set_memory_level(self, level: int) -> None:
@@ -316,13 +321,37 @@ class TextToImageGenerator:
 
     def _select_lora(self, resolved: ResolvedRequest) -> None:
         assert self.lora is not None
+        active: list[tuple[str, float]] = []
         if resolved.lora:
-            adapter = self.lora.load(resolved.lora, resolved.lora_name)
-            self.lora.activate(adapter, resolved.lora_scale)
+            active.append((self.lora.load(resolved.lora, resolved.lora_name), resolved.lora_scale))
         elif self._default_lora is not None:
-            self.lora.activate(*self._default_lora)
-        else:
-            self.lora.activate(None)
+            active.append(self._default_lora)
+        if resolved.fast:
+            active.append((self.lora.load(self._fast_lora_file(), FAST_ADAPTER), 1.0))
+        self.lora.activate_many(active)
+
+    def _fast_lora_file(self) -> Path:
+        """The local file of the LCM-LoRA for fast mode (from the hub cache for a hub id)."""
+        ref = self.config.generation.fast_lora.strip()
+        path = Path(ref).expanduser()
+        if path.exists() or not ref or ref.count("/") != 1:
+            return resolve_lora_file(path)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(
+                hf_hub_download(
+                    ref,
+                    WEIGHT_NAME,
+                    cache_dir=str(self.config.model.cache_dir),
+                    local_files_only=self.config.model.local_files_only or offline(),
+                )
+            )
+        except Exception as exc:  # hub errors vary by version; the advice is the same
+            raise EngineError(
+                f"fast mode needs the LCM-LoRA {ref!r}, which is not available offline; run once "
+                f"with internet access or set GEN_FAST_LORA to a local file ({type(exc).__name__})"
+            ) from exc
 
     def _select_scheduler(self, name: str) -> None:
         if name != self._scheduler_name:

@@ -103,7 +103,7 @@ class LoraManager:
         self.pipe = pipe
         self.max_resident = max_resident
         self.resident: OrderedDict[str, Path] = OrderedDict()
-        self.active: tuple[str, float] | None = None
+        self.active: tuple[tuple[str, float], ...] = ()
 
     def load(self, path: str | Path, name: str | None = None) -> str:
         """Load a LoRA file as a resident adapter (no-op if already loaded); return its name."""
@@ -139,9 +139,14 @@ class LoraManager:
 
     def activate(self, adapter: str | None, scale: float = 1.0) -> None:
         """Make one resident adapter active at a scale, or none (base model) when adapter is None."""
-        if adapter is not None and adapter not in self.resident:
-            raise LoraError(f"LoRA: {adapter!r} is not loaded")
-        wanted = None if adapter is None else (adapter, float(scale))
+        self.activate_many([] if adapter is None else [(adapter, scale)])
+
+    def activate_many(self, adapters: list[tuple[str, float]]) -> None:
+        """Make exactly these resident adapters active, each at its scale (none: base model)."""
+        for name, _scale in adapters:
+            if name not in self.resident:
+                raise LoraError(f"LoRA: {name!r} is not loaded")
+        wanted = tuple((name, float(scale)) for name, scale in adapters)
         if wanted != self.active:
             self.active = wanted
             self._apply()
@@ -149,12 +154,13 @@ class LoraManager:
     def _apply(self) -> None:
         if not self.resident:
             return
-        if self.active is None:
+        if not self.active:
             self.pipe.disable_lora()
             return
-        name, scale = self.active
         self.pipe.enable_lora()
-        self.pipe.set_adapters([name], adapter_weights=[scale])
+        self.pipe.set_adapters(
+            [name for name, _ in self.active], adapter_weights=[scale for _, scale in self.active]
+        )
 
     def unload(self, adapter: str) -> None:
         """Remove one adapter from memory."""
@@ -162,8 +168,7 @@ class LoraManager:
             return
         self._forget(adapter)
         self.resident.pop(adapter, None)
-        if self.active and self.active[0] == adapter:
-            self.active = None
+        self.active = tuple(pair for pair in self.active if pair[0] != adapter)
         self._apply()
 
     def unload_all(self) -> None:
@@ -171,7 +176,7 @@ class LoraManager:
         if self.resident:
             self.pipe.unload_lora_weights()
         self.resident.clear()
-        self.active = None
+        self.active = ()
 
     def _adapter_present(self, adapter: str) -> bool:
         adapters = self.pipe.get_list_adapters()

@@ -30,6 +30,7 @@ class GenerationRequest:
     lora: str | None = None  # path of a LoRA file or folder
     lora_name: str | None = None  # name shown to users and written to metadata
     lora_scale: float = 1.0
+    fast: bool = False  # LCM-LoRA + LCM sampler, few steps, low CFG
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the request."""
@@ -57,6 +58,7 @@ class ResolvedRequest:
     lora: str | None
     lora_name: str | None
     lora_scale: float
+    fast: bool = False
 
     @property
     def num_images(self) -> int:
@@ -89,10 +91,21 @@ def resolve_request(
 ) -> ResolvedRequest:
     """Fill unset fields (request, then model defaults, then settings) and validate everything."""
 
+    fast = bool(request.fast)
+    fast_defaults = {
+        "scheduler": "LCM",
+        "num_inference_steps": defaults.fast_steps,
+        "guidance_scale": defaults.fast_guidance,
+    }
+
     def pick(name: str) -> Any:
         value = getattr(request, name)
+        if fast and name == "scheduler":
+            return "LCM"  # the LCM-LoRA only works with its own sampler
         if value is not None:
             return value
+        if fast and name in fast_defaults:
+            return fast_defaults[name]
         if name in model_defaults and name not in defaults.model_fields_set:
             return model_defaults[name]
         return getattr(defaults, name)
@@ -147,4 +160,5 @@ def resolve_request(
         lora=request.lora,
         lora_name=request.lora_name,
         lora_scale=float(request.lora_scale),
+        fast=fast,
     )

@@ -223,3 +223,17 @@ async def test_expired_token_posts_to_the_channel_with_a_mention(
         assert posted, "no channel message with the images"
         assert f"<@{world.alice.id}>" in posted[0].content
         assert posted[0].attachments[0].data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_fast_mode_over_the_wire(world, tiny_model_dir: Path, tiny_lora_b: Path) -> None:
+    async with running(world, tiny_model_dir, generation={"fast_lora": str(tiny_lora_b)}):
+        it = await world.slash(
+            world.alice, "imagine", {"prompt": "a quick castle", "fast": True, "seed": 4}
+        )
+        result = await wait_result(it)
+        with Image.open(io.BytesIO(result.files[0].data)) as image:
+            params = parse_parameters(image.info["parameters"])
+        assert (
+            params["Sampler"] == "LCM" and params["Steps"] == "6" and params["Fast"] == "LCM-LoRA"
+        )
+        assert "negative prompts have little effect" in result.payload["content"]

@@ -81,3 +81,55 @@ def test_bad_lora_files_are_refused_clearly(
         tiny_generator.generate("x", lora=str(foreign_lora))
     # A failed load leaves no half-loaded adapter behind.
     assert np.array_equal(render(tiny_generator), base)
+
+
+def test_fast_mode_uses_lcm_lora_and_sampler(
+    tiny_model_dir: Path, tiny_lora: Path, tiny_lora_b: Path
+) -> None:
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_model_dir)
+    cfg.generation = cfg.generation.model_copy(
+        update={"fast_lora": str(tiny_lora_b), "fast_steps": 4}
+    )
+    gen = TextToImageGenerator(cfg)
+    gen.load_model()
+    from engine.requests import GenerationRequest
+
+    result = gen.run(GenerationRequest(prompt="a red castle", seed=21, fast=True))
+    params = result.parameters[0]
+    assert "Sampler: LCM," in params and "Steps: 4," in params and "CFG scale: 1.5," in params
+    assert "Fast: LCM-LoRA" in params
+    assert result.warnings == ["fast mode: negative prompts have little effect"]
+    plain = gen.run(
+        GenerationRequest(
+            prompt="a red castle",
+            seed=21,
+            scheduler="LCM",
+            num_inference_steps=4,
+            guidance_scale=1.5,
+        )
+    )
+    # The LCM-LoRA is what makes the difference between the two runs.
+    assert np.abs(pixels(result.images[0]) - pixels(plain.images[0])).mean() > 1
+    assert gen.lora.active == ()
+    styled = gen.run(
+        GenerationRequest(prompt="a red castle", seed=21, fast=True, lora=str(tiny_lora))
+    )
+    assert len(gen.lora.active) == 2  # a style LoRA and the LCM-LoRA together
+    assert np.abs(pixels(styled.images[0]) - pixels(result.images[0])).mean() > 1
+
+
+def test_fast_mode_without_weights_offline_says_what_to_do(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from engine.errors import EngineError
+    from engine.requests import GenerationRequest
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_model_dir)
+    cfg.model = cfg.model.model_copy(update={"cache_dir": tmp_path / "cache"})
+    gen = TextToImageGenerator(cfg)
+    gen.load_model()
+    with pytest.raises(EngineError, match="GEN_FAST_LORA"):
+        gen.run(GenerationRequest(prompt="a red castle", seed=1, fast=True))
