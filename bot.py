@@ -13,12 +13,13 @@ import discord
 from discord.ext import commands
 
 from cogs._config import BotSettings, DiscordSettings
-from engine.config import AppConfig, ConfigError, load_config
+from engine.config import AppConfig, ConfigError, build_section, load_config
 from engine.errors import EngineError
 from engine.events import JobEvent
 from engine.executor import EngineExecutor
 from engine.generator import TextToImageGenerator
 from engine.jobs import JobRecord
+from engine.pipeline import resolve_model_source
 from storage import Storage, StorageError, StorageSettings
 
 log = logging.getLogger("bot")
@@ -127,9 +128,14 @@ async def build(
     **bot_kwargs: Any,
 ) -> ImageBot:
     """Open storage, load the model on the engine thread's behalf, and assemble the bot."""
+    resolve_model_source(config.model.model_id, config.model.allow_ckpt)  # fail before opening
     storage = await Storage.open(storage_settings.db_path, settings=storage_settings)
     generator = TextToImageGenerator(config)
-    await asyncio.to_thread(generator.load_model)
+    try:
+        await asyncio.to_thread(generator.load_model)
+    except BaseException:
+        await storage.close()
+        raise
     executor = EngineExecutor(
         generator,
         storage,
@@ -150,14 +156,23 @@ async def build(
 
 async def run() -> int:
     """Read settings, build the bot and run it until Ctrl-C or SIGTERM."""
+    problems: list[str] = []
+    sections: dict[type, Any] = {}
+    for section in (DiscordSettings, BotSettings, StorageSettings):
+        try:
+            sections[section] = build_section(section)
+        except ConfigError as exc:
+            problems.append(str(exc))
     try:
-        discord_settings = DiscordSettings()
-        bot_settings = BotSettings()
-        storage_settings = StorageSettings()
         config = load_config()
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
         return 2
+    discord_settings: DiscordSettings = sections[DiscordSettings]
+    bot_settings: BotSettings = sections[BotSettings]
+    storage_settings: StorageSettings = sections[StorageSettings]
     logging.basicConfig(
         level=bot_settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,48 @@
+"""python bot.py: clear exits without a token or with bad settings, before any model work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bot(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DISCORD_", "BOT_", "MODEL_", "GEN_", "OPT_", "QUEUE_", "STORAGE_"))
+    }
+    clean.update(env, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bot.py")],
+        cwd=tmp_path,  # no .env here
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_without_a_token_it_says_how_to_get_one(tmp_path: Path) -> None:
+    proc = run_bot(tmp_path)
+    assert proc.returncode == 2
+    assert "DISCORD_TOKEN" in proc.stderr and "discord.com/developers" in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing was opened or created
+
+
+def test_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
+    proc = run_bot(tmp_path, DISCORD_TOKEN="x", GEN_WIDTH="500", BOT_NSFW_MODE="sometimes")
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "BOT_NSFW_MODE" in line or "GEN_WIDTH" in line
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_bot(tmp_path, DISCORD_TOKEN="x", MODEL_ID=str(tmp_path / "no-such-model"))
+    assert proc.returncode == 2
+    assert "model: path not found" in proc.stderr and "Traceback" not in proc.stderr
