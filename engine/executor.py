@@ -237,8 +237,18 @@ class EngineExecutor:
         self._loop.call_soon_threadsafe(self._emit, event)
 
     def _announce_positions(self) -> None:
+        """Tell every waiting job its new place; one pass with a running ETA total."""
+        rate = self._seconds_per_unit
+        total = 0.0
+        if rate is not None and self.running is not None:
+            run = self.running
+            total = max(0, run.total - run.step) * rate * _pixel_units(run.job.payload)
         for index, job in enumerate(self.queue.order(), start=1):
-            self._emit(Queued(job, index, self.eta(job.id)))
+            eta = None
+            if rate is not None:
+                total += _job_units(job) * rate
+                eta = total
+            self._emit(Queued(job, index, eta))
 
     # ----- the dispatcher ---------------------------------------------------------------
     async def _dispatch(self) -> None:

@@ -104,6 +104,7 @@ class LoraManager:
         self.max_resident = max_resident
         self.resident: OrderedDict[str, Path] = OrderedDict()
         self.active: tuple[tuple[str, float], ...] = ()
+        self._enabled = True  # peft adapters start enabled; enable_lora() walks every module
 
     def load(self, path: str | Path, name: str | None = None) -> str:
         """Load a LoRA file as a resident adapter (no-op if already loaded); return its name."""
@@ -155,9 +156,13 @@ class LoraManager:
         if not self.resident:
             return
         if not self.active:
-            self.pipe.disable_lora()
+            if self._enabled:
+                self.pipe.disable_lora()
+                self._enabled = False
             return
-        self.pipe.enable_lora()
+        if not self._enabled:
+            self.pipe.enable_lora()
+            self._enabled = True
         self.pipe.set_adapters(
             [name for name, _ in self.active], adapter_weights=[scale for _, scale in self.active]
         )
@@ -177,6 +182,7 @@ class LoraManager:
             self.pipe.unload_lora_weights()
         self.resident.clear()
         self.active = ()
+        self._enabled = True
 
     def _adapter_present(self, adapter: str) -> bool:
         adapters = self.pipe.get_list_adapters()

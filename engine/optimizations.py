@@ -74,9 +74,12 @@ def apply_optimizations(pipe: Any, opt: Any, device: str) -> list[str]:
     if opt.enable_vae_tiling:
         pipe.vae.enable_tiling()
         applied.append("VAE tiling")
-    if opt.channels_last:
+    if opt.channels_last and on_cuda:
         pipe.unet.to(memory_format=torch.channels_last)
         applied.append("channels-last")
+    elif opt.channels_last:
+        # On the CPU it copies every UNet weight (+48 % RSS in bench/) for no speed-up.
+        log.info("skipping channels-last on %s: it only pays off on a GPU", device)
     applied += place_on_device(pipe, opt, device)
     if opt.enable_torch_compile:
         pipe.unet = torch.compile(pipe.unet, dynamic=False)

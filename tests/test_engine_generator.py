@@ -212,6 +212,8 @@ def test_each_optimization_flag_runs_on_cpu(
         "enable_group_offload",
     ):
         assert f"skipping GPU-only options on cpu: {flag}" in caplog.text
+    if flag == "channels_last":
+        assert "skipping channels-last on cpu" in caplog.text
     assert gen.dtype.is_floating_point and str(gen.dtype) == "torch.float32"
 
 

@@ -282,3 +282,18 @@ async def test_concurrent_submits_of_one_user_get_distinct_turns(executor: Engin
     other = await executor.submit(user_id=2, payload=request("b"))
     order = [job.id for job in executor.queue.order()]
     assert order == [jobs[0].id, other.id, jobs[1].id, jobs[2].id]
+
+
+async def test_announced_etas_match_single_queries(executor: EngineExecutor) -> None:
+    executor.pause()
+    for n in range(5):
+        await executor.submit(
+            user_id=n % 2 + 1, payload=request(f"x {n}", num_inference_steps=n + 1)
+        )
+    executor._seconds_per_unit = 0.5
+    before = len(executor.rec.events)
+    executor._announce_positions()
+    announced = [e for e in executor.rec.events[before:] if isinstance(e, Queued)]
+    assert [e.position for e in announced] == [1, 2, 3, 4, 5]
+    for event in announced:
+        assert event.eta_s == pytest.approx(executor.eta(event.job.id))
