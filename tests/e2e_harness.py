@@ -118,3 +118,17 @@ def ephemeral(event: RecordedEvent) -> bool:
 def text_of(event: RecordedEvent) -> str:
     """The content and embeds of a reply as one string."""
     return f"{event.data.get('content') or ''} {event.data.get('embeds') or ''}"
+
+
+def is_result(event: RecordedEvent) -> bool:
+    """Whether an event is the edit of @original that carries the finished images."""
+    return (
+        event.kind == "edit_original"
+        and bool(event.files)
+        and not event.files[0].filename.startswith("preview")
+    )
+
+
+async def wait_result(record: InteractionRecord, timeout: float = 90) -> RecordedEvent:
+    """Wait for the finished images of an /imagine (or button) interaction."""
+    return await record.wait_for(is_result, timeout=timeout)

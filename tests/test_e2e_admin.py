@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.e2e_harness import answer, ephemeral, running, text_of
+from tests.e2e_harness import answer, ephemeral, running, text_of, wait_result
 from tests.fake_discord import InteractionRecord, RecordedEvent
 
 
@@ -77,7 +77,7 @@ async def test_queue_and_cancel_while_paused_and_pause_survives_restart(
 
         reply = await answer(await world.slash(world.admin, "admin resume"))
         assert "running again" in reply.data["content"] and not bot.executor.queue.paused
-        await bobs.wait_for(lambda e: e.kind == "edit_original" and bool(e.files), timeout=60)
+        await wait_result(bobs)
 
         # /cancel stops the caller's running job at its next step.
         slow = await world.slash(world.alice, "imagine", {"prompt": "a slow one", "steps": 150})
@@ -97,7 +97,7 @@ async def test_queue_and_cancel_while_paused_and_pause_survives_restart(
         await wait_content(waiting, "Queued")
         await answer(await world.slash(world.admin, "admin resume"))
         assert not await bot.storage.kv.is_queue_paused()
-        await waiting.wait_for(lambda e: e.kind == "edit_original" and bool(e.files), timeout=60)
+        await wait_result(waiting)
 
 
 async def test_ban_and_blocked_words(world, tiny_model_dir: Path) -> None:
@@ -145,7 +145,7 @@ async def test_stats(world, tiny_model_dir: Path) -> None:
         mine = {"cogs.lora", "cogs.profile", "cogs.queue", "cogs.admin"}
         assert not mine & set(bot.failed_extensions)
         made = await world.slash(world.alice, "imagine", {"prompt": "a tree", "count": 2})
-        await made.wait_for(lambda e: e.kind == "edit_original" and bool(e.files), timeout=60)
+        await wait_result(made)
         for _ in range(50):  # the job row turns 'done' right after the images are sent
             if (await bot.storage.generations.stats()).jobs_served:
                 break

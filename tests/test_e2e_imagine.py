@@ -8,23 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from engine.metadata import parse_parameters
-from tests.e2e_harness import running
-
-
-def final_edit(record):
-    """The edit of @original that carries files."""
-    return [e for e in record.events if e.kind == "edit_original" and e.files]
-
-
-async def wait_result(record, timeout: float = 60):
-    return await record.wait_for(
-        lambda e: (
-            e.kind == "edit_original"
-            and bool(e.files)
-            and not e.files[0].filename.startswith("preview")
-        ),
-        timeout=timeout,
-    )
+from tests.e2e_harness import running, wait_result
 
 
 async def test_imagine_from_defer_to_images(world, tiny_model_dir: Path) -> None:
@@ -215,8 +199,12 @@ async def test_expired_token_posts_to_the_channel_with_a_mention(
         job = bot.executor.queue.order()[0]
         job.reference["created"] -= 16 * 60  # pretend 16 minutes passed
         bot.executor.resume()
-        for _ in range(200):
-            posted = [m for m in world.fake.channel_messages if m.attachments]
+        for _ in range(600):
+            posted = [
+                m
+                for m in world.fake.channel_messages
+                if m.attachments and m.attachments[0].filename.startswith("job")
+            ]
             if posted:
                 break
             await __import__("asyncio").sleep(0.1)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from engine.lora import WEIGHT_NAME
 from engine.metadata import parse_parameters
-from tests.e2e_harness import answer, ephemeral, running
+from tests.e2e_harness import answer, ephemeral, running, wait_result
 from tests.fake_discord import InteractionRecord
 
 
@@ -27,14 +27,7 @@ async def refused(it: InteractionRecord, expected: str) -> str:
 async def image(world, user, prompt: str, seed: int) -> tuple[bytes, dict[str, str], str]:
     """Run /imagine and return the first image's pixels, its parameters and the embed text."""
     it = await world.slash(user, "imagine", {"prompt": prompt, "seed": seed})
-    result = await it.wait_for(
-        lambda e: (
-            e.kind == "edit_original"
-            and bool(e.files)
-            and not e.files[0].filename.startswith("preview")
-        ),
-        timeout=60,
-    )
+    result = await wait_result(it)
     with Image.open(io.BytesIO(result.files[0].data)) as png:
         params = parse_parameters(png.info["parameters"])
         pixels = png.convert("RGB").tobytes()

@@ -9,20 +9,13 @@ from PIL import Image
 
 from cogs.imagine import sizes
 from engine.metadata import parse_parameters
-from tests.e2e_harness import answer, ephemeral, running
+from tests.e2e_harness import answer, ephemeral, running, wait_result
 
 
 async def parameters(world, user, options: dict) -> list[dict[str, str]]:
     """Run /imagine and return the parsed parameters of each image."""
     it = await world.slash(user, "imagine", options)
-    result = await it.wait_for(
-        lambda e: (
-            e.kind == "edit_original"
-            and bool(e.files)
-            and not e.files[0].filename.startswith("preview")
-        ),
-        timeout=60,
-    )
+    result = await wait_result(it)
     found = []
     for upload in result.files:
         with Image.open(io.BytesIO(upload.data)) as png:

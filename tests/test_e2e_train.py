@@ -16,7 +16,7 @@ from PIL import Image
 
 from engine.events import Finished, JobEvent, Progress, Started
 from engine.lora import resolve_lora_file
-from tests.e2e_harness import World, running
+from tests.e2e_harness import World, running, wait_result
 from tests.fake_discord import RecordedEvent
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -134,14 +134,7 @@ async def wait_train_message(
 
 async def wait_images(record, timeout: float = SLOW) -> RecordedEvent:
     """The edit of an /imagine reply that carries the finished images."""
-    return await record.wait_for(
-        lambda e: (
-            e.kind == "edit_original"
-            and bool(e.files)
-            and not e.files[0].filename.startswith("preview")
-        ),
-        timeout=timeout,
-    )
+    return await wait_result(record, timeout)
 
 
 async def test_bad_input_is_refused_before_anything_is_queued(world, tiny_model_dir: Path) -> None:
