@@ -242,6 +242,21 @@ def evaluate(pipe, judge: Judge, specs: list, seed: int) -> dict[str, float]:
     return score([judge(im) for im in images], specs)
 
 
+def finalize(out: Path) -> None:
+    """Store the UNet weights as fp16 (they load as fp32) and add vocab.json and merges.txt."""
+    from safetensors.torch import load_file, save_file
+
+    path = out / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(path)
+    save_file(
+        {k: v.half().contiguous() for k, v in weights.items()}, path, metadata={"format": "pt"}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(Path(tmp), vocabulary())
+        for name in ("vocab.json", "merges.txt"):
+            (out / "tokenizer" / name).write_bytes((Path(tmp) / name).read_bytes())
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """Exponential moving average of parameters."""
     with torch.no_grad():
@@ -256,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--minutes", type=float, default=60.0, help="stop early after this long")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop at this step")
     parser.add_argument("--vae-steps", type=int, default=700)
     parser.add_argument("--vae-init", type=Path, default=None, help="reuse a trained VAE folder")
     parser.add_argument("--pool", type=int, default=12000, help="cached training images")
@@ -403,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
                 lr_at(step),
                 elapsed / step,
             )
-        out_of_time = (time.time() - t0) / 60 > args.minutes
+        out_of_time = (time.time() - t0) / 60 > args.minutes or step == args.stop_after
         if step % args.eval_every == 0 or step == args.steps or out_of_time:
             pipe = make_pipeline(vae, ema_text, ema_unet, tokenizer, args.prediction)
             pipe.set_progress_bar_config(disable=True)
@@ -425,6 +441,7 @@ def main(argv: list[str] | None = None) -> None:
             if total >= best:
                 best = total
                 pipe.save_pretrained(args.out, safe_serialization=True)
+                finalize(args.out)
                 (args.out / "engine_defaults.json").write_text(
                     json.dumps(ENGINE_DEFAULTS, indent=2) + "\n"
                 )
