@@ -225,3 +225,26 @@ async def test_fast_mode_over_the_wire(world, tiny_model_dir: Path, tiny_lora_b:
             params["Sampler"] == "LCM" and params["Steps"] == "6" and params["Fast"] == "LCM-LoRA"
         )
         assert "negative prompts have little effect" in result.payload["content"]
+
+
+async def test_demo_model_draws_what_was_asked(world) -> None:
+    import numpy as np
+
+    from engine.pipeline import DEMO_MODEL_DIR
+
+    demo_settings = {"num_inference_steps": 20, "guidance_scale": 5.0, "negative_prompt": ""}
+    async with running(world, DEMO_MODEL_DIR, generation=demo_settings) as bot:
+        assert bot.generator.model_defaults["width"] == 64
+        it = await world.slash(
+            world.alice, "imagine", {"prompt": "a red circle on a blue background", "seed": 1}
+        )
+        result = await wait_result(it)
+        with Image.open(io.BytesIO(result.files[0].data)) as png:
+            pixels = np.asarray(png.convert("RGB")).astype(int)
+    assert pixels.shape == (64, 64, 3)
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    red = (r > 150) & (g < 90) & (b < 90)
+    assert red.mean() > 0.05, "no red shape in the picture"
+    border = np.concatenate([pixels[:4].reshape(-1, 3), pixels[-4:].reshape(-1, 3)])
+    blue = (border[:, 2] > border[:, 0] + 40) & (border[:, 2] > border[:, 1] + 40)
+    assert blue.mean() > 0.8, "the background is not blue"
