@@ -145,8 +145,8 @@ def peak_memory(
     return data
 
 
-def main() -> None:
-    """Entry point of the child process (or a stand-alone run of every setting)."""
+def child_main(child_fn, whole_fn) -> None:  # type: ignore[no-untyped-def]
+    """Shared command line of the benchmark child processes: --child NAME, or run every setting."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", default=None)
     parser.add_argument("--model", default=None)
@@ -154,10 +154,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.model, args.size, args.steps)), flush=True)
+        print(json.dumps(child_fn(args.child, args.model, args.size, args.steps)), flush=True)
     else:
         model = Path(args.model) if args.model else None
-        print(json.dumps(peak_memory(model, args.size, args.steps), indent=2))
+        print(json.dumps(whole_fn(model, args.size, args.steps), indent=2))
+
+
+def main() -> None:
+    """Entry point of the child process (or a stand-alone run of every setting)."""
+    child_main(child, peak_memory)
 
 
 if __name__ == "__main__":

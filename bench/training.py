@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -114,17 +113,9 @@ def training(
 
 def main() -> None:
     """Child-process entry point (or a stand-alone run)."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--child", default=None)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=2)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child, args.model, args.size, args.steps)), flush=True)
-    else:
-        model = Path(args.model) if args.model else None
-        print(json.dumps(training(model, args.size, args.steps), indent=2))
+    from bench.memory import child_main
+
+    child_main(child, training)
 
 
 if __name__ == "__main__":
