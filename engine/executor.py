@@ -419,6 +419,8 @@ class EngineExecutor:
         try:
             await self._in_thread(trainer.setup)
             while True:
+                if self._stopping:  # shutdown while /imagine jobs ran between slices
+                    raise GenerationCancelled("training interrupted by shutdown")
                 status = await self._in_thread(
                     trainer.train_steps, self.config.train_slice_steps, run.cancel
                 )
