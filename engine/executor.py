@@ -24,6 +24,7 @@ from engine.jobs import JobKind, JobRecord, JobStore
 from engine.metadata import save_png
 from engine.queue import TAG_KEY, FairQueue, QueueFullError
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest
+from engine.training_slices import TrainingSlices
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class _Running:
     total: int = 0
 
 
-class EngineExecutor:
+class EngineExecutor(TrainingSlices):
     """Serves the fair queue on one engine thread and reports job events on the event loop."""
 
     def __init__(
@@ -410,54 +411,6 @@ class EngineExecutor:
             paths.append(save_png(image, path, text))
         return paths
 
-    # ----- training --------------------------------------------------------------------
-    async def _run_training(self, job: JobRecord, run: _Running) -> None:
-        if self.trainer_factory is None:
-            await self._fail(job, "Training is not available yet.")
-            return
-        trainer = await self._in_thread(self.trainer_factory, job)
-        try:
-            await self._in_thread(trainer.setup)
-            while True:
-                if self._stopping:  # shutdown while /imagine jobs ran between slices
-                    raise GenerationCancelled("training interrupted by shutdown")
-                status = await self._in_thread(
-                    trainer.train_steps, self.config.train_slice_steps, run.cancel
-                )
-                run.step, run.total = status.step, status.max_steps
-                eta = None
-                if status.seconds_per_step is not None:
-                    eta = (status.max_steps - status.step) * status.seconds_per_step
-                self._emit(Progress(job, status.step, status.max_steps, eta, None, status.loss))
-                if run.cancel.is_set():
-                    raise GenerationCancelled(f"training stopped at step {status.step}")
-                if status.done:
-                    break
-                await self._serve_between_slices(trainer)
-            output = await self._in_thread(trainer.finish)
-        except BaseException:
-            await self._in_thread(trainer.abort)
-            raise
-        data = _train_output_data(output)
-        await self.store.set_job_status(job.id, "done", result=data)
-        self._emit(Finished(job, output, data))
-
-    async def _serve_between_slices(self, trainer: Any) -> None:
-        """Run the /imagine jobs that wait, with the adapter under training switched off."""
-        if not self.queue.has_waiting("generate") or self.queue.paused:
-            return
-        training = self.running
-        await self._in_thread(trainer.suspend)
-        try:
-            while not self._stopping and not self.queue.paused:
-                job = self.queue.pop_next("generate")
-                if job is None:
-                    break
-                await self._run_job(job)
-        finally:
-            self.running = training
-            await self._in_thread(trainer.resume)
-
 
 def _pixel_units(payload: dict[str, Any]) -> float:
     request = payload.get("request", {})
@@ -472,12 +425,3 @@ def _job_units(job: JobRecord) -> float:
         return 0.0
     steps = job.payload.get("request", {}).get("num_inference_steps") or 25
     return _pixel_units(job.payload) * steps
-
-
-def _train_output_data(output: Any) -> dict[str, Any]:
-    """A JSON-friendly summary of a finished training (paths as strings, no loss curve)."""
-    from dataclasses import asdict, is_dataclass
-
-    raw = asdict(output) if is_dataclass(output) else dict(output)
-    raw.pop("loss_curve", None)
-    return {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}
