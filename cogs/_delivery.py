@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 TOKEN_LIFETIME_S = 14 * 60
 
 
+def token_fresh(reference: dict[str, Any]) -> bool:
+    """Whether a job's interaction token can still be used to edit its reply."""
+    age = time.time() - float(reference.get("created", 0))
+    return bool(reference.get("token")) and age < TOKEN_LIFETIME_S
+
+
 def interaction_reference(interaction: discord.Interaction) -> dict[str, Any]:
     """What a job needs to reach its user later, even after a restart."""
     return {
@@ -108,8 +114,7 @@ class JobMessenger:
         kwargs: dict[str, Any] = {"content": update.content, "embed": update.embed}
         if update.view is not None:
             kwargs["view"] = update.view
-        fresh = ref.get("token") and time.time() - float(ref.get("created", 0)) < TOKEN_LIFETIME_S
-        if fresh:
+        if token_fresh(ref):
             webhook = discord.Webhook.partial(int(ref["app_id"]), ref["token"], client=self.bot)
             # Discord accepts "@original" wherever a webhook message id goes.
             await webhook.edit_message("@original", attachments=update.files, **kwargs)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from cogs._checks import (
     is_admin,
     prompt_is_nsfw,
 )
-from cogs._delivery import JobMessenger, Update, interaction_reference
+from cogs._delivery import JobMessenger, Update, interaction_reference, token_fresh
 from cogs._ui import png_file, progress_line, queued_line, result_embed, size_choices
 from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progress, Queued, Started
 from engine.jobs import JobRecord
@@ -95,12 +95,11 @@ async def submit_for(
     user = interaction.user
     admin = is_admin(bot, user)
     try:
-        prepared = bot.generator.prepare(_as_request(request))
+        bot.generator.prepare(_as_request(request))  # refuse bad values before deferring
     except ValueError as exc:
         raise UserFacingError(f"Invalid request: {exc}") from None
     if not admin:
         executor.queue.check_caps(user.id)
-    del prepared
     await interaction.response.defer(thinking=True)
     return await executor.submit(
         user_id=user.id,
@@ -373,19 +372,11 @@ class Imagine(commands.Cog):
             for index, image in enumerate(images):
                 text = texts[index] if index < len(texts) else None
                 files.append(png_file(image, f"job{job.id}-{index}.png", text, spoiler=hide))
-        expired = not job.reference.get("token") or _expired(job)
+        expired = not token_fresh(job.reference)
         return Update(
             content=content, embed=result_embed(job, data), files=files,
             view=result_view(job.id), mention=expired,
         )  # fmt: skip
-
-
-def _expired(job: JobRecord) -> bool:
-    import time
-
-    from cogs._delivery import TOKEN_LIFETIME_S
-
-    return time.time() - float(job.reference.get("created", 0)) >= TOKEN_LIFETIME_S
 
 
 async def setup(bot: ImageBot) -> None:

@@ -175,10 +175,7 @@ class EngineExecutor(TrainingSlices):
         rate = self._seconds_per_unit
         if rate is None:
             return None
-        total = 0.0
-        if self.running is not None:
-            run = self.running
-            total += max(0, run.total - run.step) * rate * _pixel_units(run.job.payload)
+        total = _seconds_left(self.running, rate)
         for job in self.queue.jobs_ahead(job_id):
             total += _job_units(job) * rate
         job = self.queue.get_job(job_id)
@@ -240,10 +237,7 @@ class EngineExecutor(TrainingSlices):
     def _announce_positions(self) -> None:
         """Tell every waiting job its new place; one pass with a running ETA total."""
         rate = self._seconds_per_unit
-        total = 0.0
-        if rate is not None and self.running is not None:
-            run = self.running
-            total = max(0, run.total - run.step) * rate * _pixel_units(run.job.payload)
+        total = 0.0 if rate is None else _seconds_left(self.running, rate)
         for index, job in enumerate(self.queue.order(), start=1):
             eta = None
             if rate is not None:
@@ -325,9 +319,8 @@ class EngineExecutor(TrainingSlices):
             preview = None
             if self.config.previews and step < total:
                 preview = self.generator.preview(latents, self.config.preview_size)
-            eta = None
-            if self._seconds_per_unit is not None:
-                eta = (total - step) * self._seconds_per_unit * _pixel_units(job.payload)
+            rate = self._seconds_per_unit
+            eta = None if rate is None else _seconds_left(run, rate)
             self._emit_threadsafe(Progress(job, step, total, eta, preview))
 
         while True:
@@ -418,6 +411,13 @@ def _pixel_units(payload: dict[str, Any]) -> float:
     height = request.get("height") or 512
     count = request.get("num_images") or 1
     return width * height * count / BASE_PIXELS
+
+
+def _seconds_left(run: _Running | None, rate: float) -> float:
+    """Estimated seconds until the running generation is done (0 when nothing runs)."""
+    if run is None:
+        return 0.0
+    return max(0, run.total - run.step) * rate * _pixel_units(run.job.payload)
 
 
 def _job_units(job: JobRecord) -> float:

@@ -386,8 +386,10 @@ class TextToImageGenerator:
             save_png(image, path, image.info.get("parameters"))
             paths.append(path)
             index += 1
-        if self.last_result is not None and self.last_result.images == list(images):
-            self.last_result.paths = paths
+        last = self.last_result
+        # Identity, not ==: PIL compares images pixel by pixel.
+        if last is not None and [id(i) for i in last.images] == [id(i) for i in images]:
+            last.paths = paths
         return paths
 
     def load_lora_weights(

@@ -65,8 +65,6 @@ def inspect_lora_file(path: str | Path) -> LoraFileInfo:
                 ):
                     rank = int(handle.get_slice(key).get_shape()[0])
                     break
-    except LoraError:
-        raise
     except Exception as exc:
         raise LoraError(f"LoRA: {file.name} is not a readable safetensors file ({exc})") from None
     lora_keys = [k for k in keys if any(m in k for m in LORA_KEY_MARKERS)]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+
+from engine.demo.tokenizer import write_tokenizer
 
 WORDS = [
     "a",
@@ -80,42 +81,6 @@ WORDS = [
 ]
 
 
-def write_tokenizer(folder: Path, words: list[str] | tuple[str, ...] = WORDS) -> None:
-    """Write a word-level CLIPTokenizer (vocab.json, merges.txt) whose merges rebuild each word."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in "abcdefghijklmnopqrstuvwxyz0123456789,.!?":
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    merges: list[str] = []
-    seen: set[str] = set()
-    for word in words:
-        vocab.setdefault(word + "</w>", len(vocab))
-        pieces = [*word[:-1], word[-1] + "</w>"]
-        current = pieces[0]
-        for nxt in pieces[1:]:
-            merge = f"{current} {nxt}"
-            if merge not in seen:
-                seen.add(merge)
-                merges.append(merge)
-            current = current + nxt
-            vocab.setdefault(current, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "model_max_length": 77,
-                "bos_token": "<|startoftext|>",
-                "eos_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
-                "unk_token": "<|endoftext|>",
-                "tokenizer_class": "CLIPTokenizer",
-            }
-        )
-    )
-
-
 def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32):
     """Return a StableDiffusionPipeline of tiny random-weight components (seeded, fp32, CPU)."""
     from diffusers import (
@@ -168,7 +133,7 @@ def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32):
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer(Path(tmp))
+        write_tokenizer(Path(tmp), WORDS)
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
