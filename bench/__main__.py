@@ -97,7 +97,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
                 discord_overhead(
                     ensure_sd15(),
                     "full",
-                    2,
+                    4,
                     {"width": 256, "height": 256, "num_inference_steps": 4},
                 )
             )
