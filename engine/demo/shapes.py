@@ -129,17 +129,35 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def rgb(color: str) -> tuple[int, int, int]:
+    """The RGB value of a colour name from COLORS or of a '#rrggbb' string."""
+    if color.startswith("#") and len(color) == 7:
+        return (int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16))
+    return COLORS[color]
+
+
+def random_rgb_spec(rng: random.Random) -> ShapeSpec:
+    """A spec with arbitrary '#rrggbb' shape and background colours (for the autoencoder only).
+
+    The autoencoder learns from these as well as from the palette, so that its latent space can
+    hold colours the captions never name, as a LoRA teaching a new colour needs.
+    """
+    spec = random_spec(rng, held_out=None)
+    colors = ["#" + "".join(f"{rng.randrange(256):02x}" for _ in range(3)) for _ in range(2)]
+    return ShapeSpec(spec.shape, colors[0], colors[1], spec.size, spec.position, spec.dx, spec.dy)
+
+
 def render(spec: ShapeSpec, size: int = IMAGE_SIZE) -> Image.Image:
     """Render a spec as an anti-aliased RGB image of size x size pixels."""
     big = size * SUPERSAMPLE
     scale = big / IMAGE_SIZE
-    image = Image.new("RGB", (big, big), COLORS[spec.background])
+    image = Image.new("RGB", (big, big), rgb(spec.background))
     draw = ImageDraw.Draw(image)
     fx, fy = POSITIONS[spec.position]
     cx = (fx * IMAGE_SIZE + spec.dx) * scale
     cy = (fy * IMAGE_SIZE + spec.dy) * scale
     r = SIZES[spec.size] * scale
-    fill = COLORS[spec.color]
+    fill = rgb(spec.color)
     polygon = shape_polygon(spec.shape, cx, cy, r)
     if polygon is None:
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)

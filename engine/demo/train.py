@@ -1,6 +1,10 @@
 """Train the demo text-to-image pipeline on synthetic captioned shapes (CPU, fixed seeds).
 
-Usage: python -m engine.demo.train --out models/demo --steps 6000 --minutes 60 --seed 0
+Usage (the shipped model; see models/demo/README.md):
+    python -m engine.demo.train --out models/demo --seed 0
+    python -m engine.demo.train --decoder-only models/demo/vae --seed 0
+The second command only sharpens the decoder (encoder frozen), so it may run beside the first on
+a copy of the VAE folder saved when the first finishes training the autoencoder.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from engine.demo.judge import Judge, score
-from engine.demo.shapes import caption, eval_specs, random_spec, render, vocabulary
+from engine.demo.shapes import (
+    caption,
+    eval_specs,
+    random_rgb_spec,
+    random_spec,
+    render,
+    vocabulary,
+)
 from engine.demo.tokenizer import write_tokenizer
 
 log = logging.getLogger(__name__)
@@ -94,6 +105,11 @@ def image_batch(specs: list) -> torch.Tensor:
     return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
+def autoencoder_batch(rng: random.Random, size: int = 16) -> list:
+    """Half palette specs, half arbitrary colours: the latent space must hold any flat colour."""
+    return [random_spec(rng, held_out=None) if i % 2 else random_rgb_spec(rng) for i in range(size)]
+
+
 def train_vae(vae, args: argparse.Namespace, rng: random.Random) -> None:
     """Train the autoencoder on rendered images (reconstruction + a tiny KL term)."""
     with torch.no_grad():  # start with a small posterior variance so the decoder sees clean latents
@@ -102,7 +118,7 @@ def train_vae(vae, args: argparse.Namespace, rng: random.Random) -> None:
     vae.train()
     start = time.time()
     for step in range(1, args.vae_steps + 1):
-        batch = image_batch([random_spec(rng, held_out=None) for _ in range(16)])
+        batch = image_batch(autoencoder_batch(rng))
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
         kl = posterior.kl().mean() / (4 * LATENT_SIZE * LATENT_SIZE)
@@ -126,7 +142,7 @@ def finetune_decoder(vae, steps: int, seed: int) -> None:
     vae.decoder.train()
     start = time.time()
     for step in range(1, steps + 1):
-        batch = image_batch([random_spec(rng, held_out=None) for _ in range(16)])
+        batch = image_batch(autoencoder_batch(rng))
         with torch.no_grad():
             latents = vae.encode(batch).latent_dist.sample()
         recon = vae.decode(latents).sample
@@ -238,10 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("models/demo"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--minutes", type=float, default=60.0, help="stop early after this long")
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--minutes", type=float, default=80.0, help="stop early after this long")
     parser.add_argument("--stop-after", type=int, default=None, help="stop at this step")
-    parser.add_argument("--vae-steps", type=int, default=700)
+    parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--vae-init", type=Path, default=None, help="reuse a trained VAE folder")
     parser.add_argument("--pool", type=int, default=12000, help="cached training images")
     parser.add_argument("--batch", type=int, default=32)
@@ -267,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="only fine-tune the decoder of this VAE folder (encoder frozen) and save it back",
     )
-    parser.add_argument("--decoder-steps", type=int, default=1500)
+    parser.add_argument("--decoder-steps", type=int, default=3000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -319,6 +335,12 @@ def main(argv: list[str] | None = None) -> None:
         images = [to_image(r) for r in recon]
         log.info(
             "judge on vae reconstructions: %s", score([judge(im) for im in images], specs[:64])
+        )
+        arbitrary = [random_rgb_spec(random.Random(7 + i)) for i in range(64)]
+        batch = image_batch(arbitrary)
+        recon = vae.decode(vae.encode(batch).latent_dist.mean).sample
+        log.info(
+            "vae reconstruction mse on arbitrary colours %.5f", F.mse_loss(recon, batch).item()
         )
     tokens = tokenize(tokenizer, [caption(s) for s in specs])
     empty = tokenize(tokenizer, [""])[0]
