@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,14 @@ from discord.ext import commands
 from cogs._checks import UserFacingError, admin_only
 from cogs._delivery import JobMessenger, Update
 from cogs._ui import COLOR_OK, clip, progress_line
+from cogs._uploads import (
+    Upload,
+    check_trigger_word,
+    check_uploads,
+    count_of,
+    shown_name,
+    with_reasons,
+)
 from engine.events import Cancelled, Failed, Finished, JobEvent, Progress, Queued, Started
 from engine.jobs import JobRecord
 from engine.prepare_dataset import PrepareReport, prepare_dataset
@@ -30,98 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Suffix we write for each accepted attachment type (by file extension and by content type).
-SUFFIXES = {".png": ".png", ".jpg": ".jpg", ".jpeg": ".jpg", ".webp": ".webp", ".bmp": ".bmp"}
-SUFFIXES[".gif"] = ".gif"
-CONTENT_TYPES = {
-    "image/png": ".png",
-    "image/jpeg": ".jpg",
-    "image/jpg": ".jpg",
-    "image/pjpeg": ".jpg",
-    "image/webp": ".webp",
-    "image/bmp": ".bmp",
-    "image/x-ms-bmp": ".bmp",
-    "image/gif": ".gif",
-}
-MAX_IMAGES = 10
 TRAIN_EDIT_INTERVAL_S = 10.0  # training runs for minutes: one message edit every ~10 s
 MIN_CHECKPOINT_EVERY = 10
 DEFAULT_RANK = 4
-# Letters or digits of any script, '_' and '-': no spaces, no Discord markup, no mentions.
-_TRIGGER_RE = re.compile(r"^[^\W_][\w-]{0,39}$")
-
-
-@dataclass(frozen=True)
-class _Upload:
-    """One accepted attachment and the file suffix it is stored under."""
-
-    attachment: discord.Attachment
-    suffix: str
-
-
-def check_trigger_word(text: str) -> str:
-    """The trigger word if it is one word of letters, digits, '_' or '-'; else UserFacingError."""
-    word = text.strip()
-    if not _TRIGGER_RE.match(word):
-        raise UserFacingError(
-            f"The trigger word {clip(discord.utils.escape_markdown(word), 60)!s} is not usable: "
-            "use one word (up to 40 letters, digits, '_' or '-'), no spaces or symbols, "
-            "for example `zxqstyle`."
-        )
-    return word
-
-
-def upload_suffix(attachment: discord.Attachment) -> str | None:
-    """The suffix to store an attachment under, or None when it is not an accepted image type."""
-    ext = Path(attachment.filename).suffix.lower()
-    by_name = SUFFIXES.get(ext)
-    content_type = (attachment.content_type or "").split(";")[0].strip().lower()
-    if content_type in CONTENT_TYPES:
-        return CONTENT_TYPES[content_type]
-    if content_type in ("", "application/octet-stream"):
-        return by_name  # no usable type given: trust the extension (the bytes are checked later)
-    return None
-
-
-def check_uploads(
-    attachments: list[discord.Attachment], *, max_mb: float, min_images: int
-) -> tuple[list[_Upload], list[str]]:
-    """Sort the attachments by type and size before any download: (usable, reasons left out)."""
-    problems: list[str] = []
-    uploads: list[_Upload] = []
-    limit = int(max_mb * 1024 * 1024)
-    for attachment in attachments:
-        shown = _shown_name(attachment.filename)
-        suffix = upload_suffix(attachment)
-        if suffix is None:
-            problems.append(f"{shown}: not a PNG, JPEG, WebP, BMP or GIF image")
-        elif attachment.size > limit:
-            problems.append(f"{shown}: {attachment.size / 1048576:.1f} MB, over {max_mb:g} MB")
-        else:
-            uploads.append(_Upload(attachment, suffix))
-    if len(uploads) < min_images:
-        head = (
-            f"Training needs at least {min_images} usable images; "
-            f"{_count(len(uploads), 'usable image')} attached."
-        )
-        raise UserFacingError(_with_reasons(head, problems))
-    return uploads, problems
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _shown_name(filename: str) -> str:
-    plain = filename.replace("`", "'")
-    return f"`{clip(plain, 80)}`"
-
-
-def _with_reasons(head: str, reasons: list[str]) -> str:
-    if not reasons:
-        return head
-    lines = "\n".join(f"• {r}" for r in reasons[:MAX_IMAGES])
-    return clip(f"{head}\n{lines}", 1900)
 
 
 def checkpoint_interval(steps: int) -> int:
@@ -296,7 +213,7 @@ class Train(commands.Cog):
             raise UserFacingError(f"Invalid training setting: {exc}") from None
 
     async def _stage(
-        self, uploads: list[_Upload], folder: Path, config: TrainConfig
+        self, uploads: list[Upload], folder: Path, config: TrainConfig
     ) -> tuple[PrepareReport, list[str]]:
         """Download into folder/raw, prepare folder/dataset; refuse too few usable images."""
         settings = self.bot.bot_settings
@@ -313,12 +230,12 @@ class Train(commands.Cog):
             except discord.HTTPException as exc:
                 log.warning("could not download %s: %s", upload.attachment.url, exc)
                 raise UserFacingError(
-                    f"Could not download {_shown_name(upload.attachment.filename)}; "
+                    f"Could not download {shown_name(upload.attachment.filename)}; "
                     "please try again."
                 ) from None
             if len(data) > limit:
                 raise UserFacingError(
-                    f"{_shown_name(upload.attachment.filename)} is over "
+                    f"{shown_name(upload.attachment.filename)} is over "
                     f"{settings.max_attachment_mb:g} MB."
                 )
             await asyncio.to_thread((raw / stored).write_bytes, data)
@@ -333,7 +250,7 @@ class Train(commands.Cog):
             template=config.caption_template,
         )
         reasons = [
-            f"{_shown_name(originals.get(r.path.name, r.path.name))}: {r.reason}"
+            f"{shown_name(originals.get(r.path.name, r.path.name))}: {r.reason}"
             for r in report.rejected
         ]
         if len(report.written) < settings.train_min_images:
@@ -341,7 +258,7 @@ class Train(commands.Cog):
                 f"Training needs at least {settings.train_min_images} usable images; "
                 f"only {len(report.written)} of {len(uploads)} could be used."
             )
-            raise UserFacingError(_with_reasons(head, reasons))
+            raise UserFacingError(with_reasons(head, reasons))
         return report, reasons
 
     async def _register_and_submit(
@@ -468,11 +385,11 @@ class Train(commands.Cog):
 
 def _queued_text(job: JobRecord, config: TrainConfig, images: int, reasons: list[str]) -> str:
     text = (
-        f"✅ Training of `{config.name}` is queued (job {job.id}): {_count(images, 'image')}, "
+        f"✅ Training of `{config.name}` is queued (job {job.id}): {count_of(images, 'image')}, "
         f"{config.max_steps} steps, rank {config.rank}, trigger word `{config.trigger_word}`. "
         "Progress is posted in this channel; /imagine keeps working meanwhile."
     )
-    return _with_reasons(text + "\nLeft out:", reasons) if reasons else text
+    return with_reasons(text + "\nLeft out:", reasons) if reasons else text
 
 
 def _job_settings(config: TrainConfig) -> dict[str, Any]:
