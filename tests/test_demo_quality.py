@@ -84,11 +84,6 @@ def test_demo_background_colour(demo_rates: dict[str, float]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known shortfall: the shipped model draws the named shape in 44 % of images, "
-    "below the issue's 60 % target (see models/demo/README.md); remove this marker when it passes",
-)
 def test_demo_shape(demo_rates: dict[str, float]) -> None:
     """The judge sees the named shape in at least 60 % of images (issue 7)."""
     assert demo_rates["shape"] >= TARGETS["shape"], demo_rates

@@ -71,6 +71,17 @@ def caption(spec: ShapeSpec) -> str:
     )
 
 
+def varied_caption(spec: ShapeSpec, rng: random.Random, leave_out: float = 0.3) -> str:
+    """The caption, leaving out the size and the position each with probability `leave_out`.
+
+    Training on both forms lets short prompts such as 'a red circle on a blue background' keep
+    their colours in place; the size and position then come out at random.
+    """
+    size = "" if rng.random() < leave_out else f"{spec.size} "
+    where = "" if rng.random() < leave_out else f"in the {spec.position} "
+    return f"a {size}{spec.color} {spec.shape} {where}on a {spec.background} background"
+
+
 def all_keys() -> list[tuple[str, str, str, str, str]]:
     """Every (shape, colour, background, size, position) combination with colour != background."""
     return [

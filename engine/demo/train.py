@@ -30,6 +30,7 @@ from engine.demo.shapes import (
     random_rgb_spec,
     random_spec,
     render,
+    varied_caption,
     vocabulary,
 )
 from engine.demo.tokenizer import write_tokenizer
@@ -212,11 +213,12 @@ def make_pipeline(vae, text_encoder, unet, tokenizer, prediction_type: str):
 
 
 @torch.no_grad()
-def evaluate(pipe, judge: Judge, specs: list, seed: int) -> dict[str, float]:
-    """Generate the specs' captions with the engine defaults and judge the images."""
+def evaluate(pipe, judge: Judge, specs: list, seed: int, short: bool = False) -> dict[str, float]:
+    """Generate the specs' captions (short: no size or position) with the engine defaults; judge."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(specs))]
+    rng = random.Random(seed)
     images = pipe(
-        [caption(s) for s in specs],
+        [varied_caption(s, rng, 1.0) if short else caption(s) for s in specs],
         negative_prompt=[ENGINE_DEFAULTS["negative_prompt"]] * len(specs),
         num_inference_steps=ENGINE_DEFAULTS["num_inference_steps"],
         guidance_scale=ENGINE_DEFAULTS["guidance_scale"],
@@ -259,6 +261,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-after", type=int, default=None, help="stop at this step")
     parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--vae-init", type=Path, default=None, help="reuse a trained VAE folder")
+    parser.add_argument(
+        "--init", type=Path, default=None, help="continue from the UNet and text encoder here"
+    )
+    parser.add_argument(
+        "--caption-variation",
+        type=float,
+        default=0.3,
+        help="probability of leaving the size, and separately the position, out of a caption",
+    )
+    parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--pool", type=int, default=12000, help="cached training images")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=8e-4)
@@ -308,6 +320,12 @@ def main(argv: list[str] | None = None) -> None:
         write_tokenizer(Path(tmp), vocabulary())
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
     vae, text_encoder, unet = build_models(args, len(tokenizer))
+    if args.init is not None:  # continue from a saved pipeline (its tokenizer must match)
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet = UNet2DConditionModel.from_pretrained(args.init / "unet", torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(args.init / "text_encoder")
     log.info(
         "parameters: vae %d, text encoder %d, unet %d", count(vae), count(text_encoder), count(unet)
     )
@@ -342,7 +360,10 @@ def main(argv: list[str] | None = None) -> None:
         log.info(
             "vae reconstruction mse on arbitrary colours %.5f", F.mse_loss(recon, batch).item()
         )
-    tokens = tokenize(tokenizer, [caption(s) for s in specs])
+    caption_rng = random.Random(args.seed + 2)
+    tokens = tokenize(
+        tokenizer, [varied_caption(s, caption_rng, args.caption_variation) for s in specs]
+    )
     empty = tokenize(tokenizer, [""])[0]
 
     noise_scheduler = DDPMScheduler(
@@ -356,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     snr_all = alphas / (1 - alphas)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    warmup = 200
+    warmup = args.warmup
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -416,10 +437,12 @@ def main(argv: list[str] | None = None) -> None:
             pipe.set_progress_bar_config(disable=True)
             rates = evaluate(pipe, judge, held_out, seed=10_000)
             rates_seen = evaluate(pipe, judge, seen, seed=20_000)
-            total = rates["color"] + rates["background"] + rates["shape"]
+            rates_short = evaluate(pipe, judge, held_out, seed=30_000, short=True)
+            total = sum(rates.values()) + rates_short["color"] + rates_short["background"]
             log.info(
                 "eval step %d held-out colour %.2f background %.2f shape %.2f | seen colour %.2f "
-                "background %.2f shape %.2f (%.0f min)",
+                "background %.2f shape %.2f | short colour %.2f background %.2f shape %.2f "
+                "(%.0f min)",
                 step,
                 rates["color"],
                 rates["background"],
@@ -427,6 +450,9 @@ def main(argv: list[str] | None = None) -> None:
                 rates_seen["color"],
                 rates_seen["background"],
                 rates_seen["shape"],
+                rates_short["color"],
+                rates_short["background"],
+                rates_short["shape"],
                 (time.time() - t0) / 60,
             )
             if total >= best:
@@ -440,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
                     "step": step,
                     "held_out": rates,
                     "seen": rates_seen,
+                    "held_out_short_captions": rates_short,
                     "args": {k: str(v) for k, v in vars(args).items()},
                 }
                 (args.out / "training_log.json").write_text(json.dumps(info, indent=2) + "\n")
