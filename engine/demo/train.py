@@ -1,10 +1,14 @@
 """Train the demo text-to-image pipeline on synthetic captioned shapes (CPU, fixed seeds).
 
-Usage (the shipped model; see models/demo/README.md):
-    python -m engine.demo.train --out models/demo --seed 0
+The shipped model came from three commands (models/demo/README.md): the base run with full
+captions, a decoder-only sharpening (encoder frozen, so it may run beside the first on a copy of
+the VAE folder that the first saves after its autoencoder stage), and a short continuation with
+varied captions:
+    python -m engine.demo.train --out models/demo --caption-variation 0 --stop-after 3500 \
+        --keep last --seed 0
     python -m engine.demo.train --decoder-only models/demo/vae --seed 0
-The second command only sharpens the decoder (encoder frozen), so it may run beside the first on
-a copy of the VAE folder saved when the first finishes training the autoencoder.
+    python -m engine.demo.train --out models/demo --init models/demo --vae-init models/demo/vae \
+        --steps 800 --lr 3e-4 --warmup 50 --eval-every 200 --threads 2 --seed 0
 """
 
 from __future__ import annotations
@@ -282,6 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-snr", type=float, default=5.0)
     parser.add_argument("--uncond-prob", type=float, default=0.1)
     parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="save the best-scoring evaluated weights, or those of the last evaluation",
+    )
     parser.add_argument("--eval-count", type=int, default=40)
     parser.add_argument(
         "--threads",
@@ -455,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
                 rates_short["shape"],
                 (time.time() - t0) / 60,
             )
-            if total >= best:
+            if total >= best or args.keep == "last":
                 best = total
                 pipe.save_pretrained(args.out, safe_serialization=True)
                 finalize(args.out)
