@@ -326,7 +326,7 @@ async def test_cancel_keeps_the_checkpoints(
 async def test_restart_resumes_training_from_the_newest_checkpoint(
     world, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="engine.training.trainer")
+    caplog.set_level(logging.INFO, logger="engine.training")
     output = world.tmp / "loras" / "phoenix"
     async with running(world, tiny_model_dir, queue={"train_slice_steps": 2}) as bot:
         log = EngineLog()
