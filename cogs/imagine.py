@@ -20,6 +20,7 @@ from cogs._checks import (
 )
 from cogs._delivery import JobMessenger, Update, interaction_reference, token_fresh
 from cogs._ui import png_file, progress_line, queued_line, result_embed, size_choices
+from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
 from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progress, Queued, Started
 from engine.jobs import JobRecord
 from engine.requests import MAX_SEED, random_seed
@@ -232,7 +233,7 @@ class Imagine(commands.Cog):
         prompt="What to draw",
         negative="What to avoid",
         steps="Denoising steps (more = slower, finer)",
-        cfg="How closely to follow the prompt (0-30)",
+        cfg=f"How closely to follow the prompt ({MIN_CFG}-{MAX_CFG})",
         seed="Seed for reproducible images",
         size="Image size",
         count="Number of images",
@@ -245,11 +246,11 @@ class Imagine(commands.Cog):
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 1500],
         negative: app_commands.Range[str, 0, 1000] | None = None,
-        steps: app_commands.Range[int, 1, 150] | None = None,
-        cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+        steps: app_commands.Range[int, MIN_STEPS, MAX_STEPS] | None = None,
+        cfg: app_commands.Range[float, MIN_CFG, MAX_CFG] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         size: str | None = None,
-        count: app_commands.Range[int, 1, 8] | None = None,
+        count: app_commands.Range[int, 1, MAX_NUM_IMAGES] | None = None,
         sampler: str | None = None,
         fast: bool | None = None,
     ) -> None:

@@ -12,6 +12,7 @@ from discord.ext import commands
 from cogs._checks import UserFacingError
 from cogs._ui import clip, info_embed
 from cogs.imagine import sampler_autocomplete, size_autocomplete, sizes
+from engine.config import MAX_CFG, MAX_STEPS, MIN_CFG, MIN_STEPS
 from engine.requests import MAX_SEED, GenerationRequest
 from engine.schedulers import SCHEDULER_NAMES, canonical_scheduler_name
 from storage import UserProfile
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
     from bot import ImageBot
 
 log = logging.getLogger(__name__)
-
-MIN_STEPS, MAX_STEPS = 1, 150
-MIN_CFG, MAX_CFG = 0.0, 30.0
 
 
 def size_name(bot: ImageBot, width: int, height: int) -> str:

@@ -21,6 +21,10 @@ DEFAULT_NEGATIVE_PROMPT = (
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 VramPreset = Literal["auto", "none", "2gb", "3gb", "4gb", "6gb", "8gb"]
 ENV_FILE = ".env"
+# Bounds of a request, shared by the settings, request validation and the Discord options.
+MIN_STEPS, MAX_STEPS = 1, 150
+MIN_CFG, MAX_CFG = 0, 30
+MAX_NUM_IMAGES = 8
 
 
 def _section(prefix: str) -> SettingsConfigDict:
@@ -106,11 +110,13 @@ class GenerationConfig(BaseSettings):
 
     width: int = Field(512, description="Image width in pixels, a multiple of 8 in [64, 2048]")
     height: int = Field(512, description="Image height in pixels, a multiple of 8 in [64, 2048]")
-    num_inference_steps: int = Field(25, description="Denoising steps, 1-150")
-    guidance_scale: float = Field(7.5, description="Classifier-free guidance (CFG), 0-30")
+    num_inference_steps: int = Field(25, description=f"Denoising steps, {MIN_STEPS}-{MAX_STEPS}")
+    guidance_scale: float = Field(
+        7.5, description=f"Classifier-free guidance (CFG), {MIN_CFG}-{MAX_CFG}"
+    )
     negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="Default negative prompt")
     scheduler: str = Field(DEFAULT_SCHEDULER, description="Sampler: " + ", ".join(SCHEDULER_NAMES))
-    num_images: int = Field(1, description="Images per request, 1-8")
+    num_images: int = Field(1, description=f"Images per request, 1-{MAX_NUM_IMAGES}")
     output_dir: Path = Field(Path("outputs"), description="Where the command line saves PNGs")
     fast_lora: str = Field(
         "latent-consistency/lcm-lora-sdv1-5",
@@ -128,19 +134,19 @@ class GenerationConfig(BaseSettings):
     @field_validator("num_inference_steps")
     @classmethod
     def _check_steps(cls, value: int) -> int:
-        check_range(value, 1, 150)
+        check_range(value, MIN_STEPS, MAX_STEPS)
         return value
 
     @field_validator("guidance_scale")
     @classmethod
     def _check_cfg(cls, value: float) -> float:
-        check_range(value, 0, 30)
+        check_range(value, MIN_CFG, MAX_CFG)
         return value
 
     @field_validator("num_images")
     @classmethod
     def _check_num(cls, value: int) -> int:
-        check_range(value, 1, 8)
+        check_range(value, 1, MAX_NUM_IMAGES)
         return value
 
     @field_validator("scheduler")

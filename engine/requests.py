@@ -7,7 +7,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engine.config import GenerationConfig, check_range, check_size
+from engine.config import (
+    MAX_CFG,
+    MAX_NUM_IMAGES,
+    MAX_STEPS,
+    MIN_CFG,
+    MIN_STEPS,
+    GenerationConfig,
+    check_range,
+    check_size,
+)
 from engine.schedulers import canonical_scheduler_name
 
 MAX_SEED = 2**32 - 1
@@ -118,9 +127,9 @@ def resolve_request(
     checks = [
         ("width", lambda v: check_size(int(v))),
         ("height", lambda v: check_size(int(v))),
-        ("num_inference_steps", lambda v: check_range(int(v), 1, 150)),
-        ("guidance_scale", lambda v: check_range(float(v), 0, 30)),
-        ("num_images", lambda v: check_range(int(v), 1, 8)),
+        ("num_inference_steps", lambda v: check_range(int(v), MIN_STEPS, MAX_STEPS)),
+        ("guidance_scale", lambda v: check_range(float(v), MIN_CFG, MAX_CFG)),
+        ("num_images", lambda v: check_range(int(v), 1, MAX_NUM_IMAGES)),
     ]
     values: dict[str, Any] = {}
     for name, check in checks:
