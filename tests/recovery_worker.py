@@ -6,29 +6,36 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 USERS = 5
 JOBS_PER_USER = 10
 
 
-async def serve(db: Path, model: Path, out: Path, submit: bool) -> None:
-    """Open the store, optionally submit 50 jobs from 5 users, then serve until killed."""
+def build_executor(storage: Any, model: Path, out: Path) -> Any:
+    """The worker's engine; the test that recovers the killed worker's jobs builds the same one."""
     from engine.config import QueueConfig
-    from engine.events import Finished
     from engine.executor import EngineExecutor
     from engine.generator import TextToImageGenerator
-    from storage import Storage
     from tests.conftest import tiny_config
 
-    storage = await Storage.open(db)
     generator = TextToImageGenerator(tiny_config(model, num_inference_steps=2))
     generator.load_model()
-    executor = EngineExecutor(
+    return EngineExecutor(
         generator,
         storage,
         QueueConfig(per_user_cap=JOBS_PER_USER, global_cap=100, progress_interval_s=60),
         image_path=lambda job, i: out / f"job{job.id}-{i}.png",
     )
+
+
+async def serve(db: Path, model: Path, out: Path, submit: bool) -> None:
+    """Open the store, optionally submit 50 jobs from 5 users, then serve until killed."""
+    from engine.events import Finished
+    from storage import Storage
+
+    storage = await Storage.open(db)
+    executor = build_executor(storage, model, out)
     executor.subscribe(
         lambda e: print(f"done {e.job.id}", flush=True) if isinstance(e, Finished) else None
     )

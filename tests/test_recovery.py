@@ -15,7 +15,7 @@ from engine.events import Finished, Progress
 from engine.executor import EngineExecutor
 from engine.generator import TextToImageGenerator
 from storage import Storage
-from tests.recovery_worker import JOBS_PER_USER, USERS
+from tests.recovery_worker import JOBS_PER_USER, USERS, build_executor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,18 +127,7 @@ async def test_sigkill_mid_queue_then_recovery_exactly_once(
     storage = await Storage.open(db)
     left = await storage.unfinished_jobs()
     assert 0 < len(left) < USERS * JOBS_PER_USER
-    generator = TextToImageGenerator(
-        __import__("tests.conftest", fromlist=["tiny_config"]).tiny_config(
-            tiny_model_dir, num_inference_steps=2
-        )
-    )
-    generator.load_model()
-    ex = EngineExecutor(
-        generator,
-        storage,
-        QueueConfig(per_user_cap=JOBS_PER_USER, global_cap=100, progress_interval_s=60),
-        image_path=lambda job, i: out / f"job{job.id}-{i}.png",
-    )
+    ex = build_executor(storage, tiny_model_dir, out)
     done = asyncio.ensure_future(_run_until_done(ex, len(left)))
     await ex.start()
     await done
