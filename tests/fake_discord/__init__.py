@@ -20,13 +20,15 @@ Usage::
 
 State and factories (:class:`FakeDiscord`):
     ``FakeDiscord(*, token="fake-bot-token", bot_name=..., attachment_size_limit=10 MiB,
-    heartbeat_interval_ms=41250, privileged_intents=0)`` (``token=None`` accepts any token; an IDENTIFY
+    heartbeat_interval_ms=41250, privileged_intents=0, interaction_deadline_s=3.0,
+    token_lifetime_s=900, nonce_window_s=300)`` (``token=None`` accepts any token; an IDENTIFY
     with a privileged intent not in ``privileged_intents`` is closed with 4014, as Discord does);
     ``start()``/``stop()`` or ``async with``; ``base_url``, ``api_base``, ``gateway_url``; ``patch_discord()`` (sync context manager); ``running(client, wait_until_ready=True)``.
     ``add_user(name, *, bot=False) -> FakeUser``; ``add_guild(name, *, owner=None) -> FakeGuild``;
     ``FakeGuild.add_channel(name, *, nsfw=False)``, ``.add_role(name, permissions)``,
     ``.add_member(user, *, roles=(), manage_guild=False)``, ``.permissions_for(user)``;
-    ``add_attachment(filename, data, content_type=None) -> FakeAttachment`` (served from the fake's URL).
+    ``add_attachment(filename, data, content_type=None, *, description=None) -> FakeAttachment``
+    (served from the fake's URL; ``description`` is the alt text).
     Ids come from :class:`Snowflakes`: the same ids in the same order on every run.
 
 Gateway: ``await wait_ready()``, ``await send_reconnect()`` (op 7) then ``await wait_resumed()``,
@@ -44,6 +46,27 @@ Interactions: ``send_slash(user, channel, command, options=None)`` (``command`` 
 ``edit_followup``, ``delete_followup``. The fake answers like Discord: a second callback gets 400 (40060),
 a followup before the callback gets 404 (10015).
 
+Discord's rules, enforced (each refusal is also kept in ``rejections``, a list of :class:`Rejection`):
+    the first response to an interaction later than ``interaction_deadline_s`` after it was sent gets
+    404 ``Unknown interaction`` (10062); once ``token_lifetime_s`` has passed, the webhook routes
+    (followups, ``@original``) get 401 ``Invalid Webhook Token`` (50027); uploads above
+    ``attachment_size_limit`` in one request get 413 ``Request entity too large`` (40005); content over
+    2,000 characters, embed limits (title 256, description 4096, 25 fields of 256/1024, footer 2048,
+    6000 in all, 10 embeds), more than 5 action rows or 5 buttons a row, custom_id over 100, label
+    over 80, more than 10 attachments or a nonce over 25 get 400 ``Invalid Form Body`` (50035) with
+    Discord's nested ``errors``; a deleted message (also ``@original``) gets 404 ``Unknown Message``
+    (10008). ``nonce`` + ``enforce_nonce`` on a channel message within ``nonce_window_s`` returns the
+    first message (recorded as ``duplicate_channel_message``).
+    Clock: ``now()``, ``advance_clock(seconds)``, ``expire_interaction(record)``.
+    ``await delete_message(message, by=user)``: deleted as a user would (MESSAGE_DELETE is sent).
+
+Injected faults (for the next ``count`` matching requests; ``route`` is ``None`` for any API route, a
+:class:`Routes` string such as ``Routes.CREATE_MESSAGE`` or a predicate on the request):
+    ``rate_limit(count, route=, retry_after=0.3, is_global=False)`` (429 with Discord's body and
+    headers, which discord.py honours), ``fail(count, status=500|502|503|504, route=)``,
+    ``hang(count, delay=, route=)`` (answered only after ``delay``), ``clear_faults()``;
+    ``faults.served`` lists what was served.
+
 Recorded elsewhere: ``registered_commands`` (``{None: global, guild_id: [...]}``), ``channel_messages``,
 ``messages`` (by id), ``events`` (every REST event, also ``channel_message``, ``edit_channel_message``, ...),
 ``unhandled`` (``"METHOD /path"`` of routes the fake does not know; they get ``{}``).
@@ -52,6 +75,7 @@ discord.py waits ``guild_ready_timeout`` (2 s by default) after the last GUILD_C
 pass ``guild_ready_timeout=0.1`` to the client in tests to keep them fast.
 """
 
+from .faults import Routes
 from .models import (
     ALL_PERMISSIONS,
     DEFAULT_PERMISSIONS,
@@ -66,6 +90,7 @@ from .models import (
     Snowflakes,
 )
 from .recorder import EventLog, InteractionRecord, RecordedEvent, UploadedFile
+from .rules import Rejection, RuleError
 from .server import FakeDiscord
 
 __all__ = [
@@ -83,6 +108,9 @@ __all__ = [
     "InteractionRecord",
     "Perm",
     "RecordedEvent",
+    "Rejection",
+    "Routes",
+    "RuleError",
     "Snowflakes",
     "UploadedFile",
 ]

@@ -126,8 +126,12 @@ class InteractionRecord(EventLog):
         user: FakeUser,
         channel: FakeChannel,
         message: FakeMessage | None = None,
+        created_at: float = 0.0,
     ) -> None:
         super().__init__()
+        self.created_at = (
+            created_at  # on the fake's clock: the start of the deadline and token life
+        )
         self.id = id
         self.token = token
         self.type = type

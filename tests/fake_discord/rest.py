@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .models import EPHEMERAL_FLAG, LOADING_FLAG, FakeAttachment, FakeMessage, iso_now
 from .recorder import InteractionRecord, RecordedEvent, UploadedFile
+from .rules import RuleError, check_message
 
 if TYPE_CHECKING:
     from .server import FakeDiscord
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FILES_FIELD = re.compile(r"files\[(\d+)\]")
+_BODY_KEY = web.RequestKey("fake_discord.body", tuple)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -32,8 +34,24 @@ def error(status: int, code: int, message: str) -> web.Response:
     return json_response({"code": code, "message": message}, status=status)
 
 
+def refuse(rule: RuleError) -> web.Response:
+    """The response for a broken rule (its status and Discord's error body)."""
+    return json_response(rule.body, status=rule.status)
+
+
+def expired_token() -> web.Response:
+    """What Discord answers on a webhook route once the interaction token (15 min) expired."""
+    return error(401, 50027, "Invalid Webhook Token")
+
+
 async def read_body(request: web.Request) -> tuple[dict[str, Any], list[UploadedFile]]:
-    """Parse a JSON or multipart (``payload_json`` + ``files[n]``) request body."""
+    """Parse a JSON or multipart (``payload_json`` + ``files[n]``) request body (once per request)."""
+    if _BODY_KEY not in request:
+        request[_BODY_KEY] = await _parse_body(request)
+    return request[_BODY_KEY]
+
+
+async def _parse_body(request: web.Request) -> tuple[dict[str, Any], list[UploadedFile]]:
     if request.content_type.startswith("multipart/"):
         payload: dict[str, Any] = {}
         files: list[UploadedFile] = []
@@ -163,6 +181,16 @@ class RestApi:
 
     # -- interactions --------------------------------------------------------------------------
 
+    def _check(
+        self, payload: dict[str, Any], files: list[UploadedFile], prefix: tuple[str, ...] = ()
+    ) -> RuleError | None:
+        return check_message(
+            payload, files, upload_limit=self.fake.attachment_size_limit, prefix=prefix
+        )
+
+    def _expired(self, record: InteractionRecord) -> bool:
+        return self.fake.now() - record.created_at > self.fake.token_lifetime_s
+
     def _message_from(
         self,
         record: InteractionRecord,
@@ -187,11 +215,16 @@ class RestApi:
         record = self.fake.interactions.get(request.match_info["token"])
         if record is None or str(record.id) != request.match_info["interaction_id"]:
             return error(404, 10062, "Unknown interaction")
+        late = self.fake.now() - record.created_at > self.fake.interaction_deadline_s
         payload, files = await read_body(request)
+        if late and not record.responded:  # the first response must come within 3 s
+            return error(404, 10062, "Unknown interaction")
         if record.responded:
             return error(400, 40060, "Interaction has already been acknowledged.")
         kind = int(payload.get("type", 0))
         data = payload.get("data") or {}
+        if kind in (4, 7) and (rule := self._check(data, files, prefix=("data",))):
+            return refuse(rule)
         message: FakeMessage | None = None
         if kind == 4:  # CHANNEL_MESSAGE_WITH_SOURCE
             message = self._message_from(record, data, files, 20 if record.type == 2 else 0)
@@ -225,8 +258,12 @@ class RestApi:
         """POST /webhooks/{app}/{token}: a followup message (404 before the callback, as Discord)."""
         record = self.fake.interactions.get(request.match_info["token"])
         payload, files = await read_body(request)
+        if record is not None and self._expired(record):
+            return expired_token()
         if record is None or not record.responded:
             return error(404, 10015, "Unknown Webhook")
+        if rule := self._check(payload, files):
+            return refuse(rule)
         message = self._message_from(record, payload, files, 0)
         record.followup_messages[message.id] = message
         event = RecordedEvent("followup", request.method, request.path, payload, files, message)
@@ -241,6 +278,8 @@ class RestApi:
         record = self.fake.interactions.get(request.match_info["token"])
         if record is None:
             return error(404, 10015, "Unknown Webhook")
+        if self._expired(record):
+            return expired_token()
         message_id = request.match_info["message_id"]
         which = "original" if message_id == "@original" else "followup"
         if which == "original":
@@ -253,6 +292,8 @@ class RestApi:
             return error(404, 10008, "Unknown Message")
         payload, files = await read_body(request)
         verb = {"GET": "get", "PATCH": "edit", "DELETE": "delete"}[request.method]
+        if verb == "edit" and (rule := self._check(payload, files)):
+            return refuse(rule)
         if verb == "edit":
             self.fake.apply_message_body(message, payload, files, edit=True)
         elif verb == "delete":
@@ -274,15 +315,36 @@ class RestApi:
         if channel is None:
             return error(404, 10003, "Unknown Channel")
         payload, files = await read_body(request)
+        if rule := self._check(payload, files):
+            return refuse(rule)
+        nonce = None if payload.get("nonce") is None else str(payload["nonce"])
+        if nonce is not None and payload.get("enforce_nonce"):
+            seen = self.fake.nonces.get((channel.id, nonce))
+            if seen is not None and self.fake.now() - seen[0] <= self.fake.nonce_window_s:
+                # Discord's enforce_nonce: the message created with this nonce, not a new one.
+                self.fake.events.record(
+                    RecordedEvent(
+                        "duplicate_channel_message",
+                        request.method,
+                        request.path,
+                        payload,
+                        files,
+                        seen[1],
+                    )
+                )
+                return json_response(seen[1].payload(self.fake.base_url))
         message = FakeMessage(
             id=self.fake.ids.next(),
             channel_id=channel.id,
             guild_id=channel.guild.id,
             author=self.fake.bot_user,
+            nonce=nonce,
         )
         self.fake.apply_message_body(message, payload, files, edit=False)
         self.fake.messages[message.id] = message
         self.fake.channel_messages.append(message)
+        if nonce is not None:
+            self.fake.nonces[(channel.id, nonce)] = (self.fake.now(), message)
         self.fake.events.record(
             RecordedEvent("channel_message", request.method, request.path, payload, files, message)
         )
@@ -299,6 +361,8 @@ class RestApi:
             return error(404, 10008, "Unknown Message")
         payload, files = await read_body(request)
         verb = {"GET": "get", "PATCH": "edit", "DELETE": "delete"}[request.method]
+        if verb == "edit" and (rule := self._check(payload, files)):
+            return refuse(rule)
         if verb == "edit":
             self.fake.apply_message_body(message, payload, files, edit=True)
         elif verb == "delete":

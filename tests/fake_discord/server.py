@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from . import payloads
+from .faults import Fault, FaultInjector, Handler, RouteMatcher
 from .gateway import Gateway
 from .models import (
     DEFAULT_PERMISSIONS,
@@ -23,8 +26,9 @@ from .models import (
     FakeUser,
     Snowflakes,
 )
-from .recorder import EventLog, InteractionRecord, UploadedFile
+from .recorder import EventLog, InteractionRecord, RecordedEvent, UploadedFile
 from .rest import RestApi, apply_message_body
+from .rules import Rejection
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,18 @@ class FakeDiscord:
         attachment_size_limit: int = 10 * 1024 * 1024,
         heartbeat_interval_ms: int = 41250,
         privileged_intents: int = 0,
+        interaction_deadline_s: float = 3.0,
+        token_lifetime_s: float = 15 * 60.0,
+        nonce_window_s: float = 5 * 60.0,
     ) -> None:
         self.token = token
+        self.interaction_deadline_s = interaction_deadline_s
+        self.token_lifetime_s = token_lifetime_s
+        self.nonce_window_s = nonce_window_s
+        self._clock_offset = 0.0
+        self.faults = FaultInjector()
+        self.rejections: list[Rejection] = []
+        self.nonces: dict[tuple[int, str], tuple[float, FakeMessage]] = {}
         self.privileged_intents = privileged_intents
         self.ids = Snowflakes()
         self.attachment_size_limit = attachment_size_limit
@@ -75,7 +89,7 @@ class FakeDiscord:
 
     async def start(self) -> None:
         """Start serving on a free port of 127.0.0.1."""
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._middleware])
         app.add_routes([web.get("/gateway", self.gateway.handle), *RestApi(self).routes()])
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -91,6 +105,30 @@ class FakeDiscord:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/v10/"):
+            return await handler(request)
+        fault = self.faults.take(request)
+        if fault is not None:
+            return await fault.serve(request, handler)
+        response = await handler(request)
+        if 400 <= response.status < 500 and isinstance(response, web.Response):
+            try:
+                body = json.loads(response.body or b"{}")  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                body = {}
+            self.rejections.append(
+                Rejection(
+                    request.method,
+                    request.path,
+                    response.status,
+                    int(body.get("code", 0)),
+                    str(body.get("message", "")),
+                )
+            )
+        return response
 
     @property
     def base_url(self) -> str:
@@ -150,6 +188,74 @@ class FakeDiscord:
                 task, 5
             )  # re-raises what ended the connection, if not a clean close
 
+    # -- clock, Discord's time limits and injected faults -------------------------------------
+
+    def now(self) -> float:
+        """The fake's clock (monotonic seconds, moved on by :meth:`advance_clock`)."""
+        return time.monotonic() + self._clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the fake's clock on: interaction deadlines, token lifetimes and nonce windows pass."""
+        self._clock_offset += seconds
+
+    def expire_interaction(self, record: InteractionRecord) -> None:
+        """Make ``record``'s token expired now (as if created ``token_lifetime_s`` ago)."""
+        record.created_at = self.now() - self.token_lifetime_s - 1.0
+
+    def rate_limit(
+        self,
+        count: int = 1,
+        *,
+        route: RouteMatcher = None,
+        retry_after: float = 0.3,
+        is_global: bool = False,
+    ) -> Fault:
+        """Answer the next ``count`` matching requests with 429 and ``retry_after`` (seconds).
+
+        ``route``: ``None`` for any API route, a :class:`~.faults.Routes` string
+        (``"METHOD /template"``, ``*`` for any method) or a predicate on the aiohttp request.
+        The body and headers are Discord's, so discord.py sleeps ``retry_after`` and retries
+        (at most 5 tries per call).
+        """
+        return self.faults.arm(
+            Fault("rate_limit", count, route, retry_after=retry_after, is_global=is_global)
+        )
+
+    def fail(self, count: int = 1, *, status: int = 500, route: RouteMatcher = None) -> Fault:
+        """Answer the next ``count`` matching requests with ``status`` (500, 502, 503 or 504).
+
+        discord.py retries 500/502/504 itself (after 1, 3, 5... s) on bot routes and any 5xx on
+        webhook routes; a 503 on a bot route raises ``DiscordServerError`` at once.
+        """
+        if status not in (500, 502, 503, 504):
+            raise ValueError(f"status must be 500, 502, 503 or 504, got {status}")
+        return self.faults.arm(Fault("status", count, route, status=status))
+
+    def hang(self, count: int = 1, *, delay: float, route: RouteMatcher = None) -> Fault:
+        """Hold the next ``count`` matching requests for ``delay`` seconds, then handle them.
+
+        Simulates a timeout: a client that gives up first never learns whether the request
+        took effect (it does, late, unless the fake stops first).
+        """
+        return self.faults.arm(Fault("hang", count, route, delay=delay))
+
+    def clear_faults(self) -> None:
+        """Disarm every injected fault."""
+        self.faults.clear()
+
+    async def delete_message(self, message: FakeMessage, *, by: FakeUser | None = None) -> None:
+        """Delete ``message`` as a user (a moderator) would: later edits get 404 Unknown Message."""
+        message.deleted = True
+        self.events.record(
+            RecordedEvent(
+                "user_delete_message", "DELETE", "", {"by": by.id if by else None}, [], message
+            )
+        )
+        data = {"id": str(message.id), "channel_id": str(message.channel_id)}
+        if message.guild_id is not None:
+            data["guild_id"] = str(message.guild_id)
+        await self.dispatch("MESSAGE_DELETE", data)
+
     # -- factories -----------------------------------------------------------------------------
 
     def add_user(self, name: str, *, bot: bool = False) -> FakeUser:
@@ -169,10 +275,18 @@ class FakeDiscord:
         return guild
 
     def add_attachment(
-        self, filename: str, data: bytes, content_type: str | None = None
+        self,
+        filename: str,
+        data: bytes,
+        content_type: str | None = None,
+        *,
+        description: str | None = None,
     ) -> FakeAttachment:
-        """Store a file (for attachment options) served at ``{base_url}/attachments/{id}/{filename}``."""
-        attachment = FakeAttachment(self.ids.next(), filename, data, content_type)
+        """Store a file (for attachment options) served at ``{base_url}/attachments/{id}/{filename}``.
+
+        ``description`` is Discord's alt text (``discord.Attachment.description``).
+        """
+        attachment = FakeAttachment(self.ids.next(), filename, data, content_type, description)
         self.attachments[attachment.id] = attachment
         return attachment
 
@@ -234,6 +348,7 @@ class FakeDiscord:
             user=user,
             channel=channel,
             message=message,
+            created_at=self.now(),
         )
         self.interactions[token] = record
         await self.gateway.dispatch("INTERACTION_CREATE", payload)
