@@ -199,7 +199,8 @@ async def test_expired_token_posts_to_the_channel_with_a_mention(
         it = await world.slash(world.alice, "imagine", {"prompt": "a late castle", "seed": 2})
         await it.wait_for(lambda e: "Queued" in str(e.payload.get("content")))
         job = bot.executor.queue.order()[0]
-        job.reference["created"] -= 16 * 60  # pretend 16 minutes passed
+        job.reference["created"] -= 16 * 60  # pretend 16 minutes passed, for the bot
+        world.fake.expire_interaction(it)  # and for Discord: the token is refused from now on
         bot.executor.resume()
         for _ in range(600):
             posted = [

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from . import payloads
-from .faults import Fault, FaultInjector, Handler, RouteMatcher
+from .faults import Fault, FaultInjector, Handler, RouteMatcher, route_template
 from .gateway import Gateway
 from .models import (
     DEFAULT_PERMISSIONS,
@@ -119,6 +119,12 @@ class FakeDiscord:
                 body = json.loads(response.body or b"{}")  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 body = {}
+            log.warning(
+                "fake discord refused %s: %s %s",
+                route_template(request),  # the template, so no interaction token is logged
+                response.status,
+                body.get("message"),
+            )
             self.rejections.append(
                 Rejection(
                     request.method,
