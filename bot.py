@@ -12,7 +12,10 @@ from typing import Any
 import discord
 from discord.ext import commands
 
+from cogs._acks import answer_orphaned_acks
 from cogs._config import BotSettings, DiscordSettings
+from cogs._delivery import JobMessenger
+from cogs._outbox import Outbox
 from engine.config import AppConfig, ConfigError, build_section, load_config
 from engine.errors import EngineError
 from engine.events import JobEvent
@@ -55,6 +58,9 @@ class ImageBot(commands.Bot):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("intents", discord.Intents.default())
+        # Nothing a user types (a prompt, a LoRA name) may ever ping @everyone, a role or a user;
+        # result messages allow exactly their requester.
+        kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, help_command=None, **kwargs)
         self.bot_settings = bot_settings
         self.discord_settings = discord_settings
@@ -62,8 +68,12 @@ class ImageBot(commands.Bot):
         self.storage = storage
         self.generator = generator
         self.executor = executor
+        self.messenger = JobMessenger(self, bot_settings.edit_interval_s)
+        self.outbox = Outbox(self, upload_timeout_s=bot_settings.upload_timeout_s)
         self.failed_extensions: list[str] = []
+        self._background: set[asyncio.Task[Any]] = set()
         executor.subscribe(self._on_engine_event)
+        executor.subscribe(self.outbox.on_event)
 
     def _on_engine_event(self, event: JobEvent) -> None:
         self.dispatch("job_event", event)
@@ -79,7 +89,22 @@ class ImageBot(commands.Bot):
         recovered = await self.executor.start()
         if recovered:
             log.info("%d job(s) from before the restart are queued again", recovered)
+        # Results finished but not delivered before the restart, and commands acknowledged but
+        # never queued, are answered in the background (REST works before the gateway is up).
+        self._spawn(self.outbox.resume(), "resume-deliveries")
+        self._spawn(answer_orphaned_acks(self), "answer-orphaned-acks")
         await self.sync_commands()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("background task %s failed", name, exc_info=task.exception())
+
+        task.add_done_callback(done)
 
     async def sync_commands(self) -> None:
         """Sync slash commands to the development server (instant) or globally."""
@@ -98,8 +123,18 @@ class ImageBot(commands.Bot):
         log.info("connected as %s to %d server(s)", self.user, len(self.guilds))
 
     async def close(self) -> None:
-        """Stop taking jobs, let the running step finish (its job stays queued), close the DB."""
+        """Stop taking jobs, let the running step finish (its job stays queued), close the DB.
+
+        Deliveries under way get a few seconds; what is left is delivered after the next start.
+        """
         await self.executor.stop()
+        try:
+            await self.outbox.wait_idle(timeout=10)
+        except asyncio.TimeoutError:
+            log.info("%d result(s) will be delivered after the next start", self.outbox.pending)
+        await self.outbox.stop()
+        for task in list(self._background):
+            task.cancel()
         await super().close()
 
     def job_owner(self, job: JobRecord) -> int:
@@ -142,6 +177,7 @@ async def build(
         config.queue,
         image_path=lambda job, index: storage.files.image_path(job.id, index),
         trainer_factory=trainer_factory_for(generator),
+        deliver=True,
     )
     return ImageBot(
         bot_settings=bot_settings,

@@ -53,6 +53,9 @@ class BotSettings(BaseSettings):
     edit_interval_s: float = Field(
         1.5, ge=0.2, le=60, description="Min seconds between message edits"
     )
+    upload_timeout_s: float = Field(
+        120.0, ge=5, le=3600, description="Time limit for posting one result (then retried)"
+    )
     train_min_images: int = Field(4, ge=1, le=20, description="Fewest usable images for /train")
     train_default_steps: int = Field(500, ge=1, le=20000, description="Default /train steps")
     train_max_steps: int = Field(3000, ge=1, le=20000, description="Most /train steps allowed")

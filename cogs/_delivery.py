@@ -1,4 +1,8 @@
-"""Delivering job status to Discord: throttled edits, token expiry, restart-safe targets."""
+"""Job status in Discord while a job waits or runs: throttled edits, token expiry, restart-safe.
+
+Progress is best effort (a lost edit is replaced by the next one); the final outcome goes
+through the durable outbox (cogs/_outbox.py).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from engine.jobs import JobRecord
@@ -20,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # Interaction tokens last 15 minutes; stop using one a little before that.
 TOKEN_LIFETIME_S = 14 * 60
+PROGRESS_TIMEOUT_S = 30.0
 
 
 def token_fresh(reference: dict[str, Any]) -> bool:
@@ -46,7 +53,6 @@ class _Update:
     embed: discord.Embed | None = None
     files: list[discord.File] = field(default_factory=list)
     view: discord.ui.View | None = None
-    mention: bool = False
 
 
 @dataclass
@@ -58,23 +64,29 @@ class _State:
     flush: asyncio.Task[None] | None = None
 
 
+_CLOSED_KEEP = 10_000  # finished job ids remembered, so a late progress edit is dropped
+
+
 class JobMessenger:
-    """Edits each job's status message at most every `interval` seconds, final state always."""
+    """Edits each job's status message at most every `interval` seconds until it is finalized."""
 
     def __init__(self, bot: ImageBot, interval: float) -> None:
         self.bot = bot
         self.interval = interval
         self._states: dict[int, _State] = {}
+        self._closed: OrderedDict[int, None] = OrderedDict()
 
     def _state(self, job_id: int) -> _State:
         return self._states.setdefault(job_id, _State())
 
-    async def update(self, job: JobRecord, update: _Update) -> None:
+    async def update(self, job: JobRecord, update: _Update, interval: float | None = None) -> None:
         """A progress update: shown now, or coalesced with later ones within the interval."""
+        if job.id in self._closed:
+            return
         state = self._state(job.id)
         if state.final:
             return
-        wait = self.interval - (time.monotonic() - state.last)
+        wait = (self.interval if interval is None else interval) - (time.monotonic() - state.last)
         if wait > 0:
             state.pending = update
             if state.flush is None or state.flush.done():
@@ -89,29 +101,39 @@ class JobMessenger:
         if update is not None and not state.final:
             await self._send(job, state, update)
 
-    async def final(self, job: JobRecord, update: _Update) -> None:
-        """The job's last message (result, failure, cancel); always delivered."""
-        state = self._state(job.id)
+    async def finalize(self, job_id: int) -> None:
+        """No more progress edits for this job (its outcome is being delivered)."""
+        self._closed[job_id] = None
+        while len(self._closed) > _CLOSED_KEEP:
+            self._closed.popitem(last=False)
+        state = self._states.get(job_id)
+        if state is None:
+            return
         state.final = True
         state.pending = None
         if state.flush is not None and not state.flush.done():
             state.flush.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await state.flush
-        await self._send(job, state, update)
-        self._states.pop(job.id, None)
+        async with state.lock:  # let an edit in flight land before the outcome
+            self._states.pop(job_id, None)
 
     async def _send(self, job: JobRecord, state: _State, update: _Update) -> None:
         async with state.lock:
             state.last = time.monotonic()
             try:
-                await self._deliver(job, update)
-            except discord.HTTPException as exc:
-                log.warning("could not update the message of job %s: %s", job.id, exc)
+                # A hung edit must not hold the lock that the final delivery waits for.
+                await asyncio.wait_for(self._deliver(job, update), PROGRESS_TIMEOUT_S)
+            except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                log.warning("could not update the message of job %s: %r", job.id, exc)
 
     async def _deliver(self, job: JobRecord, update: _Update) -> None:
         ref = job.reference
-        kwargs: dict[str, Any] = {"content": update.content, "embed": update.embed}
+        kwargs: dict[str, Any] = {
+            "content": update.content,
+            "embed": update.embed,
+            "allowed_mentions": discord.AllowedMentions.none(),
+        }
         if update.view is not None:
             kwargs["view"] = update.view
         if token_fresh(ref):
@@ -125,21 +147,17 @@ class JobMessenger:
             return
         channel = self.bot.get_partial_messageable(int(channel_id))
         message_id = ref.get("message_id")
-        if message_id and not update.mention:
+        if message_id:
             await channel.get_partial_message(int(message_id)).edit(
                 attachments=update.files, **kwargs
             )
             return
-        content = update.content or ""
-        if update.mention or not message_id:
-            content = f"<@{job.user_id}> {content}".strip()
-        kwargs["content"] = content
-        message = await channel.send(
-            files=update.files, allowed_mentions=discord.AllowedMentions(users=True), **kwargs
-        )
-        if not message_id:
-            job.reference = {**ref, "message_id": message.id}
-            await self.bot.storage.update_job_reference(job.id, job.reference)
+        # A status message of its own (the token expired, e.g. after a restart); it names the
+        # requester without pinging: the result message will ping.
+        kwargs["content"] = f"<@{job.user_id}> {update.content or ''}".strip()
+        message = await channel.send(files=update.files, **kwargs)
+        job.reference = {**ref, "message_id": message.id}
+        await self.bot.storage.update_job_reference(job.id, job.reference)
 
 
 Update = _Update

@@ -94,6 +94,11 @@ def info_embed(
     return discord.Embed(title=title, description=clip(description, 4000), color=color)
 
 
+def saved_png_file(data: bytes, name: str, spoiler: bool = False) -> discord.File:
+    """A discord.File of PNG bytes already encoded (e.g. read from the saved image)."""
+    return discord.File(io.BytesIO(data), filename=name, spoiler=spoiler)
+
+
 def png_file(
     image: Any, name: str, parameters: str | None = None, spoiler: bool = False
 ) -> discord.File:

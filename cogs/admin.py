@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import discord
@@ -150,8 +153,10 @@ class Admin(commands.Cog):
         )
         embed.add_field(name="Images made", value=str(totals.images))
         embed.add_field(name="Seconds per image", value="-" if speed is None else f"{speed:.2f} s")
-        state = "paused" if executor.queue.paused else "running"
-        embed.add_field(name="Queue", value=f"{len(executor.queue)} waiting ({state})")
+        snapshot = executor.snapshot()
+        state = "paused" if snapshot.paused else "running"
+        embed.add_field(name="Queue", value=f"{len(snapshot.waiting)} waiting ({state})")
+        embed.add_field(name="Engine", value=clip(engine_health(bot), 1024), inline=False)
         embed.add_field(name="Model", value=bot.generator.model_name or "?")
         embed.add_field(name="VRAM preset", value=bot.generator.preset)
         embed.add_field(name="Device", value=bot.generator.device)
@@ -162,6 +167,40 @@ class Admin(commands.Cog):
                 inline=False,
             )
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+def engine_health(bot: ImageBot) -> str:
+    """Dispatcher state, the last error it survived, deliveries and free disk, one per line."""
+    executor = bot.executor
+    health = executor.health
+    lines = [
+        "dispatcher " + ("alive" if executor.dispatcher_alive else "**STOPPED** (restart the bot)")
+    ]
+    if health.last_error:
+        ago = time.time() - (health.last_error_at or time.time())
+        lines.append(
+            f"{health.errors} error(s) survived; last {ago:.0f} s ago: {health.last_error}"
+        )
+    lines.append(f"{bot.outbox.pending} result(s) being delivered")
+    folders = {
+        "outputs": bot.storage.files.outputs_dir,
+        "LoRAs": bot.storage.files.lora_dir,
+        "database": bot.storage.db.path.parent,
+    }
+    for label, folder in folders.items():
+        lines.append(f"{label}: {free_disk(folder)} free")
+    return "\n".join(lines)
+
+
+def free_disk(folder: Path) -> str:
+    """Free space of the disk holding ``folder`` (or its nearest existing parent), e.g. '12.3 GB'."""
+    path = folder.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{shutil.disk_usage(path).free / 1e9:.1f} GB"
+    except OSError as exc:
+        return f"unknown ({exc.strerror or exc})"
 
 
 async def setup(bot: ImageBot) -> None:

@@ -1,15 +1,19 @@
-"""The central app-command error handler: plain ephemeral messages, tracebacks only in the log.
+"""The one error handler for every interaction: commands, buttons and autocompletes.
 
-Order: user-facing errors (our own checks) and Discord's check failures are shown as they are;
-cooldowns say how long to wait; bad values from the engine (ValueError) are shown as the
-engine words them; anything else is logged with its traceback and the user gets a short note.
+Order: user-facing errors (our own checks, a full queue, the engine's refusals) and Discord's
+check failures are shown as they are; cooldowns say how long to wait; bad values from the engine
+(ValueError) are shown as the engine words them; a message or job that is gone gets a plain
+line; anything else is logged with its traceback and the user gets a short note. Every answer is
+ephemeral. An autocomplete that fails answers with no choices (it cannot show text).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -33,6 +37,8 @@ async def reply_ephemeral(interaction: discord.Interaction, message: str) -> Non
             await interaction.response.send_message(message, ephemeral=True)
     except discord.HTTPException as exc:
         log.warning("could not send an error message: %s", exc)
+    except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        log.warning("could not send an error message: %r", exc)
 
 
 def describe(error: Exception) -> str | None:
@@ -47,7 +53,35 @@ def describe(error: Exception) -> str | None:
         return str(error) or "You cannot use this command here."
     if isinstance(error, ValueError):
         return f"Invalid value: {error}"
+    if isinstance(error, discord.NotFound):
+        return "That message or job is gone (deleted or already finished)."
     return None
+
+
+async def handle_interaction_error(interaction: discord.Interaction, error: Exception) -> None:
+    """Answer any failed interaction (command, button, autocomplete); log only the unexpected."""
+    original = getattr(error, "original", error)
+    if interaction.type == discord.InteractionType.autocomplete:
+        if not isinstance(original, (UserFacingError, ValueError)):
+            log.exception("autocomplete failed", exc_info=error)
+        if not interaction.response.is_done():
+            try:
+                await interaction.response.autocomplete([])
+            except discord.HTTPException as exc:
+                log.warning("could not answer an autocomplete: %s", exc)
+        return
+    message = describe(error)
+    if message is None:
+        command = interaction.command.qualified_name if interaction.command else None
+        where = f"/{command}" if command else f"component {_custom_id(interaction)}"
+        log.exception("unexpected error in %s", where, exc_info=error)
+        message = "Something went wrong on our side; the error was logged."
+    await reply_ephemeral(interaction, message)
+
+
+def _custom_id(interaction: discord.Interaction) -> str:
+    data = interaction.data or {}
+    return str(data.get("custom_id", "?"))
 
 
 class Errors(commands.Cog):
@@ -69,12 +103,7 @@ class Errors(commands.Cog):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         """Tell the user what went wrong in plain words; log the unexpected."""
-        message = describe(error)
-        if message is None:
-            command = interaction.command.qualified_name if interaction.command else "?"
-            log.exception("unexpected error in /%s", command, exc_info=error)
-            message = "Something went wrong on our side; the error was logged."
-        await reply_ephemeral(interaction, message)
+        await handle_interaction_error(interaction, error)
 
 
 async def setup(bot: ImageBot) -> None:

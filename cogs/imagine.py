@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -18,10 +20,17 @@ from cogs._checks import (
     is_admin,
     prompt_is_nsfw,
 )
-from cogs._delivery import JobMessenger, Update, interaction_reference, token_fresh
-from cogs._ui import png_file, progress_line, queued_line, result_embed, size_choices
+from cogs._delivery import Update, interaction_reference
+from cogs._ui import (
+    png_file,
+    progress_line,
+    queued_line,
+    result_embed,
+    saved_png_file,
+    size_choices,
+)
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
-from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progress, Queued, Started
+from engine.events import JobEvent, Notice, Progress, Queued, Started
 from engine.jobs import JobRecord
 from engine.requests import MAX_SEED, random_seed
 from engine.schedulers import SCHEDULER_NAMES
@@ -91,7 +100,11 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
 async def submit_for(
     bot: ImageBot, interaction: discord.Interaction, request: dict[str, Any]
 ) -> JobRecord:
-    """Validate, defer the interaction, and queue the job with a restart-safe reference."""
+    """Validate, write the job, acknowledge the interaction, then let the job start.
+
+    The job is written before Discord is told anything, so no acknowledged command can exist
+    without a record (a crash in between leaves a job that runs and posts in the channel).
+    """
     executor = bot.executor
     user = interaction.user
     admin = is_admin(bot, user)
@@ -100,8 +113,11 @@ async def submit_for(
     except ValueError as exc:
         raise UserFacingError(f"Invalid request: {exc}") from None
     if not admin:
-        executor.queue.check_caps(user.id)
-    await interaction.response.defer(thinking=True)
+        executor.check_caps(user.id)
+
+    async def acknowledge(job: JobRecord) -> None:
+        await interaction.response.defer(thinking=True)
+
     return await executor.submit(
         user_id=user.id,
         payload={"request": request},
@@ -109,6 +125,7 @@ async def submit_for(
         channel_id=interaction.channel_id,
         reference=interaction_reference(interaction),
         admin=admin,
+        acknowledge=acknowledge,
     )
 
 
@@ -165,13 +182,13 @@ class _JobButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         """Dispatch to the cog's handler for this action."""
+        from cogs.errors import handle_interaction_error
+
         cog = interaction.client.get_cog("Imagine")  # type: ignore[union-attr]
         try:
             await cog.on_button(interaction, self.action, self.job_id)
-        except (UserFacingError, ValueError) as exc:
-            from cogs.errors import reply_ephemeral
-
-            await reply_ephemeral(interaction, str(exc))
+        except Exception as exc:
+            await handle_interaction_error(interaction, exc)
 
 
 def cancel_view(job_id: int) -> discord.ui.View:
@@ -217,12 +234,13 @@ class Imagine(commands.Cog):
 
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
-        self.messenger = JobMessenger(bot, bot.bot_settings.edit_interval_s)
+        self.messenger = bot.messenger
         self.cooldowns = Cooldowns(bot.bot_settings.cooldown_s)
 
     async def cog_load(self) -> None:
-        """Register the restart-safe buttons."""
+        """Register the restart-safe buttons and the final message of generation jobs."""
         self.bot.add_dynamic_items(_JobButton)
+        self.bot.outbox.register("generate", self.final_update)
 
     async def cog_unload(self) -> None:
         """Unregister the buttons."""
@@ -286,9 +304,13 @@ class Imagine(commands.Cog):
         if action == "del":
             await can_manage_job(bot, interaction, job_id)
             await interaction.response.defer(ephemeral=True, thinking=True)
+            text = "Deleted."
             if interaction.message is not None:
-                await interaction.message.delete()
-            await interaction.followup.send("Deleted.", ephemeral=True)
+                try:
+                    await interaction.message.delete()
+                except discord.NotFound:
+                    text = "That message was already deleted."
+            await interaction.followup.send(text, ephemeral=True)
             return
         job = await bot.storage.get_job(job_id)
         if job is None or job.kind != "generate":
@@ -338,23 +360,24 @@ class Imagine(commands.Cog):
             await self.messenger.update(
                 job, Update(content=f"⚠️ {event.message}", view=cancel_view(job.id))
             )
-        elif isinstance(event, Finished):
-            await self.messenger.final(job, self._result_update(job, event))
-        elif isinstance(event, Failed):
-            await self.messenger.final(
-                job, Update(content=f"❌ {event.message}", view=discord.ui.View())
-            )
-        elif isinstance(event, Cancelled):
+
+    async def final_update(self, job: JobRecord, data: dict[str, Any] | None) -> Update:
+        """The last message of a generation job, built from its stored record (outbox builder)."""
+        data = data or {}
+        if job.status == "failed":
+            message = data.get("message") or "This job failed; the error was logged."
+            return Update(content=f"❌ {message}", view=discord.ui.View())
+        if job.status == "cancelled":
             text = (
-                f"🚫 Cancelled after step {event.step}."
-                if event.was_running
+                f"🚫 Cancelled after step {data.get('step', 0)}."
+                if data.get("was_running")
                 else "🚫 Cancelled — removed from the queue."
             )
-            await self.messenger.final(job, Update(content=text, view=discord.ui.View()))
+            return Update(content=text, view=discord.ui.View())
+        return await self._result_update(job, data)
 
-    def _result_update(self, job: JobRecord, event: Finished) -> Update:
+    async def _result_update(self, job: JobRecord, data: dict[str, Any]) -> Update:
         settings = self.bot.bot_settings
-        data = event.result_data
         request = job.payload.get("request", {})
         flagged = any(data.get("nsfw", [])) or prompt_is_nsfw(
             settings.nsfw_words, request.get("prompt"), request.get("negative_prompt")
@@ -368,16 +391,18 @@ class Imagine(commands.Cog):
         if hide and settings.nsfw_mode == "withhold":
             content += " these images were flagged as NSFW and are only shown in NSFW channels."
         else:
-            images = getattr(event.result, "images", [])
-            texts = data.get("parameters", [])
-            for index, image in enumerate(images):
-                text = texts[index] if index < len(texts) else None
-                files.append(png_file(image, f"job{job.id}-{index}.png", text, spoiler=hide))
-        expired = not token_fresh(job.reference)
+            # The PNGs saved on the engine thread (with their parameters), read off the loop.
+            for index, path in enumerate(data.get("paths", [])):
+                try:
+                    png = await asyncio.to_thread(Path(path).read_bytes)
+                except OSError:
+                    log.warning("job %s: image %s is missing", job.id, path)
+                    content += f"\nℹ️ Image {index + 1} is missing on the bot's disk."
+                    continue
+                files.append(saved_png_file(png, f"job{job.id}-{index}.png", spoiler=hide))
         return Update(
-            content=content, embed=result_embed(job, data), files=files,
-            view=result_view(job.id), mention=expired,
-        )  # fmt: skip
+            content=content, embed=result_embed(job, data), files=files, view=result_view(job.id)
+        )
 
 
 async def setup(bot: ImageBot) -> None:

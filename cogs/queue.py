@@ -43,16 +43,17 @@ class Queue(commands.Cog):
     async def queue(self, interaction: discord.Interaction) -> None:
         """Show the running job, the waiting jobs, and the caller's positions with ETAs."""
         executor = self.bot.executor
-        waiting = executor.queue.order()
-        paused = executor.queue.paused
+        snapshot = executor.snapshot()
+        waiting, paused = snapshot.waiting, snapshot.paused
         title = "Queue (paused by an admin)" if paused else "Queue"
         embed = info_embed(title)
-        running = executor.running
-        if running is not None:
-            step = f" — step {running.step}/{running.total}" if running.total else ""
-            embed.add_field(name="Running now", value=job_summary(running.job) + step, inline=False)
-        else:
-            embed.add_field(name="Running now", value="nothing", inline=False)
+        lines = [
+            job_summary(run.job) + (f" — step {run.step}/{run.total}" if run.total else "")
+            for run in snapshot.running
+        ]
+        embed.add_field(
+            name="Running now", value=clip("\n".join(lines)) if lines else "nothing", inline=False
+        )
         if waiting:
             lines = [
                 f"{index}. {job_summary(job)}"
@@ -67,9 +68,10 @@ class Queue(commands.Cog):
             embed.add_field(name="Waiting", value="nobody is waiting", inline=False)
         mine = []
         user_id = interaction.user.id
-        if running is not None and running.job.user_id == user_id:
-            mine.append(f"job {running.job.id}: running now")
-        for job in executor.queue.waiting_for_user(user_id):
+        for run in snapshot.running:
+            if run.job.user_id == user_id:
+                mine.append(f"job {run.job.id}: running now")
+        for job in (job for job in waiting if job.user_id == user_id):
             position = executor.position(job.id)
             eta = (
                 "waits until an admin resumes the queue"
@@ -89,27 +91,24 @@ class Queue(commands.Cog):
         """Remove the caller's waiting jobs and stop the running one; say which."""
         executor = self.bot.executor
         user_id = interaction.user.id
+        snapshot = executor.snapshot()
         removed: list[int] = []
-        for job in executor.queue.waiting_for_user(user_id):
-            if await executor.cancel(job.id) == "queued":
+        for job in snapshot.waiting:
+            if job.user_id == user_id and await executor.cancel(job.id) == "queued":
                 removed.append(job.id)
-        stopping: int | None = None
-        running = executor.running
-        if (
-            running is not None
-            and running.job.user_id == user_id
-            and await executor.cancel(running.job.id) == "running"
-        ):
-            stopping = running.job.id
-        if not removed and stopping is None:
+        stopping: list[int] = []
+        for run in snapshot.running:
+            if run.job.user_id == user_id and await executor.cancel(run.job.id) == "running":
+                stopping.append(run.job.id)
+        if not removed and not stopping:
             text = "You have no jobs waiting or running."
         else:
             parts = []
             if removed:
                 ids = ", ".join(str(i) for i in removed)
                 parts.append(f"Removed from the queue: job{'s' if len(removed) > 1 else ''} {ids}.")
-            if stopping is not None:
-                parts.append(f"Job {stopping} is running and stops at its next step.")
+            for job_id in stopping:
+                parts.append(f"Job {job_id} is running and stops at its next step.")
             text = " ".join(parts)
         log.info("user %s cancelled waiting %s, running %s", user_id, removed, stopping)
         await interaction.response.send_message(text, ephemeral=True)

@@ -13,8 +13,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs._acks import recorded_defer
 from cogs._checks import UserFacingError, admin_only
-from cogs._delivery import JobMessenger, Update
+from cogs._delivery import Update
 from cogs._ui import COLOR_OK, clip, progress_line
 from cogs._uploads import (
     Upload,
@@ -24,11 +25,11 @@ from cogs._uploads import (
     shown_name,
     with_reasons,
 )
-from engine.events import Cancelled, Failed, Finished, JobEvent, Progress, Queued, Started
+from engine.events import JobEvent, Progress, Queued, Started
 from engine.jobs import JobRecord
 from engine.prepare_dataset import PrepareReport, prepare_dataset
 from engine.train_lora import TrainConfig
-from storage import AlreadyExistsError, NotFoundError, safe_name
+from storage import AlreadyExistsError, safe_name
 from storage.loras import check_lora_name
 
 if TYPE_CHECKING:
@@ -65,12 +66,12 @@ class Train(commands.Cog):
 
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
-        interval = max(TRAIN_EDIT_INTERVAL_S, bot.bot_settings.edit_interval_s)
-        self.messenger = JobMessenger(bot, interval)
+        self.edit_interval = max(TRAIN_EDIT_INTERVAL_S, bot.bot_settings.edit_interval_s)
         self._preparing: set[str] = set()  # names (casefolded) whose images are being checked
 
     async def cog_load(self) -> None:
-        """Mark LoRAs left 'training' without a job (a crash before queueing) as failed."""
+        """Register the final message of trainings; fail LoRAs left 'training' without a job."""
+        self.bot.outbox.register("train", self.final_update)
         try:
             training = await self.bot.storage.loras.list_loras(status="training")
             if not training:
@@ -167,18 +168,22 @@ class Train(commands.Cog):
         )
 
         self._preparing.add(key)
+        job: JobRecord | None = None
         try:
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            report, reasons = await self._stage(uploads, folder, config)
-            job = await self._register_and_submit(interaction, config)
+            async with recorded_defer(bot, interaction, ephemeral=True) as ack:
+                report, reasons = await self._stage(uploads, folder, config)
+                job = await self._register_and_submit(interaction, config)
+                await ack.forget()
+                await interaction.followup.send(
+                    _queued_text(job, config, len(report.written), left_out + reasons),
+                    ephemeral=True,
+                )
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            if job is None:
+                shutil.rmtree(folder, ignore_errors=True)
             raise
         finally:
             self._preparing.discard(key)
-        await interaction.followup.send(
-            _queued_text(job, config, len(report.written), left_out + reasons), ephemeral=True
-        )
 
     # ----- the steps of /train -----------------------------------------------------------
     def _config(
@@ -301,33 +306,34 @@ class Train(commands.Cog):
             raise
 
     # ----- job events --------------------------------------------------------------------
+    async def final_update(self, job: JobRecord, data: dict[str, Any] | None) -> Update:
+        """The last message of a training (outbox builder); the LoRA's status is already stored."""
+        name = train_name(job)
+        data = data or {}
+        if job.status == "failed":
+            message = data.get("message") or "the error was logged."
+            text = (
+                f"❌ Training of `{name}` failed: {message} The checkpoints saved so far are kept."
+            )
+            return Update(content=clip(text, 1900), view=discord.ui.View())
+        if job.status == "cancelled":
+            text = (
+                f"🚫 Training of `{name}` cancelled after step {data.get('step', 0)}; "
+                "the checkpoints saved so far are kept."
+                if data.get("was_running")
+                else f"🚫 Training of `{name}` cancelled before it started."
+            )
+            return Update(content=text, view=discord.ui.View())
+        return await asyncio.to_thread(self._finished_update, job, name, data)
+
     @commands.Cog.listener()
     async def on_job_event(self, event: JobEvent) -> None:
-        """Record a training's outcome in the LoRA table and show its state in the channel."""
+        """Show a training's progress in its message (its outcome goes through the outbox)."""
         job = event.job
         if job.kind != "train":
             return
         name = train_name(job)
-        if isinstance(event, Finished):
-            await self._set_status(name, "ready", sha256=event.result_data.get("sha256"))
-            await self._final(job, self._finished_update(job, name, event.result_data))
-        elif isinstance(event, Failed):
-            await self._set_status(name, "failed")
-            text = (
-                f"❌ Training of `{name}` failed: {event.message} "
-                "The checkpoints saved so far are kept."
-            )
-            await self._final(job, Update(content=clip(text, 1900), view=discord.ui.View()))
-        elif isinstance(event, Cancelled):
-            await self._set_status(name, "failed")
-            text = (
-                f"🚫 Training of `{name}` cancelled after step {event.step}; "
-                "the checkpoints saved so far are kept."
-                if event.was_running
-                else f"🚫 Training of `{name}` cancelled before it started."
-            )
-            await self._final(job, Update(content=text, view=discord.ui.View()))
-        elif isinstance(event, Queued):
+        if isinstance(event, Queued):
             where = (
                 "next in line" if event.position <= 1 else f"position {event.position} in the queue"
             )
@@ -345,21 +351,9 @@ class Train(commands.Cog):
 
     async def _update(self, job: JobRecord, content: str) -> None:
         if self._has_target(job):
-            await self.messenger.update(job, Update(content=content, view=_cancel_view(job.id)))
-
-    async def _final(self, job: JobRecord, update: Update) -> None:
-        if self._has_target(job):
-            await self.messenger.final(job, update)
-
-    async def _set_status(self, name: str, status: Any, sha256: str | None = None) -> None:
-        try:
-            await self.bot.storage.loras.set_lora_status(name, status, sha256=sha256)
-        except NotFoundError:
-            log.warning(
-                "LoRA %s was deleted while it trained; status %s not recorded", name, status
+            await self.bot.messenger.update(
+                job, Update(content=content, view=_cancel_view(job.id)), self.edit_interval
             )
-        except Exception:
-            log.exception("could not record status %s of LoRA %s", status, name)
 
     def _finished_update(self, job: JobRecord, name: str, data: dict[str, Any]) -> Update:
         trigger = data.get("trigger_word") or job.payload.get("train", {}).get("trigger_word", "")

@@ -8,9 +8,9 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,54 @@ class OutOfMemoryExhausted(Exception):
     """Every rung of the out-of-memory ladder failed."""
 
 
+class _StoreFailure(Exception):
+    """Recording an outcome failed (its cause is the store's error)."""
+
+
 @dataclass
 class _Running:
     job: JobRecord
     cancel: threading.Event
     step: int = 0
     total: int = 0
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A job on the engine now (a training stays listed while images run between its slices)."""
+
+    job: JobRecord
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """What the cogs may read about the queue: running jobs, waiting jobs in order, paused."""
+
+    running: list[RunningJob]
+    waiting: list[JobRecord]
+    paused: bool
+
+    def running_ids(self) -> set[int]:
+        """Ids of the running jobs."""
+        return {r.job.id for r in self.running}
+
+
+@dataclass
+class EngineHealth:
+    """The dispatcher's state for /admin stats: errors it survived and the last one."""
+
+    errors: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    requeued: list[int] = field(default_factory=list)
+
+    def record(self, job: JobRecord, exc: BaseException) -> None:
+        """Remember an error the dispatcher survived."""
+        self.errors += 1
+        self.last_error = f"job {job.id}: {type(exc).__name__}: {exc}"[:300]
+        self.last_error_at = time.time()
 
 
 class EngineExecutor(TrainingSlices):
@@ -59,7 +101,10 @@ class EngineExecutor(TrainingSlices):
         image_path: ImagePath | None = None,
         trainer_factory: Callable[[JobRecord], Any] | None = None,
         fault_injector: FaultInjector | None = None,
+        deliver: bool = False,
     ) -> None:
+        """``deliver=True``: a front end delivers outcomes and marks them delivered itself
+        (jobs stay 'finished' until then); otherwise outcomes count as delivered at once."""
         self.generator = generator
         self.store = store
         self.config = config or QueueConfig()
@@ -69,7 +114,10 @@ class EngineExecutor(TrainingSlices):
         self.image_path = image_path
         self.trainer_factory = trainer_factory
         self.fault_injector = fault_injector
+        self.deliver = deliver
+        self.health = EngineHealth()
         self.running: _Running | None = None
+        self.training: _Running | None = None
         self.served = 0
         self.images_made = 0
         self.seconds_generating = 0.0
@@ -130,8 +178,13 @@ class EngineExecutor(TrainingSlices):
         channel_id: int | None = None,
         reference: dict[str, Any] | None = None,
         admin: bool = False,
+        acknowledge: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> JobRecord:
-        """Queue a job durably; raises QueueFullError past a cap, ValueError for a bad request."""
+        """Queue a job durably; raises QueueFullError past a cap, ValueError for a bad request.
+
+        ``acknowledge(job)`` runs after the job is written and before it can start; if it
+        fails, the job is cancelled (nothing to deliver) and the error propagates.
+        """
         if self._stopping:
             raise QueueFullError("The bot is shutting down; try again in a minute.")
         if kind == "generate":
@@ -151,6 +204,20 @@ class EngineExecutor(TrainingSlices):
             }
             payload = {**payload, "request": filled}
         priority = 1 if admin and self.config.admin_priority else 0
+
+        async def before_place(job: JobRecord) -> None:
+            if acknowledge is None:
+                return
+            try:
+                await acknowledge(job)
+            except BaseException:
+                try:
+                    await self.store.set_job_status(job.id, "cancelled", error="not acknowledged")
+                    await self.store.mark_delivered(job.id)
+                except Exception:
+                    log.exception("could not cancel unacknowledged job %s", job.id)
+                raise
+
         job = await self.queue.submit(
             kind=kind,
             user_id=user_id,
@@ -160,15 +227,39 @@ class EngineExecutor(TrainingSlices):
             reference=reference,
             priority=priority,
             check_caps=not admin,
+            before_place=before_place,
         )
         self._emit(Queued(job, self.queue.position(job.id) or 1, self.eta(job.id)))
         return job
 
     def position(self, job_id: int) -> int | None:
         """1-based queue position of a waiting job; 0 if it is running; None if unknown."""
-        if self.running is not None and self.running.job.id == job_id:
+        if any(run.job.id == job_id for run in self._runs()):
             return 0
         return self.queue.position(job_id)
+
+    def _runs(self) -> list[_Running]:
+        runs = [run for run in (self.training, self.running) if run is not None]
+        return runs if len(runs) < 2 or runs[0] is not runs[1] else runs[:1]
+
+    def snapshot(self) -> QueueSnapshot:
+        """Running jobs (a training between its slices included) and waiting jobs in order."""
+        return QueueSnapshot(
+            running=[RunningJob(run.job, run.step, run.total) for run in self._runs()],
+            waiting=self.queue.order(),
+            paused=self.queue.paused,
+        )
+
+    def check_caps(self, user_id: int) -> None:
+        """Raise QueueFullError if this user (or the server) may not queue another job now."""
+        if self._stopping:
+            raise QueueFullError("The bot is shutting down; try again in a minute.")
+        self.queue.check_caps(user_id)
+
+    @property
+    def dispatcher_alive(self) -> bool:
+        """Whether the dispatcher task is serving the queue."""
+        return self._dispatcher is not None and not self._dispatcher.done()
 
     def eta(self, job_id: int) -> float | None:
         """Seconds until a waiting job finishes, from the measured speed; None before any job ran."""
@@ -187,12 +278,17 @@ class EngineExecutor(TrainingSlices):
         """Cancel a job: 'queued' (removed at once), 'running' (stops at next step) or None."""
         job = self.queue.remove(job_id)
         if job is not None:
-            await self.store.set_job_status(job_id, "cancelled")
+            try:
+                await self._outcome(job, "cancelled", result={"was_running": False, "step": 0})
+            except _StoreFailure as exc:
+                self.queue.push(job)
+                raise exc.__cause__ from None  # type: ignore[misc]
             self._emit(Cancelled(job, was_running=False))
             return "queued"
-        if self.running is not None and self.running.job.id == job_id:
-            self.running.cancel.set()
-            return "running"
+        for run in self._runs():
+            if run.job.id == job_id:
+                run.cancel.set()
+                return "running"
         return None
 
     def pause(self) -> None:
@@ -247,9 +343,22 @@ class EngineExecutor(TrainingSlices):
 
     # ----- the dispatcher ---------------------------------------------------------------
     async def _dispatch(self) -> None:
+        backoff = 0.5
         while not self._stopping:
             job = await self.queue.get()
-            await self._run_job(job)
+            try:
+                await self._run_job(job)
+                backoff = 0.5
+            except Exception as exc:
+                # A storage error (locked or full disk) must not end the dispatcher: the job
+                # goes back to its fair place and is tried again after a pause.
+                log.exception("job %s: error outside the engine; it goes back to the queue", job.id)
+                self.health.record(job, exc)
+                self.running = None
+                job.status = "queued"
+                self.queue.push(job)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -272,15 +381,18 @@ class EngineExecutor(TrainingSlices):
                 await self._run_training(job, run)
             else:
                 result, data = await self._in_thread(self._generate_sync, run)
-                await self.store.set_job_status(job.id, "done", result=data)
-                self._emit(Finished(job, result, data))
+                await self._finish(job, result, data)
         except GenerationCancelled:
             if self._stopping:
                 await self.store.set_job_status(job.id, "queued")
                 log.info("job %s interrupted by shutdown; it will run again after restart", job.id)
             else:
-                await self.store.set_job_status(job.id, "cancelled")
+                await self._outcome(
+                    job, "cancelled", result={"was_running": True, "step": run.step}
+                )
                 self._emit(Cancelled(job, was_running=True, step=run.step))
+        except _StoreFailure as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]
         except OutOfMemoryExhausted as exc:
             await self._fail(job, str(exc))
         except (EngineError, ValueError) as exc:
@@ -295,8 +407,32 @@ class EngineExecutor(TrainingSlices):
         finally:
             self.running = None
 
+    async def _outcome(
+        self,
+        job: JobRecord,
+        status: Any,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a job's outcome; a store error here goes to the dispatcher, not to the user."""
+        if status == "finished" and not self.deliver:
+            status = "done"
+        try:
+            await self.store.set_job_status(job.id, status, error=error, result=result)
+            if not self.deliver and status != "done":
+                await self.store.mark_delivered(job.id)
+        except Exception as exc:
+            raise _StoreFailure from exc
+        job.status = status
+
+    async def _finish(self, job: JobRecord, output: Any, data: dict[str, Any]) -> None:
+        await self._outcome(job, "finished", result=data)
+        self._emit(Finished(job, output, data))
+
     async def _fail(self, job: JobRecord, message: str, detail: str = "") -> None:
-        await self.store.set_job_status(job.id, "failed", error=detail or message)
+        # The user's words go with the result, so a delivery after a restart can show them.
+        await self._outcome(job, "failed", error=detail or message, result={"message": message})
         self._emit(Failed(job, message, detail))
 
     # ----- generation (engine thread) ----------------------------------------------------

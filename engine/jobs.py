@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 JobKind = Literal["generate", "train"]
-JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+# 'finished': the work is done and saved, the result is not yet delivered; 'done': delivered.
+JobStatus = Literal["queued", "running", "finished", "done", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+# Statuses whose outcome still has to reach the user while the job is not marked delivered.
+DELIVERABLE_STATUSES: frozenset[str] = frozenset({"finished", "failed", "cancelled"})
 
 
 @dataclass
@@ -28,6 +31,7 @@ class JobRecord:
     attempts: int = 0
     error: str | None = None
     created_at: float = field(default_factory=time.time)
+    delivered: bool = False
 
 
 class JobStore(Protocol):
@@ -55,7 +59,11 @@ class JobStore(Protocol):
         error: str | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        """Record a status change; 'running' also increments attempts."""
+        """Record a status change; 'running' also increments attempts, 'done' marks delivered."""
+        ...
+
+    async def mark_delivered(self, job_id: int) -> None:
+        """The job's outcome reached its user: 'finished' becomes 'done'; never delivered again."""
         ...
 
     async def update_job_reference(self, job_id: int, reference: dict[str, Any]) -> None:
@@ -64,6 +72,10 @@ class JobStore(Protocol):
 
     async def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs still queued or running, oldest first (used to recover after a restart)."""
+        ...
+
+    async def undelivered_jobs(self) -> list[JobRecord]:
+        """Finished, failed or cancelled jobs whose outcome has not reached the user yet."""
         ...
 
 
@@ -109,11 +121,13 @@ class MemoryJobStore:
         error: str | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        """Record a status change; 'running' also increments attempts."""
+        """Record a status change; 'running' also increments attempts, 'done' marks delivered."""
         job = self.jobs[job_id]
         job.status = status
         if status == "running":
             job.attempts += 1
+        if status == "done":
+            job.delivered = True
         if error is not None:
             job.error = error
         if result is not None:
@@ -123,10 +137,25 @@ class MemoryJobStore:
         """Replace the delivery reference of a job."""
         self.jobs[job_id].reference = dict(reference)
 
+    async def mark_delivered(self, job_id: int) -> None:
+        """The job's outcome reached its user."""
+        job = self.jobs[job_id]
+        job.delivered = True
+        if job.status == "finished":
+            job.status = "done"
+
     async def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs still queued or running, oldest first."""
         return [
             j
             for j in sorted(self.jobs.values(), key=lambda j: j.id)
-            if j.status not in FINAL_STATUSES
+            if j.status in ("queued", "running")
+        ]
+
+    async def undelivered_jobs(self) -> list[JobRecord]:
+        """Finished, failed or cancelled jobs not yet delivered, oldest first."""
+        return [
+            j
+            for j in sorted(self.jobs.values(), key=lambda j: j.id)
+            if j.status in DELIVERABLE_STATUSES and not j.delivered
         ]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from engine.jobs import JobKind, JobRecord, JobStore
@@ -24,6 +26,15 @@ SortKey = tuple[int, float, int]
 
 class QueueFullError(Exception):
     """submit refused the job; the message says why in plain words."""
+
+
+@dataclass
+class Reservation:
+    """A fair tag and a cap slot held for a job that is being written (see FairQueue.reserve)."""
+
+    user_id: int
+    tag: float
+    active: bool = True
 
 
 def _key(job: JobRecord) -> SortKey:
@@ -42,6 +53,7 @@ class FairQueue:
         self._by_id: dict[int, JobRecord] = {}
         self._per_user: dict[int, list[float]] = {}  # user -> tags of their waiting jobs
         self._served_tag = 0.0
+        self._reserved = 0  # jobs being written: they count against the global cap already
         self._available = asyncio.Event()
         self.paused = False
 
@@ -69,7 +81,7 @@ class FairQueue:
                 f"You already have {mine} jobs waiting (the limit is {self.per_user_cap}); "
                 "wait for one to start or cancel one."
             )
-        if len(self._jobs) >= self.global_cap:
+        if len(self._jobs) + self._reserved >= self.global_cap:
             raise QueueFullError(
                 f"The queue is full ({self.global_cap} jobs waiting); try again in a few minutes."
             )
@@ -85,32 +97,64 @@ class FairQueue:
         reference: dict[str, Any] | None = None,
         priority: int = 0,
         check_caps: bool = True,
+        before_place: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> JobRecord:
-        """Check the caps, write the job to the store, then place it in fair order."""
-        if check_caps:
-            self.check_caps(user_id)
-        # Reserve the tag (and the cap slot) before awaiting the store, so concurrent submits
-        # of one user get distinct tags.
-        tag = self.next_tag(user_id)
-        tags = self._per_user.setdefault(user_id, [])
-        tags.append(tag)
+        """Check the caps, write the job to the store, then place it in fair order.
+
+        ``before_place(job)`` runs after the write and before the job can start (the bot
+        acknowledges the interaction there, so no acknowledged command exists without a
+        record); if it raises, the job is not placed and the error propagates.
+        """
+        reservation = self.reserve(user_id, check_caps=check_caps)
         try:
             job = await self.store.create_job(
                 kind=kind,
                 user_id=user_id,
-                payload={**payload, TAG_KEY: tag},
+                payload={**payload, TAG_KEY: reservation.tag},
                 guild_id=guild_id,
                 channel_id=channel_id,
                 reference=reference,
                 priority=priority,
             )
+            if before_place is not None:
+                await before_place(job)
         except BaseException:
-            tags.remove(tag)
-            if not tags:
-                self._per_user.pop(user_id, None)
+            self.release(reservation)
             raise
-        self._insert(job)
+        self.place(job, reservation)
         return job
+
+    def reserve(self, user_id: int, *, check_caps: bool = True) -> Reservation:
+        """Hold a fair tag and a cap slot (per user and global) before awaiting the store.
+
+        Concurrent submits then get distinct tags and can never overshoot a cap.
+        """
+        if check_caps:
+            self.check_caps(user_id)
+        tag = self.next_tag(user_id)
+        self._per_user.setdefault(user_id, []).append(tag)
+        self._reserved += 1
+        return Reservation(user_id, tag)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose job was not placed."""
+        if not reservation.active:
+            return
+        reservation.active = False
+        self._reserved -= 1
+        tags = self._per_user.get(reservation.user_id, [])
+        if reservation.tag in tags:
+            tags.remove(reservation.tag)
+        if not tags:
+            self._per_user.pop(reservation.user_id, None)
+
+    def place(self, job: JobRecord, reservation: Reservation) -> None:
+        """Put a written job in fair order under its reservation."""
+        if not reservation.active:
+            raise RuntimeError("this reservation was released")
+        reservation.active = False
+        self._reserved -= 1
+        self._insert(job)
 
     def push(self, job: JobRecord) -> None:
         """Place a stored job in fair order (a job without a tag, e.g. recovered, gets one)."""

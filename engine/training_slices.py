@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import GenerationCancelled
-from engine.events import Finished, Progress
+from engine.events import Progress
 from engine.jobs import JobRecord
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ class TrainingSlices:
             await self._fail(job, "Training is not available yet.")
             return
         trainer = await self._in_thread(self.trainer_factory, job)
+        self.training = run  # stays visible to cancel and /queue while images run in between
         try:
             await self._in_thread(trainer.setup)
             while True:
@@ -43,9 +44,10 @@ class TrainingSlices:
         except BaseException:
             await self._in_thread(trainer.abort)
             raise
-        data = _train_output_data(output)
-        await self.store.set_job_status(job.id, "done", result=data)
-        self._emit(Finished(job, output, data))
+        finally:
+            self.training = None
+        # The LoRA is registered by the store in the same transaction that finishes the job.
+        await self._finish(job, output, _train_output_data(output))
 
     async def _serve_between_slices(self, trainer: Any) -> None:
         """Run the /imagine jobs that wait, with the adapter under training switched off."""

@@ -140,6 +140,15 @@ class Database:
             return await self._tx.fetchall(sql, params)
 
     @asynccontextmanager
+    async def within(self, tx: Transaction | None) -> AsyncIterator[Transaction]:
+        """Join the caller's open transaction, or run in a new one when ``tx`` is None."""
+        if tx is not None:
+            yield tx
+            return
+        async with self.transaction() as new:
+            yield new
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """Run several statements atomically: commit on success, roll back on any exception."""
         async with self._lock:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
-from storage.db import Database
+from storage.db import Database, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class GenerationsRepo:
         lora_scale: float | None = None,
         image_paths: Sequence[str] = (),
         timings: Mapping[str, float] | None = None,
+        tx: Transaction | None = None,
     ) -> GenerationRecord:
         """Store one generation; ``image_paths``, when given, must have one path per seed."""
         seeds = [int(s) for s in seeds]
@@ -102,7 +103,7 @@ class GenerationsRepo:
         timing_map = {str(k): float(v) for k, v in (timings or {}).items()}
         if not all(math.isfinite(v) and v >= 0 for v in timing_map.values()):
             raise ValueError(f"timings must be finite non-negative seconds, got {timing_map}")
-        async with self._db.transaction() as tx:
+        async with self._db.within(tx) as tx:
             result = await tx.execute(
                 "INSERT INTO generations (job_id, user_id, prompt, negative_prompt, steps, cfg,"
                 " width, height, sampler, model, lora_name, lora_scale, seeds, image_paths,"

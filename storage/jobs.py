@@ -8,8 +8,8 @@ import sqlite3
 import time
 from typing import Any, cast, get_args
 
-from engine.jobs import FINAL_STATUSES, JobKind, JobRecord, JobStatus
-from storage.db import Database
+from engine.jobs import DELIVERABLE_STATUSES, FINAL_STATUSES, JobKind, JobRecord, JobStatus
+from storage.db import Database, Transaction
 from storage.errors import NotFoundError
 
 log = logging.getLogger(__name__)
@@ -18,8 +18,9 @@ JOB_KINDS: frozenset[str] = frozenset(get_args(JobKind))
 JOB_STATUSES: frozenset[str] = frozenset(get_args(JobStatus))
 _COLUMNS = (
     "id, kind, user_id, payload, guild_id, channel_id, reference, priority, status, attempts,"
-    " error, created_at"
+    " error, created_at, delivered_at"
 )
+_DELIVERABLE_SQL = ", ".join(f"'{s}'" for s in sorted(DELIVERABLE_STATUSES))
 
 
 def _to_json(name: str, value: dict[str, Any]) -> str:
@@ -45,6 +46,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
         attempts=int(row["attempts"]),
         error=row["error"],
         created_at=float(row["created_at"]),
+        delivered=row["delivered_at"] is not None,
     )
 
 
@@ -98,26 +100,69 @@ class JobsRepo:
         *,
         error: str | None = None,
         result: dict[str, Any] | None = None,
+        tx: Transaction | None = None,
     ) -> None:
-        """Record a status change; 'running' counts an attempt, final statuses set finished_at."""
+        """Record a status change; 'running' counts an attempt, 'done' means delivered.
+
+        'finished', 'failed' and 'cancelled' set finished_at and leave the job undelivered
+        (see ``mark_delivered``); 'done' sets finished_at and delivered_at.
+        """
         if status not in JOB_STATUSES:
             raise ValueError(f"job status must be one of {sorted(JOB_STATUSES)}, got {status!r}")
         result_json = None if result is None else _to_json("result", result)
         now = time.time()
         running = status == "running"
-        final = status in FINAL_STATUSES
+        final = status in FINAL_STATUSES or status == "finished"
+        delivered = status == "done"
+        async with self._db.within(tx) as tx:
+            outcome = await tx.execute(
+                "UPDATE jobs SET status = ?,"
+                " attempts = attempts + ?,"
+                " started_at = CASE WHEN ? THEN ? ELSE started_at END,"
+                " finished_at = CASE WHEN ? THEN coalesce(finished_at, ?) ELSE NULL END,"
+                " delivered_at = CASE WHEN ? THEN ? ELSE NULL END,"
+                " error = coalesce(?, error),"
+                " result = coalesce(?, result)"
+                " WHERE id = ?",
+                (
+                    status,
+                    int(running),
+                    running,
+                    now,
+                    final,
+                    now,
+                    delivered,
+                    now,
+                    error,
+                    result_json,
+                    job_id,
+                ),
+            )
+        if outcome.rowcount == 0:
+            raise NotFoundError(f"there is no job {job_id}")
+
+    async def mark_delivered(self, job_id: int) -> None:
+        """The job's outcome reached the user: 'finished' becomes 'done'; delivered_at is set."""
         outcome = await self._db.execute(
-            "UPDATE jobs SET status = ?,"
-            " attempts = attempts + ?,"
-            " started_at = CASE WHEN ? THEN ? ELSE started_at END,"
-            " finished_at = CASE WHEN ? THEN ? ELSE NULL END,"
-            " error = coalesce(?, error),"
-            " result = coalesce(?, result)"
+            "UPDATE jobs SET delivered_at = coalesce(delivered_at, ?),"
+            " status = CASE WHEN status = 'finished' THEN 'done' ELSE status END"
             " WHERE id = ?",
-            (status, int(running), running, now, final, now, error, result_json, job_id),
+            (time.time(), job_id),
         )
         if outcome.rowcount == 0:
             raise NotFoundError(f"there is no job {job_id}")
+
+    async def set_job_error(self, job_id: int, error: str) -> None:
+        """Replace the error text of a job (e.g. why its result could not be delivered)."""
+        await self._db.execute("UPDATE jobs SET error = ? WHERE id = ?", (error, job_id))
+
+    async def undelivered_jobs(self) -> list[JobRecord]:
+        """Finished, failed or cancelled jobs whose outcome has not reached the user, oldest first."""
+        rows = await self._db.fetchall(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status IN ({_DELIVERABLE_SQL})"
+            " AND delivered_at IS NULL ORDER BY id"
+        )
+        return [_job(r) for r in rows]
 
     async def update_job_reference(self, job_id: int, reference: dict[str, Any]) -> None:
         """Replace the delivery reference of a job (e.g. after the progress message is sent)."""

@@ -39,6 +39,15 @@ class KeyValueRepo:
         result = await self._db.execute("DELETE FROM settings WHERE key = ?", (key,))
         return result.rowcount > 0
 
+    async def with_prefix(self, prefix: str) -> dict[str, Any]:
+        """Every key starting with ``prefix`` (a plain prefix, no wildcards) and its value."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = await self._db.fetchall(
+            "SELECT key, value FROM settings WHERE key LIKE ? ESCAPE '\\' ORDER BY key",
+            (escaped + "%",),
+        )
+        return {row["key"]: json.loads(row["value"]) for row in rows}
+
     async def is_queue_paused(self) -> bool:
         """Whether an admin paused the queue (survives restarts)."""
         return bool(await self.get(QUEUE_PAUSED, False))

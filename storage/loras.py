@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Literal, cast, get_args
 
-from storage.db import Database
+from storage.db import Database, Transaction
 from storage.errors import AlreadyExistsError, NotFoundError
 from storage.files import safe_name
 
@@ -171,11 +171,16 @@ class LorasRepo:
         return " AND ".join(clauses), params
 
     async def set_lora_status(
-        self, name: str, status: LoraStatus, *, sha256: str | None = None
+        self,
+        name: str,
+        status: LoraStatus,
+        *,
+        sha256: str | None = None,
+        tx: Transaction | None = None,
     ) -> LoraRecord:
         """Change a LoRA's status (e.g. training -> ready) and optionally record its sha256."""
         _check_status(status)
-        async with self._db.transaction() as tx:
+        async with self._db.within(tx) as tx:
             result = await tx.execute(
                 "UPDATE loras SET status = ?, sha256 = coalesce(?, sha256) WHERE name = ?",
                 (status, sha256, name),

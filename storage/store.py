@@ -9,7 +9,8 @@ from types import TracebackType
 from typing import Any
 
 from engine.jobs import JobKind, JobRecord, JobStatus
-from storage.db import Database
+from storage.db import Database, Transaction
+from storage.errors import NotFoundError
 from storage.files import FileRoots
 from storage.generations import GenerationsRepo
 from storage.jobs import JobsRepo
@@ -102,21 +103,49 @@ class Storage:
         error: str | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        """Record a status change; 'running' also increments attempts.
+        """Record a status change; 'running' also increments attempts, 'done' marks delivered.
 
-        A finished generation job also gets its generations row (at most one per job, written
-        before the job is marked done, so a crash in between reruns the job without a duplicate)
-        and the user's last seed.
+        In the same transaction: a finished generation job gets its generations row (at most one
+        per job) and the user's last seed; a finished training registers its LoRA as ready, a
+        failed or cancelled one marks it failed. So a crash can never leave a job finished
+        without its record, or a LoRA trained but not usable.
         """
-        if status == "done" and result and result.get("seeds"):
+        job = None
+        if status in ("finished", "done", "failed", "cancelled"):
             job = await self.jobs.get_job(job_id)
-            if job is not None and job.kind == "generate":
-                await self._record_generation(job, result)
-        await self.jobs.set_job_status(job_id, status, error=error, result=result)
+        record = (
+            job is not None
+            and job.kind == "generate"
+            and status in ("finished", "done")
+            and bool(result and result.get("seeds"))
+            and await self.generations.get_generation_by_job(job_id) is None
+        )
+        async with self.db.transaction() as tx:
+            if record:
+                assert job is not None and result is not None
+                await self._record_generation(job, result, tx)
+            if job is not None and job.kind == "train":
+                await self._record_training(job, status, result, tx)
+            await self.jobs.set_job_status(job_id, status, error=error, result=result, tx=tx)
 
-    async def _record_generation(self, job: JobRecord, result: dict[str, Any]) -> None:
-        if await self.generations.get_generation_by_job(job.id) is not None:
+    async def _record_training(
+        self, job: JobRecord, status: JobStatus, result: dict[str, Any] | None, tx: Transaction
+    ) -> None:
+        name = str(job.payload.get("train", {}).get("name", ""))
+        if not name:
             return
+        try:
+            if status in ("finished", "done"):
+                sha = (result or {}).get("sha256")
+                await self.loras.set_lora_status(name, "ready", sha256=sha, tx=tx)
+            elif status in ("failed", "cancelled"):
+                await self.loras.set_lora_status(name, "failed", tx=tx)
+        except NotFoundError:
+            log.warning("training job %s: its LoRA %r is no longer registered", job.id, name)
+
+    async def _record_generation(
+        self, job: JobRecord, result: dict[str, Any], tx: Transaction
+    ) -> None:
         request = job.payload.get("request", {})
         seeds = [int(s) for s in result["seeds"]]
         await self.generations.record_generation(
@@ -135,9 +164,9 @@ class Storage:
             lora_scale=request.get("lora_scale") if request.get("lora_name") else None,
             image_paths=[str(p) for p in result.get("paths", [])],
             timings={"total_s": float(result.get("seconds", 0.0))},
+            tx=tx,
         )
-        await self.users.get_or_create_user(job.user_id)
-        await self.users.set_last_seed(job.user_id, seeds[0])
+        await self.users.set_last_seed(job.user_id, seeds[0], tx=tx)
 
     async def update_job_reference(self, job_id: int, reference: dict[str, Any]) -> None:
         """Replace the delivery reference of a job (e.g. after the progress message is sent)."""
@@ -146,6 +175,14 @@ class Storage:
     async def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs still queued or running, oldest first (used to recover after a restart)."""
         return await self.jobs.unfinished_jobs()
+
+    async def mark_delivered(self, job_id: int) -> None:
+        """The job's outcome reached its user: 'finished' becomes 'done'."""
+        await self.jobs.mark_delivered(job_id)
+
+    async def undelivered_jobs(self) -> list[JobRecord]:
+        """Finished, failed or cancelled jobs whose outcome has not reached the user yet."""
+        return await self.jobs.undelivered_jobs()
 
     async def get_job(self, job_id: int) -> JobRecord | None:
         """The job with this id, or None."""

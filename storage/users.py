@@ -136,8 +136,10 @@ class UsersRepo:
         assert row is not None
         return _profile(row)
 
-    async def _update(self, user_id: int, changes: dict[str, Any]) -> UserProfile:
-        async with self._db.transaction() as tx:
+    async def _update(
+        self, user_id: int, changes: dict[str, Any], tx: Transaction | None = None
+    ) -> UserProfile:
+        async with self._db.within(tx) as tx:
             return await self._ensure_and_update(tx, user_id, changes)
 
     async def set_fixed_seed(self, user_id: int, seed: int) -> UserProfile:
@@ -148,9 +150,11 @@ class UsersRepo:
         """Go back to a random seed per generation."""
         return await self._update(user_id, {"fixed_seed": None})
 
-    async def set_last_seed(self, user_id: int, seed: int) -> UserProfile:
+    async def set_last_seed(
+        self, user_id: int, seed: int, *, tx: Transaction | None = None
+    ) -> UserProfile:
         """Remember the seed of the user's latest image (for ``/seed show`` and rerolls)."""
-        return await self._update(user_id, {"last_seed": _check_seed(seed)})
+        return await self._update(user_id, {"last_seed": _check_seed(seed)}, tx)
 
     async def update_defaults(self, user_id: int, **fields: Any) -> UserProfile:
         """Set personal defaults (steps, cfg, width, height, sampler, negative_prompt); None resets one."""

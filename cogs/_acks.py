@@ -1,0 +1,99 @@
+"""Acknowledged commands are never left "thinking…": a record before every early defer.
+
+Commands that must defer before they can write their job (``/train`` downloads its images
+first) record the interaction before deferring and forget it once they have answered. A crash
+in between leaves the record, and the next start answers the interaction with a clear message.
+(``/imagine`` needs none of this: it writes its job before it defers.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from cogs._delivery import interaction_reference, token_fresh
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+ACK_PREFIX = "ack:"
+RESTARTED = (
+    "⚠️ The bot restarted before your `/{command}` was queued; nothing was saved. "
+    "Please run it again."
+)
+
+
+class AckRecord:
+    """The stored record of one deferred interaction; ``forget`` once its job is written."""
+
+    def __init__(self, bot: ImageBot, key: str) -> None:
+        self.bot = bot
+        self.key = key
+        self.forgotten = False
+
+    async def forget(self) -> None:
+        """The command's own record (its job) exists now, or it has answered: drop this one."""
+        if self.forgotten:
+            return
+        try:
+            await self.bot.storage.kv.delete(self.key)
+            self.forgotten = True
+        except Exception:
+            log.exception("could not forget the acknowledgement %s", self.key)
+
+
+@contextlib.asynccontextmanager
+async def recorded_defer(
+    bot: ImageBot, interaction: discord.Interaction, *, ephemeral: bool = False
+) -> AsyncIterator[AckRecord]:
+    """Record the interaction, defer it, and forget the record when the block is left.
+
+    Call ``forget()`` as soon as the job is written, so a crash after that is not answered as
+    "not queued". Leaving the block by an exception also forgets it: the error handler answers.
+    """
+    key = f"{ACK_PREFIX}{interaction.id}"
+    command = interaction.command.qualified_name if interaction.command else "command"
+    record = {**interaction_reference(interaction), "user_id": interaction.user.id}
+    record["command"] = command
+    await bot.storage.kv.set(key, record)
+    ack = AckRecord(bot, key)
+    try:
+        await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+        yield ack
+    finally:
+        await ack.forget()
+
+
+async def answer_orphaned_acks(bot: ImageBot) -> int:
+    """Answer every interaction acknowledged before a crash and never queued; return how many."""
+    records = await bot.storage.kv.with_prefix(ACK_PREFIX)
+    for key, record in records.items():
+        try:
+            await _answer(bot, record)
+        except discord.HTTPException as exc:
+            log.warning("could not answer interaction %s after the restart: %s", key, exc)
+        await bot.storage.kv.delete(key)
+    if records:
+        log.info("answered %d command(s) acknowledged before the restart", len(records))
+    return len(records)
+
+
+async def _answer(bot: ImageBot, record: dict[str, Any]) -> None:
+    text = RESTARTED.format(command=record.get("command", "command"))
+    if token_fresh(record):
+        webhook = discord.Webhook.partial(int(record["app_id"]), record["token"], client=bot)
+        await webhook.edit_message("@original", content=text)  # type: ignore[arg-type]
+        return
+    if not record.get("channel_id"):
+        return
+    channel = bot.get_partial_messageable(int(record["channel_id"]))
+    user = int(record["user_id"])
+    await channel.send(
+        f"<@{user}> {text}", allowed_mentions=discord.AllowedMentions(users=[discord.Object(user)])
+    )

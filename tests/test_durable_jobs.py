@@ -1,0 +1,199 @@
+"""Durable job edges below Discord: finished-not-delivered, caps under bursts, store failures."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from engine.config import QueueConfig
+from engine.events import Finished
+from engine.executor import EngineExecutor
+from engine.generator import TextToImageGenerator
+from engine.jobs import MemoryJobStore
+from engine.queue import FairQueue, QueueFullError
+from storage import Storage
+from storage.errors import StorageError
+from tests.test_executor import Recorder, request
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "storage" / "migrations"
+STORED = request(num_inference_steps=2, guidance_scale=5.0, width=64, height=64, scheduler="Euler")
+
+
+async def test_finished_generation_waits_for_delivery(tmp_path: Path) -> None:
+    storage = await Storage.open(tmp_path / "bot.sqlite3")
+    try:
+        job = await storage.create_job(kind="generate", user_id=7, payload=STORED)
+        await storage.set_job_status(job.id, "running")
+        result = {"seeds": [3], "paths": [str(tmp_path / "a.png")], "model": "tiny"}
+        await storage.set_job_status(job.id, "finished", result=result)
+        # Recorded (seeds, generation row) but not delivered: a restart must deliver it.
+        assert [j.id for j in await storage.undelivered_jobs()] == [job.id]
+        assert await storage.unfinished_jobs() == []
+        generation = await storage.generations.get_generation_by_job(job.id)
+        assert generation is not None and list(generation.seeds) == [3]
+        assert (await storage.users.get_user(7)).last_seed == 3
+        await storage.mark_delivered(job.id)
+        stored = await storage.get_job(job.id)
+        assert stored is not None and stored.status == "done" and stored.delivered
+        assert await storage.undelivered_jobs() == []
+        # A failure carries a message to deliver too.
+        failed = await storage.create_job(kind="generate", user_id=7, payload=request())
+        await storage.set_job_status(failed.id, "failed", result={"message": "no"})
+        assert [j.id for j in await storage.undelivered_jobs()] == [failed.id]
+    finally:
+        await storage.close()
+
+
+async def test_training_registers_its_lora_in_the_same_transaction(tmp_path: Path) -> None:
+    storage = await Storage.open(tmp_path / "bot.sqlite3")
+    try:
+        await storage.loras.add_lora(name="pinky", path=str(tmp_path / "p"), status="training")
+        await storage.loras.add_lora(name="gone", path=str(tmp_path / "g"), status="training")
+        ok = await storage.create_job(kind="train", user_id=1, payload={"train": {"name": "pinky"}})
+        bad = await storage.create_job(kind="train", user_id=1, payload={"train": {"name": "gone"}})
+        await storage.set_job_status(ok.id, "finished", result={"sha256": "ab" * 32})
+        await storage.set_job_status(bad.id, "cancelled", result={"was_running": True})
+        pinky = await storage.loras.get_lora("pinky")
+        assert pinky is not None and pinky.status == "ready" and pinky.sha256 == "ab" * 32
+        assert (await storage.loras.get_lora("gone")).status == "failed"
+        # If the job write fails, the LoRA must not be ready either (one transaction).
+        await storage.loras.add_lora(name="atomic", path=str(tmp_path / "a"), status="training")
+        job = await storage.create_job(
+            kind="train", user_id=1, payload={"train": {"name": "atomic"}}
+        )
+        with pytest.raises(ValueError, match="job status"):
+            await storage.set_job_status(job.id, "exploded", result={})  # type: ignore[arg-type]
+        await storage.db.execute(
+            "CREATE TRIGGER no_finish BEFORE UPDATE OF status ON jobs"
+            " WHEN NEW.status = 'finished' BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        with pytest.raises((StorageError, sqlite3.IntegrityError)):
+            await storage.set_job_status(job.id, "finished", result={"sha256": "cd" * 32})
+        assert (await storage.loras.get_lora("atomic")).status == "training"
+    finally:
+        await storage.close()
+
+
+async def test_migration_keeps_jobs_and_their_ids(tmp_path: Path) -> None:
+    first_only = tmp_path / "m1"
+    first_only.mkdir()
+    (first_only / "0001_init.sql").write_text((MIGRATIONS / "0001_init.sql").read_text())
+    db = tmp_path / "bot.sqlite3"
+    old = await Storage.open(db, migrations_dir=first_only)
+    for status in ("done", "queued", "queued"):  # rows as the previous version wrote them
+        await old.db.execute(
+            "INSERT INTO jobs (kind, user_id, payload, status, created_at, finished_at)"
+            " VALUES ('generate', 1, '{}', ?, 1.0, 2.0)",
+            (status,),
+        )
+    ids = [1, 2, 3]
+    await old.db.execute("DELETE FROM jobs WHERE id = 3")  # the id stays used
+    await old.close()
+    new = await Storage.open(db)
+    try:
+        done = await new.get_job(ids[0])
+        assert done is not None and done.status == "done" and done.delivered
+        queued = await new.get_job(ids[1])
+        assert queued is not None and queued.status == "queued" and not queued.delivered
+        assert await new.undelivered_jobs() == []  # old finished jobs count as delivered
+        fresh = await new.create_job(kind="generate", user_id=1, payload=request())
+        assert fresh.id == ids[2] + 1
+    finally:
+        await new.close()
+
+
+class SlowStore(MemoryJobStore):
+    """A store whose writes take a moment, so concurrent submits interleave."""
+
+    async def create_job(self, **kwargs):  # type: ignore[override]
+        await asyncio.sleep(0.01)
+        return await super().create_job(**kwargs)
+
+
+async def test_global_cap_holds_under_a_burst() -> None:
+    queue = FairQueue(SlowStore(), per_user_cap=3, global_cap=100)
+
+    async def one(user: int) -> bool:
+        try:
+            await queue.submit(kind="generate", user_id=user, payload={})
+        except QueueFullError:
+            return False
+        return True
+
+    accepted = await asyncio.gather(*(one(user) for user in range(160)))
+    assert sum(accepted) == 100 and len(queue) == 100
+
+
+async def test_failed_acknowledgement_cancels_the_job_and_frees_its_slot(
+    tiny_generator: TextToImageGenerator, tmp_path: Path
+) -> None:
+    store = MemoryJobStore()
+    ex = EngineExecutor(
+        tiny_generator, store, QueueConfig(per_user_cap=1), image_path=lambda j, i: tmp_path / "x"
+    )
+    ex.pause()
+    await ex.start()
+    try:
+
+        async def too_late(job):
+            raise TimeoutError("interaction expired")
+
+        with pytest.raises(TimeoutError):
+            await ex.submit(user_id=1, payload=request(), acknowledge=too_late)
+        assert store.jobs[1].status == "cancelled" and store.jobs[1].delivered
+        assert len(ex.queue) == 0
+        acknowledged: list[int] = []
+
+        async def ack(job):
+            assert ex.queue.get_job(job.id) is None  # written, not yet startable
+            acknowledged.append(job.id)
+
+        job = await ex.submit(user_id=1, payload=request(), acknowledge=ack)
+        assert acknowledged == [job.id] and ex.queue.get_job(job.id) is not None
+    finally:
+        await ex.stop()
+
+
+class FlakyStore(MemoryJobStore):
+    """Fails the first N writes of a given status, like a locked or full disk."""
+
+    def __init__(self, status: str, failures: int) -> None:
+        super().__init__()
+        self.fail_status = status
+        self.failures = failures
+
+    async def set_job_status(self, job_id, status, **kwargs):  # type: ignore[override]
+        if status == self.fail_status and self.failures > 0:
+            self.failures -= 1
+            raise StorageError("database is locked")
+        await super().set_job_status(job_id, status, **kwargs)
+
+
+@pytest.mark.parametrize("status", ["running", "done"])
+async def test_dispatcher_survives_storage_errors(
+    tiny_generator: TextToImageGenerator, tmp_path: Path, status: str
+) -> None:
+    store = FlakyStore(status, failures=1)
+    ex = EngineExecutor(
+        tiny_generator,
+        store,
+        QueueConfig(progress_interval_s=60),
+        image_path=lambda j, i: tmp_path / f"job{j.id}-{i}.png",
+    )
+    rec = Recorder()
+    ex.subscribe(rec)
+    await ex.start()
+    try:
+        first = await ex.submit(user_id=1, payload=request("one"))
+        second = await ex.submit(user_id=2, payload=request("two"))
+        await rec.wait(Finished, first.id, timeout=120)
+        await rec.wait(Finished, second.id, timeout=120)
+        assert ex.dispatcher_alive
+        assert ex.health.errors == 1 and "database is locked" in (ex.health.last_error or "")
+        assert store.jobs[first.id].status == "done" and store.jobs[second.id].status == "done"
+        assert len(rec.of(Finished, first.id)) == 1  # retried, finished once
+    finally:
+        await ex.stop()
