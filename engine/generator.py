@@ -100,6 +100,7 @@ class TextToImageGenerator:
             local_files_only=cfg.model.local_files_only,
             safety_checker=cfg.model.safety_checker,
             single_file_config=cfg.model.single_file_config or None,
+            allow_ckpt=cfg.model.allow_ckpt,
         )
         if getattr(pipe, "safety_checker", None) is not None:
             # Run the checker ourselves so flagged images are marked, not blacked out.
@@ -140,6 +141,7 @@ class TextToImageGenerator:
                 dtype=self.dtype,
                 cache_dir=str(self.config.model.cache_dir),
                 local_files_only=self.config.model.local_files_only or offline(),
+                use_safetensors=None if self.config.model.allow_ckpt else True,
             )
         except (OSError, ValueError) as exc:
             raise EngineError(

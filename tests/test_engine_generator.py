@@ -13,6 +13,7 @@ from engine.config import AppConfig, ModelConfig, OptimizationConfig
 from engine.errors import EngineError, GenerationCancelled, ModelNotAvailableError
 from engine.generator import TextToImageGenerator
 from engine.metadata import parse_parameters, read_parameters
+from engine.pipeline import ModelSource, load_pipeline
 from engine.schedulers import SCHEDULER_NAMES
 from tests.conftest import tiny_config
 
@@ -150,6 +151,25 @@ def test_model_errors_are_clear(tmp_path: Path) -> None:
         load(str(ckpt))
     with pytest.raises(ModelNotAvailableError, match="MODEL_ID=demo"):
         load("someone/not-cached-model", cache_dir=tmp_path / "cache")
+
+
+def test_pickle_model_folder_needs_allow_ckpt(tmp_path: Path) -> None:
+    from tests.tiny_sd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tmp_path / "pickled", safe=False)
+    assert (folder / "unet" / "diffusion_pytorch_model.bin").is_file()
+
+    def config(**extra: object) -> AppConfig:
+        return AppConfig(model=ModelConfig(model_id=str(folder), device="cpu", **extra))
+
+    with pytest.raises(EngineError, match=r"pickle weights .*unet/diffusion_pytorch_model\.bin"):
+        TextToImageGenerator(config()).load_model()
+    # The loader itself refuses too, for callers that skip resolve_model_source.
+    with pytest.raises(EngineError, match="MODEL_ALLOW_CKPT=true"):
+        load_pipeline(ModelSource("folder", str(folder)))
+    generator = TextToImageGenerator(config(allow_ckpt=True))
+    generator.load_model()
+    assert generator.loaded and generator.pipe.unet is not None
 
 
 def test_single_file_checkpoint_loads(tiny_model_dir: Path, tmp_path: Path) -> None:
