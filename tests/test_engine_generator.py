@@ -11,8 +11,9 @@ import pytest
 
 from engine.config import AppConfig, ModelConfig, OptimizationConfig
 from engine.errors import EngineError, GenerationCancelled, ModelNotAvailableError
-from engine.generator import TextToImageGenerator
+from engine.generator import MEMORY_RUNGS, TextToImageGenerator
 from engine.metadata import parse_parameters, read_parameters
+from engine.optimizations import attention_processors, memory_rungs
 from engine.pipeline import ModelSource, load_pipeline
 from engine.schedulers import SCHEDULER_NAMES
 from tests.conftest import tiny_config
@@ -235,6 +236,62 @@ def test_each_optimization_flag_runs_on_cpu(
     if flag == "channels_last":
         assert "skipping channels-last on cpu" in caplog.text
     assert gen.dtype.is_floating_point and str(gen.dtype) == "torch.float32"
+
+
+def processor_names(gen: TextToImageGenerator) -> dict[str, set[str]]:
+    return {
+        name: {type(proc).__name__ for proc in procs.values()}
+        for name, procs in attention_processors(gen.pipe).items()
+    }
+
+
+def test_memory_ladder_on_torch2_never_slices_attention(
+    tiny_generator: TextToImageGenerator,
+) -> None:
+    assert memory_rungs(sdpa=True) == MEMORY_RUNGS  # this torch has SDPA
+    assert "attention slicing" not in MEMORY_RUNGS
+    assert MEMORY_RUNGS[0] == "VAE slicing and tiling" and MEMORY_RUNGS[-1] == "one image at a time"
+    before = processor_names(tiny_generator)
+    assert before["unet"] == {"AttnProcessor2_0"}
+    vae = tiny_generator.pipe.vae
+    try:
+        for level in range(1, len(MEMORY_RUNGS) + 1):
+            tiny_generator.set_memory_level(level)
+            assert processor_names(tiny_generator) == before
+            assert vae.use_tiling and vae.use_slicing
+        image = tiny_generator.generate("a red circle", seed=3)[0]
+        assert image.size == (64, 64)
+    finally:
+        tiny_generator.set_memory_level(0)
+    assert processor_names(tiny_generator) == before
+    assert not vae.use_tiling and not vae.use_slicing
+
+
+def test_memory_ladder_without_sdpa_restores_the_processor_in_use(
+    tiny_generator: TextToImageGenerator,
+) -> None:
+    from diffusers.models.attention_processor import AttnProcessor2_0, XFormersAttnProcessor
+
+    assert memory_rungs(sdpa=False)[0] == "attention slicing"
+    unet = tiny_generator.pipe.unet
+    tiny_generator.memory_rungs = memory_rungs(sdpa=False)
+    # Stands in for xformers (not installable here): only the class is checked, nothing runs.
+    unet.set_attn_processor(XFormersAttnProcessor())
+    try:
+        tiny_generator.set_memory_level(1)
+        assert processor_names(tiny_generator)["unet"] == {"SlicedAttnProcessor"}
+        tiny_generator.set_memory_level(3)
+        assert processor_names(tiny_generator)["unet"] == {"SlicedAttnProcessor"}
+        tiny_generator.set_memory_level(0)
+        assert processor_names(tiny_generator)["unet"] == {"XFormersAttnProcessor"}
+        # A second climb and descent restores it again (the saved processors are reusable).
+        tiny_generator.set_memory_level(1)
+        tiny_generator.set_memory_level(0)
+        assert processor_names(tiny_generator)["unet"] == {"XFormersAttnProcessor"}
+    finally:
+        tiny_generator.memory_rungs = MEMORY_RUNGS
+        tiny_generator.set_memory_level(0)
+        unet.set_attn_processor(AttnProcessor2_0())
 
 
 def test_torch_compile_is_opt_in(tiny_model_dir: Path) -> None:
