@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from engine.generator import MEMORY_RUNGS, TextToImageGenerator
 from engine.metadata import parse_parameters, read_parameters
 from engine.optimizations import attention_processors, memory_rungs
 from engine.pipeline import ModelSource, load_pipeline
+from engine.requests import GenerationRequest
 from engine.schedulers import SCHEDULER_NAMES
 from tests.conftest import tiny_config
 
@@ -130,6 +132,42 @@ def test_bad_input_is_refused_before_work(
     with pytest.raises(ValueError, match=message):
         tiny_generator.generate("a dog", progress=lambda *a: calls.append(a), **kwargs)
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_inference_steps", 0, "num_inference_steps: must be between 1 and 150 (got 0)"),
+        ("num_images", 0, "num_images: must be between 1 and 8 (got 0)"),
+        ("width", 0, "width: must be a multiple of 8 between 64 and 2048 (got 0)"),
+        ("height", 0, "height: must be a multiple of 8 between 64 and 2048 (got 0)"),
+        ("guidance_scale", -0.5, "guidance_scale: must be between 0 and 30 (got -0.5)"),
+        ("num_inference_steps", float("inf"), "num_inference_steps: must be a finite number"),
+        ("guidance_scale", float("nan"), "guidance_scale: must be"),
+    ],
+)
+def test_prepare_refuses_zero_and_out_of_range_instead_of_the_default(
+    tiny_generator: TextToImageGenerator, field: str, value: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_generator.prepare(GenerationRequest(prompt="a dog", **{field: value}))
+
+
+def test_prepare_none_means_default_and_zero_cfg_is_kept(
+    tiny_generator: TextToImageGenerator,
+) -> None:
+    defaults = tiny_generator.config.generation
+    resolved = tiny_generator.prepare(GenerationRequest(prompt="a dog", seed=0))
+    assert resolved.num_inference_steps == defaults.num_inference_steps == 3
+    assert (resolved.width, resolved.height) == (defaults.width, defaults.height) == (64, 64)
+    assert resolved.num_images == 1 and resolved.seeds == (0,)
+    assert resolved.guidance_scale == defaults.guidance_scale
+    zero_cfg = tiny_generator.prepare(GenerationRequest(prompt="a dog", guidance_scale=0))
+    assert zero_cfg.guidance_scale == 0.0
+    assert (
+        tiny_generator.prepare(GenerationRequest(prompt="a", negative_prompt="")).negative_prompt
+        == ""
+    )
 
 
 def test_empty_prompt_refused(tiny_generator: TextToImageGenerator) -> None:
