@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -95,15 +96,49 @@ def test_cli_bad_input_one_line_nonzero(tiny_model_dir: Path, tmp_path: Path) ->
     ],
 )
 def test_cli_zero_and_out_of_range_refused_in_process(
-    extra: tuple[str, str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    extra: tuple[str, str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same refusals without a subprocess each (no model is loaded before them)."""
-    from engine.__main__ import main
+    import engine.__main__ as cli
 
+    # Silencing the libraries is for the command line's own process, not for this one.
+    monkeypatch.setattr(cli, "quiet_libraries", lambda: None)
+    main = cli.main
     assert main(["a dog", "--model", "demo", "--out", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {message}"]
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_prints_no_library_noise_on_the_demo_model(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run_cli(
+        "a red circle on a blue background", "--model", "demo", "--steps", "2",
+        "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(out.glob("gen_*.png"))) == 1
+    assert "torchvision" not in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if "warn" in line.lower()]
+    # What is left on stderr is our own progress bar (tqdm redraws with carriage returns).
+    parts = [p.strip() for p in proc.stderr.replace("\r", "\n").splitlines() if p.strip()]
+    assert parts and all(p.startswith("generating:") for p in parts), proc.stderr
+    assert proc.stdout.splitlines()[0].startswith(str(out / "gen_"))
+
+
+def test_importing_the_engine_leaves_library_logging_alone() -> None:
+    from diffusers.utils import logging as diffusers_logging
+
+    import engine.__main__
+    import engine.generator  # noqa: F401
+
+    assert diffusers_logging.get_verbosity() == logging.WARNING
+    assert diffusers_logging.is_progress_bar_enabled()
+    assert "TRANSFORMERS_VERBOSITY" not in os.environ
 
 
 def test_estimate_vram_loads_no_model(tmp_path: Path) -> None:
