@@ -1,4 +1,7 @@
-"""Command line: python -m engine "a castle at dusk" --steps 30 --seed 42 ..."""
+"""Command line: python -m engine "a castle at dusk" --steps 30 --seed 42 ...
+
+`python -m engine doctor` checks the machine and the settings instead (engine/doctor.py).
+"""
 
 from __future__ import annotations
 
@@ -103,6 +106,11 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["doctor"]:  # a prompt that is just "doctor": python -m engine -- doctor
+        from engine.doctor import main as doctor
+
+        return doctor(argv[1:])
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
