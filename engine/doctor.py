@@ -31,6 +31,7 @@ MIN_FREE_MB = 200  # below this the bot cannot save its database or images
 LOW_FREE_MB = 2048
 DOWNLOAD_MB = 5 * 1024  # an SD v1.5 download with room to spare
 LOW_VRAM_MB = 1800
+NOT_CACHED = "not cached yet"
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,11 @@ def torch_build_for(major: int, minor: int) -> str:
     """The pip command for a torch build with kernels for a card of this compute capability."""
     if major < 5:
         return "no current PyTorch build supports this card; run on the CPU (MODEL_DEVICE=cpu)"
-    # CUDA 12.8+ builds dropped Maxwell, Pascal and Volta (sm_50-sm_70); 12.6 builds keep them.
     tag = "cu128" if major >= 10 else "cu126"
-    return f"pip install --force-reinstall torch --index-url {TORCH_INDEX}{tag}"
+    command = f"pip install --force-reinstall torch --index-url {TORCH_INDEX}{tag}"
+    if major < 7 or (major, minor) == (7, 0):
+        return command + " (CUDA 12.8+ builds dropped sm_50-sm_70; 12.6 builds keep them)"
+    return command
 
 
 def has_kernels(major: int, minor: int, arch_list: Sequence[str]) -> bool:
@@ -213,7 +216,7 @@ def check_model(model: ModelConfig) -> Check:
             "run once online (unset HF_HUB_OFFLINE / MODEL_LOCAL_FILES_ONLY) or set MODEL_ID=demo",
             fatal=True,
         )
-    return Check("model", f"MODEL_ID={ref}: not cached yet; the first start downloads 2-4 GB")
+    return Check("model", f"MODEL_ID={ref}: {NOT_CACHED}; the first start downloads 2-4 GB")
 
 
 def check_token(settings: Mapping[str, str], env_file: str | Path = ENV_FILE) -> Check:
@@ -247,7 +250,7 @@ def run_checks(env_file: str | Path = ENV_FILE) -> list[Check]:
         return [*checks, Check("settings", str(exc), False, "fix that setting", fatal=True)]
     checks += check_gpu(opt)
     checks.append(model_check := check_model(model))
-    need = DOWNLOAD_MB if "not cached yet" in model_check.summary else LOW_FREE_MB
+    need = DOWNLOAD_MB if NOT_CACHED in model_check.summary else LOW_FREE_MB
     checks.append(check_disk("model cache", model.cache_dir, need))
     settings = read_settings(env_file)
     for label, variable, default in DATA_FOLDERS:

@@ -71,7 +71,7 @@ def test_faked_old_card_without_kernels_is_fatal_with_the_build_to_install(
     assert gpu.ok and "GTX 1050" in gpu.summary and "compute capability 6.1 (sm_61)" in gpu.summary
     assert not kernels.ok and kernels.fatal
     assert "no kernels for sm_61" in kernels.summary and "sm_75" in kernels.summary
-    assert "download.pytorch.org/whl/cu126" in kernels.fix
+    assert "download.pytorch.org/whl/cu126" in kernels.fix and "dropped sm_50-sm_70" in kernels.fix
     assert "cu128" in torch_build_for(12, 0) and "CPU" in torch_build_for(3, 7)
 
 
