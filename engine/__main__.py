@@ -1,10 +1,15 @@
-"""Command line: python -m engine "a castle at dusk" --steps 30 --seed 42 ..."""
+"""Command line: python -m engine "a castle at dusk" --steps 30 --seed 42 ...
+
+`python -m engine doctor` checks the machine and the settings instead (engine/doctor.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from engine.config import AppConfig, ConfigError, load_config
@@ -16,6 +21,7 @@ from engine.schedulers import SCHEDULER_NAMES
 from engine.vram import estimate_for_config
 
 log = logging.getLogger("engine.cli")
+LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft", "torch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +49,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--estimate-vram", action="store_true", help="print a VRAM estimate and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--verbose", action="store_true", help="show library warnings, loading bars and info logs"
+    )
     return p
+
+
+def quiet_libraries() -> None:
+    """Hide the libraries' warnings and loading bars in this command-line process only.
+
+    Library users keep the libraries' defaults: nothing here runs on `import engine`.
+    An explicit TRANSFORMERS_VERBOSITY or DIFFUSERS_VERBOSITY still wins.
+    """
+    from huggingface_hub.utils import disable_progress_bars
+
+    # transformers reads this when it is first imported (later, when the model loads).
+    disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        if "TRANSFORMERS_VERBOSITY" not in os.environ:
+            transformers_logging.set_verbosity_error()
+    else:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    if "DIFFUSERS_VERBOSITY" not in os.environ:
+        diffusers_logging.set_verbosity_error()
+    for name in LIBRARIES:
+        if name not in ("transformers", "diffusers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    pattern = "|".join(LIBRARIES)
+    warnings.filterwarnings("ignore", module=rf"({pattern})(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _config(args: argparse.Namespace) -> AppConfig:
@@ -65,8 +106,16 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["doctor"]:  # a prompt that is just "doctor": python -m engine -- doctor
+        from engine.doctor import main as doctor
+
+        return doctor(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        quiet_libraries()
     request = GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative,

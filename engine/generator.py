@@ -19,7 +19,11 @@ from engine.errors import EngineError, GenerationCancelled
 from engine.lora import WEIGHT_NAME, LoraManager, lora_display_name, resolve_lora_file
 from engine.metadata import format_parameters, save_png
 from engine.optimizations import (
+    AttentionProcessors,
+    apply_memory_level,
     apply_optimizations,
+    attention_processors,
+    memory_rungs,
     precision_name,
     resolve_device,
     resolve_dtype,
@@ -44,13 +48,7 @@ ProgressCallback = Callable[[int, int, Any], None]
 
 
 # The out-of-memory ladder: each rung adds one saving to those below it.
-MEMORY_RUNGS = (
-    "attention slicing",
-    "VAE tiling",
-    "model CPU offload",
-    "sequential CPU offload",
-    "one image at a time",
-)
+MEMORY_RUNGS = memory_rungs()
 
 
 FAST_ADAPTER = "lcm_fast"
@@ -79,6 +77,8 @@ class TextToImageGenerator:
         self._opt: Any = None
         self.tiny_vae: Any = None
         self.memory_level = 0
+        self.memory_rungs = MEMORY_RUNGS
+        self._attention: AttentionProcessors = {}
 
     @property
     def loaded(self) -> bool:
@@ -100,6 +100,7 @@ class TextToImageGenerator:
             local_files_only=cfg.model.local_files_only,
             safety_checker=cfg.model.safety_checker,
             single_file_config=cfg.model.single_file_config or None,
+            allow_ckpt=cfg.model.allow_ckpt,
         )
         if getattr(pipe, "safety_checker", None) is not None:
             # Run the checker ourselves so flagged images are marked, not blacked out.
@@ -140,6 +141,7 @@ class TextToImageGenerator:
                 dtype=self.dtype,
                 cache_dir=str(self.config.model.cache_dir),
                 local_files_only=self.config.model.local_files_only or offline(),
+                use_safetensors=None if self.config.model.allow_ckpt else True,
             )
         except (OSError, ValueError) as exc:
             raise EngineError(
@@ -293,31 +295,18 @@ class TextToImageGenerator:
         )
 
     def set_memory_level(self, level: int) -> None:
-        """Apply the first `level` rungs of MEMORY_RUNGS on top of the configured settings."""
-        level = max(0, min(level, len(MEMORY_RUNGS)))
+        """Apply the first `level` rungs of `memory_rungs` on top of the configured settings."""
+        level = max(0, min(level, len(self.memory_rungs)))
         if level == self.memory_level or not self.loaded:
             self.memory_level = level
             return
-        opt, pipe = self._opt, self.pipe
-        if opt.enable_attention_slicing or level >= 1:
-            pipe.enable_attention_slicing()
-        else:
-            pipe.disable_attention_slicing()
-        if opt.enable_vae_tiling or level >= 2:
-            pipe.vae.enable_tiling()
-        else:
-            pipe.vae.disable_tiling()
-        if self.device.startswith("cuda"):
-            from engine.optimizations import place_on_device
-
-            pipe.remove_all_hooks()
-            updates = {
-                "enable_model_cpu_offload": opt.enable_model_cpu_offload or level == 3,
-                "enable_sequential_cpu_offload": opt.enable_sequential_cpu_offload or level >= 4,
-            }
-            place_on_device(pipe, opt.model_copy(update=updates), self.device)
+        if self.memory_level == 0:
+            # What is in use now (xformers, SDPA, custom) is what stepping back down restores.
+            self._attention = attention_processors(self.pipe)
+        active = self.memory_rungs[:level]
+        apply_memory_level(self.pipe, self._opt, self.device, active, self._attention)
         self.memory_level = level
-        log.info("memory level %d (%s)", level, ", ".join(MEMORY_RUNGS[:level]) or "as configured")
+        log.info("memory level %d (%s)", level, ", ".join(active) or "as configured")
 
     def _select_lora(self, resolved: ResolvedRequest) -> None:
         assert self.lora is not None

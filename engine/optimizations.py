@@ -11,6 +11,11 @@ import torch
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ATTENTION_SLICING = "attention slicing"
+VAE_SLICING_TILING = "VAE slicing and tiling"
+MODEL_OFFLOAD = "model CPU offload"
+SEQUENTIAL_OFFLOAD = "sequential CPU offload"
+ONE_BY_ONE = "one image at a time"
 GPU_ONLY = (
     "enable_model_cpu_offload",
     "enable_sequential_cpu_offload",
@@ -120,3 +125,70 @@ def enable_group_offload(pipe: Any, device: str) -> list[str]:
             use_stream=True,
         )
     return ["group offload (CUDA streams)"]
+
+
+def sdpa_available() -> bool:
+    """Whether this torch has scaled_dot_product_attention (PyTorch 2), diffusers' default."""
+    return hasattr(torch.nn.functional, "scaled_dot_product_attention")
+
+
+def memory_rungs(sdpa: bool | None = None) -> tuple[str, ...]:
+    """The out-of-memory ladder, cheapest saving first; each rung adds to those below it.
+
+    Attention slicing is a rung only without SDPA: it replaces the memory-efficient kernel
+    (which keeps no score matrix) with a sliced one that does, so on PyTorch 2 it costs memory.
+    The last rung (one image at a time) is carried out by the caller, not by the pipeline.
+    """
+    rungs = (VAE_SLICING_TILING, MODEL_OFFLOAD, SEQUENTIAL_OFFLOAD, ONE_BY_ONE)
+    if sdpa if sdpa is not None else sdpa_available():
+        return rungs
+    return (ATTENTION_SLICING, *rungs)
+
+
+AttentionProcessors = dict[str, dict[str, Any]]
+
+
+def attention_processors(pipe: Any) -> AttentionProcessors:
+    """The attention processor of every attention layer, per pipeline component."""
+    found: AttentionProcessors = {}
+    for name in ("unet", "vae"):
+        module = getattr(pipe, name, None)
+        if module is not None and hasattr(module, "attn_processors"):
+            found[name] = dict(module.attn_processors)
+    return found
+
+
+def restore_attention_processors(pipe: Any, saved: AttentionProcessors) -> None:
+    """Put back processors saved by attention_processors (xformers, SDPA or custom)."""
+    for name, processors in saved.items():
+        module = getattr(pipe, name, None)
+        if module is not None and set(module.attn_processors) == set(processors):
+            module.set_attn_processor(dict(processors))  # it pops from the dict it gets
+
+
+def apply_memory_level(
+    pipe: Any, opt: Any, device: str, active: tuple[str, ...], attention: AttentionProcessors
+) -> None:
+    """Turn on the savings of the `active` rungs on top of `opt`; turn the others back off."""
+    if opt.enable_attention_slicing or ATTENTION_SLICING in active:
+        pipe.enable_attention_slicing()
+    else:
+        # Not disable_attention_slicing(): it installs the default, dropping xformers.
+        restore_attention_processors(pipe, attention)
+    vae_rung = VAE_SLICING_TILING in active
+    if opt.enable_vae_slicing or vae_rung:
+        pipe.vae.enable_slicing()
+    else:
+        pipe.vae.disable_slicing()
+    if opt.enable_vae_tiling or vae_rung:
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
+    if device.startswith("cuda"):
+        pipe.remove_all_hooks()
+        updates = {
+            "enable_model_cpu_offload": opt.enable_model_cpu_offload or MODEL_OFFLOAD in active,
+            "enable_sequential_cpu_offload": opt.enable_sequential_cpu_offload
+            or SEQUENTIAL_OFFLOAD in active,
+        }
+        place_on_device(pipe, opt.model_copy(update=updates), device)

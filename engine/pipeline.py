@@ -20,6 +20,9 @@ DEMO_MODEL_DIR = PROJECT_ROOT / "models" / "demo"
 ALIASES = {"demo": DEMO_MODEL_DIR}
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+PICKLE_ADVICE = (
+    "pickle files can run arbitrary code; set MODEL_ALLOW_CKPT=true only if you trust them"
+)
 MODEL_DEFAULTS_FILE = "engine_defaults.json"
 
 
@@ -45,6 +48,8 @@ def resolve_model_source(model_id: str, allow_ckpt: bool = False) -> ModelSource
         folder = ALIASES[ref.lower()]
         if not (folder / "model_index.json").is_file():
             raise EngineError(f"model: the bundled '{ref}' model is missing from {folder}")
+        if not allow_ckpt:
+            check_folder_weights(folder)
         return ModelSource("folder", str(folder))
     path = Path(ref).expanduser()
     suffix = path.suffix.lower()
@@ -53,6 +58,8 @@ def resolve_model_source(model_id: str, allow_ckpt: bool = False) -> ModelSource
             raise EngineError(
                 f"model: {path} is a folder but not a diffusers model (no model_index.json)"
             )
+        if not allow_ckpt:
+            check_folder_weights(path)
         return ModelSource("folder", str(path))
     if path.is_file():
         if suffix in SINGLE_FILE_SUFFIXES:
@@ -79,6 +86,23 @@ def resolve_model_source(model_id: str, allow_ckpt: bool = False) -> ModelSource
             f"model: {ref!r} is neither an existing path nor a hub id like 'owner/name'"
         )
     return ModelSource("hub", ref)
+
+
+def check_folder_weights(folder: Path) -> None:
+    """Raise EngineError when a component of a diffusers folder has only pickle weights."""
+    pickled = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [f for f in sub.iterdir() if f.is_file()]
+        has_safe = any(f.suffix.lower() == ".safetensors" for f in files)
+        pickles = [f.name for f in files if f.suffix.lower() in PICKLE_SUFFIXES]
+        if pickles and not has_safe:
+            pickled.append(f"{sub.name}/{pickles[0]}")
+    if pickled:
+        raise EngineError(
+            f"model: {folder} has pickle weights without .safetensors ({', '.join(pickled)}); "
+            f"convert them to .safetensors (save_pretrained(..., safe_serialization=True)); "
+            + PICKLE_ADVICE
+        )
 
 
 def read_model_defaults(source: ModelSource) -> dict[str, Any]:
@@ -117,14 +141,19 @@ def load_pipeline(
     local_files_only: bool = False,
     safety_checker: bool = False,
     single_file_config: str | None = None,
+    allow_ckpt: bool = False,
 ) -> Any:
-    """Load a StableDiffusionPipeline (on the CPU) from a resolved source."""
+    """Load a StableDiffusionPipeline (on the CPU) from a resolved source.
+
+    Folders and hub ids load .safetensors weights only unless allow_ckpt (MODEL_ALLOW_CKPT).
+    """
     from diffusers import StableDiffusionPipeline
 
     local_only = local_files_only or offline()
-    extra: dict[str, Any] = {}
+    # None lets diffusers fall back to pickle .bin files when a component has no safetensors.
+    extra: dict[str, Any] = {"use_safetensors": None if allow_ckpt else True}
     if not safety_checker:
-        extra = {"safety_checker": None, "requires_safety_checker": False}
+        extra.update(safety_checker=None, requires_safety_checker=False)
     try:
         if source.kind == "folder":
             pipe = StableDiffusionPipeline.from_pretrained(
@@ -143,6 +172,10 @@ def load_pipeline(
     except EngineError:
         raise
     except (OSError, ValueError) as exc:
+        if not allow_ckpt and source.kind != "single_file" and ".safetensors" in str(exc):
+            raise EngineError(
+                f"model: {source.location} has no .safetensors weights ({exc}); " + PICKLE_ADVICE
+            ) from exc
         if source.kind == "hub" or (source.kind == "single_file" and not single_file_config):
             raise _not_available(source.location, cache_dir, exc) from exc
         raise EngineError(f"model: could not load {source.location}: {exc}") from exc
@@ -160,7 +193,6 @@ def _from_hub(
         "dtype": dtype,
         "cache_dir": str(cache_dir),
         "local_files_only": local_only,
-        "use_safetensors": True,
         **extra,
     }
     if dtype != torch.float32:

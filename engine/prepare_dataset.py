@@ -150,23 +150,33 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
+def default_min_size(size: int) -> int:
+    """The smallest short side accepted for a set of `size` px: half of it (upscaled at most 2x)."""
+    return max(1, size // 2)
+
+
 def prepare_dataset(
     src: str | Path,
     dst: str | Path,
     size: int = 512,
     *,
-    min_size: int = 256,
+    min_size: int | None = None,
     buckets: bool = False,
     trigger_word: str = "sks",
     template: str = DEFAULT_TEMPLATE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PrepareReport:
-    """Clean every file of `src` into `dst` as NNNN.png + NNNN.txt; reject bad files with a reason."""
+    """Clean every file of `src` into `dst` as NNNN.png + NNNN.txt; reject bad files with a reason.
+
+    Images whose short side is under `min_size` (default: half of `size`) are rejected.
+    """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise ValueError(f"src: not a folder: {src}")
     if size % 8 or not 64 <= size <= 2048:
         raise ValueError(f"size: must be a multiple of 8 between 64 and 2048 (got {size})")
+    if min_size is None:
+        min_size = default_min_size(size)
     if min_size < 1:
         raise ValueError(f"min_size: must be at least 1 (got {min_size})")
     dst.mkdir(parents=True, exist_ok=True)
@@ -216,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--src", required=True, type=Path, help="folder of raw images")
     parser.add_argument("--dst", required=True, type=Path, help="output folder")
     parser.add_argument("--size", type=int, default=512, help="output side in pixels")
-    parser.add_argument("--min_size", type=int, default=256, help="reject short side below this")
+    parser.add_argument(
+        "--min_size", type=int, default=None, help="reject short side below this (default: size/2)"
+    )
     parser.add_argument("--buckets", action="store_true", help="keep aspect ratio (buckets)")
     parser.add_argument("--trigger_word", default="sks", help="word used in template captions")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="caption with {trigger}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -137,6 +138,8 @@ def resolve_request(
         try:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"must be a number (got {value!r})")
+            if not math.isfinite(value):
+                raise ValueError(f"must be a finite number (got {value!r})")
             if name != "guidance_scale" and int(value) != value:
                 raise ValueError(f"must be a whole number (got {value!r})")
             check(value)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from engine.metadata import parse_parameters
@@ -67,7 +69,7 @@ def test_cli_with_lora(tiny_model_dir: Path, tiny_lora: Path, tmp_path: Path) ->
 def test_cli_bad_input_one_line_nonzero(tiny_model_dir: Path, tmp_path: Path) -> None:
     cases = {
         ("--width", "100"): "width: must be a multiple of 8",
-        ("--steps", "0"): "num_inference_steps: must be between 1 and 150",
+        ("--steps", "0"): "num_inference_steps: must be between 1 and 150 (got 0)",
         ("--scheduler", "nope"): "unknown name 'nope'",
         ("--lora", str(tmp_path / "missing.safetensors")): "LoRA: file not found",
         ("--model", str(tmp_path / "nowhere")): "model: path not found",
@@ -81,6 +83,62 @@ def test_cli_bad_input_one_line_nonzero(tiny_model_dir: Path, tmp_path: Path) ->
         lines = proc.stderr.strip().splitlines()
         assert lines == [lines[0]] and message in lines[0], proc.stderr
     assert not list(tmp_path.glob("**/*.png"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--num", "0"), "num_images: must be between 1 and 8 (got 0)"),
+        (("--width", "0"), "width: must be a multiple of 8 between 64 and 2048 (got 0)"),
+        (("--height", "0"), "height: must be a multiple of 8 between 64 and 2048 (got 0)"),
+        (("--cfg", "-1"), "guidance_scale: must be between 0 and 30 (got -1.0)"),
+        (("--steps", "151"), "num_inference_steps: must be between 1 and 150 (got 151)"),
+    ],
+)
+def test_cli_zero_and_out_of_range_refused_in_process(
+    extra: tuple[str, str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same refusals without a subprocess each (no model is loaded before them)."""
+    import engine.__main__ as cli
+
+    # Silencing the libraries is for the command line's own process, not for this one.
+    monkeypatch.setattr(cli, "quiet_libraries", lambda: None)
+    main = cli.main
+    assert main(["a dog", "--model", "demo", "--out", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {message}"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_prints_no_library_noise_on_the_demo_model(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run_cli(
+        "a red circle on a blue background", "--model", "demo", "--steps", "2",
+        "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(out.glob("gen_*.png"))) == 1
+    assert "torchvision" not in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if "warn" in line.lower()]
+    # What is left on stderr is our own progress bar (tqdm redraws with carriage returns).
+    parts = [p.strip() for p in proc.stderr.replace("\r", "\n").splitlines() if p.strip()]
+    assert parts and all(p.startswith("generating:") for p in parts), proc.stderr
+    assert proc.stdout.splitlines()[0].startswith(str(out / "gen_"))
+
+
+def test_importing_the_engine_leaves_library_logging_alone() -> None:
+    from diffusers.utils import logging as diffusers_logging
+
+    import engine.__main__
+    import engine.generator  # noqa: F401
+
+    assert diffusers_logging.get_verbosity() == logging.WARNING
+    assert diffusers_logging.is_progress_bar_enabled()
+    assert "TRANSFORMERS_VERBOSITY" not in os.environ
 
 
 def test_estimate_vram_loads_no_model(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 
@@ -11,8 +12,11 @@ import pytest
 
 from engine.config import AppConfig, ModelConfig, OptimizationConfig
 from engine.errors import EngineError, GenerationCancelled, ModelNotAvailableError
-from engine.generator import TextToImageGenerator
+from engine.generator import MEMORY_RUNGS, TextToImageGenerator
 from engine.metadata import parse_parameters, read_parameters
+from engine.optimizations import attention_processors, memory_rungs
+from engine.pipeline import ModelSource, load_pipeline
+from engine.requests import GenerationRequest
 from engine.schedulers import SCHEDULER_NAMES
 from tests.conftest import tiny_config
 
@@ -130,6 +134,42 @@ def test_bad_input_is_refused_before_work(
     assert calls == []
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_inference_steps", 0, "num_inference_steps: must be between 1 and 150 (got 0)"),
+        ("num_images", 0, "num_images: must be between 1 and 8 (got 0)"),
+        ("width", 0, "width: must be a multiple of 8 between 64 and 2048 (got 0)"),
+        ("height", 0, "height: must be a multiple of 8 between 64 and 2048 (got 0)"),
+        ("guidance_scale", -0.5, "guidance_scale: must be between 0 and 30 (got -0.5)"),
+        ("num_inference_steps", float("inf"), "num_inference_steps: must be a finite number"),
+        ("guidance_scale", float("nan"), "guidance_scale: must be"),
+    ],
+)
+def test_prepare_refuses_zero_and_out_of_range_instead_of_the_default(
+    tiny_generator: TextToImageGenerator, field: str, value: float, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_generator.prepare(GenerationRequest(prompt="a dog", **{field: value}))
+
+
+def test_prepare_none_means_default_and_zero_cfg_is_kept(
+    tiny_generator: TextToImageGenerator,
+) -> None:
+    defaults = tiny_generator.config.generation
+    resolved = tiny_generator.prepare(GenerationRequest(prompt="a dog", seed=0))
+    assert resolved.num_inference_steps == defaults.num_inference_steps == 3
+    assert (resolved.width, resolved.height) == (defaults.width, defaults.height) == (64, 64)
+    assert resolved.num_images == 1 and resolved.seeds == (0,)
+    assert resolved.guidance_scale == defaults.guidance_scale
+    zero_cfg = tiny_generator.prepare(GenerationRequest(prompt="a dog", guidance_scale=0))
+    assert zero_cfg.guidance_scale == 0.0
+    assert (
+        tiny_generator.prepare(GenerationRequest(prompt="a", negative_prompt="")).negative_prompt
+        == ""
+    )
+
+
 def test_empty_prompt_refused(tiny_generator: TextToImageGenerator) -> None:
     with pytest.raises(ValueError, match="prompt: must not be empty"):
         tiny_generator.generate("   ")
@@ -150,6 +190,25 @@ def test_model_errors_are_clear(tmp_path: Path) -> None:
         load(str(ckpt))
     with pytest.raises(ModelNotAvailableError, match="MODEL_ID=demo"):
         load("someone/not-cached-model", cache_dir=tmp_path / "cache")
+
+
+def test_pickle_model_folder_needs_allow_ckpt(tmp_path: Path) -> None:
+    from tests.tiny_sd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tmp_path / "pickled", safe=False)
+    assert (folder / "unet" / "diffusion_pytorch_model.bin").is_file()
+
+    def config(**extra: object) -> AppConfig:
+        return AppConfig(model=ModelConfig(model_id=str(folder), device="cpu", **extra))
+
+    with pytest.raises(EngineError, match=r"pickle weights .*unet/diffusion_pytorch_model\.bin"):
+        TextToImageGenerator(config()).load_model()
+    # The loader itself refuses too, for callers that skip resolve_model_source.
+    with pytest.raises(EngineError, match="MODEL_ALLOW_CKPT=true"):
+        load_pipeline(ModelSource("folder", str(folder)))
+    generator = TextToImageGenerator(config(allow_ckpt=True))
+    generator.load_model()
+    assert generator.loaded and generator.pipe.unet is not None
 
 
 def test_single_file_checkpoint_loads(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -215,6 +274,62 @@ def test_each_optimization_flag_runs_on_cpu(
     if flag == "channels_last":
         assert "skipping channels-last on cpu" in caplog.text
     assert gen.dtype.is_floating_point and str(gen.dtype) == "torch.float32"
+
+
+def processor_names(gen: TextToImageGenerator) -> dict[str, set[str]]:
+    return {
+        name: {type(proc).__name__ for proc in procs.values()}
+        for name, procs in attention_processors(gen.pipe).items()
+    }
+
+
+def test_memory_ladder_on_torch2_never_slices_attention(
+    tiny_generator: TextToImageGenerator,
+) -> None:
+    assert memory_rungs(sdpa=True) == MEMORY_RUNGS  # this torch has SDPA
+    assert "attention slicing" not in MEMORY_RUNGS
+    assert MEMORY_RUNGS[0] == "VAE slicing and tiling" and MEMORY_RUNGS[-1] == "one image at a time"
+    before = processor_names(tiny_generator)
+    assert before["unet"] == {"AttnProcessor2_0"}
+    vae = tiny_generator.pipe.vae
+    try:
+        for level in range(1, len(MEMORY_RUNGS) + 1):
+            tiny_generator.set_memory_level(level)
+            assert processor_names(tiny_generator) == before
+            assert vae.use_tiling and vae.use_slicing
+        image = tiny_generator.generate("a red circle", seed=3)[0]
+        assert image.size == (64, 64)
+    finally:
+        tiny_generator.set_memory_level(0)
+    assert processor_names(tiny_generator) == before
+    assert not vae.use_tiling and not vae.use_slicing
+
+
+def test_memory_ladder_without_sdpa_restores_the_processor_in_use(
+    tiny_generator: TextToImageGenerator,
+) -> None:
+    from diffusers.models.attention_processor import AttnProcessor2_0, XFormersAttnProcessor
+
+    assert memory_rungs(sdpa=False)[0] == "attention slicing"
+    unet = tiny_generator.pipe.unet
+    tiny_generator.memory_rungs = memory_rungs(sdpa=False)
+    # Stands in for xformers (not installable here): only the class is checked, nothing runs.
+    unet.set_attn_processor(XFormersAttnProcessor())
+    try:
+        tiny_generator.set_memory_level(1)
+        assert processor_names(tiny_generator)["unet"] == {"SlicedAttnProcessor"}
+        tiny_generator.set_memory_level(3)
+        assert processor_names(tiny_generator)["unet"] == {"SlicedAttnProcessor"}
+        tiny_generator.set_memory_level(0)
+        assert processor_names(tiny_generator)["unet"] == {"XFormersAttnProcessor"}
+        # A second climb and descent restores it again (the saved processors are reusable).
+        tiny_generator.set_memory_level(1)
+        tiny_generator.set_memory_level(0)
+        assert processor_names(tiny_generator)["unet"] == {"XFormersAttnProcessor"}
+    finally:
+        tiny_generator.memory_rungs = MEMORY_RUNGS
+        tiny_generator.set_memory_level(0)
+        unet.set_attn_processor(AttnProcessor2_0())
 
 
 def test_torch_compile_is_opt_in(tiny_model_dir: Path) -> None:

@@ -141,10 +141,31 @@ def test_default_min_size_and_rerun_replaces_outputs(tmp_path: Path) -> None:
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "0007.png").write_bytes(b"stale")
-    report = prepare_dataset(src, dst, 64)
+    report = prepare_dataset(src, dst, 512)
     assert [r.path.name for r in report.rejected] == ["small.png"]
     assert "under 256" in report.rejected[0].reason
     assert sorted(p.name for p in dst.glob("0*")) == ["0000.png", "0000.txt"]
+
+
+def test_min_size_follows_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (96, 96), (10, 20, 30)).save(src / "a_96.png")
+    Image.new("RGB", (40, 120), (200, 20, 30)).save(src / "b_40.png")
+    Image.new("RGB", (20, 64), (20, 200, 30)).save(src / "c_20.png")
+    report = prepare_dataset(src, tmp_path / "dst", 64)
+    assert len(report.written) == 2  # 96 px and 40 px (>= 64/2) are enough for a 64 px set
+    assert [(r.path.name, r.reason) for r in report.rejected] == [
+        ("c_20.png", "too small: 20x64, short side under 32")
+    ]
+    assert main(["--src", str(src), "--dst", str(tmp_path / "cli"), "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "rejected c_20.png: too small: 20x64, short side under 32" in out
+    assert "wrote 2 images" in out
+    # An explicit --min_size still wins.
+    assert main(["--src", str(src), "--dst", str(tmp_path / "cli"), "--size", "64",
+                 "--min_size", "100"]) == 2  # fmt: skip
+    assert "wrote 0 images" in capsys.readouterr().out
 
 
 def test_buckets_keep_aspect_ratio() -> None:

@@ -150,10 +150,10 @@ def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32):
     )
 
 
-def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
-    """Build a tiny pipeline and save it as a diffusers folder (safetensors)."""
+def save_tiny_pipeline(folder: Path, seed: int = 0, safe: bool = True) -> Path:
+    """Build a tiny pipeline and save it as a diffusers folder (safetensors, or pickle .bin)."""
     pipe = build_tiny_pipeline(seed)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe.save_pretrained(folder, safe_serialization=safe)
     return folder
 
 
