@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,13 @@ from discord.ext import commands
 from cogs._acks import recorded_defer
 from cogs._checks import UserFacingError, admin_only
 from cogs._delivery import Update
+from cogs._train_setup import (
+    MAX_CONTENT,
+    TrainChoices,
+    alt_caption,
+    caption_lines,
+    choose_settings,
+)
 from cogs._ui import COLOR_OK, clip, progress_line
 from cogs._uploads import (
     Upload,
@@ -27,8 +35,10 @@ from cogs._uploads import (
 )
 from engine.events import JobEvent, Progress, Queued, Started
 from engine.jobs import JobRecord
-from engine.prepare_dataset import PrepareReport, prepare_dataset
+from engine.prepare_dataset import prepare_dataset
 from engine.train_lora import TrainConfig
+from engine.training.compare import before_after_png
+from engine.training.recipe import read_recipe
 from storage import AlreadyExistsError, safe_name
 from storage.loras import check_lora_name
 
@@ -39,7 +49,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_EDIT_INTERVAL_S = 10.0  # training runs for minutes: one message edit every ~10 s
 MIN_CHECKPOINT_EVERY = 10
-DEFAULT_RANK = 4
+PROOF_SEED = 0  # the seed of the before/after images
 
 
 def checkpoint_interval(steps: int) -> int:
@@ -101,6 +111,8 @@ class Train(commands.Cog):
         image10="Training image",
         steps="Training steps (more = slower, stronger)",
         rank="LoRA rank (higher = bigger file, more detail)",
+        caption="Caption for images without alt text; {trigger} marks the trigger word",
+        learning_rate="Learning rate (default: the model's recipe; 0.000001 to 0.01)",
     )
     @app_commands.guild_only()
     @admin_only()
@@ -121,6 +133,8 @@ class Train(commands.Cog):
         image10: discord.Attachment | None = None,
         steps: app_commands.Range[int, 1, 20000] | None = None,
         rank: app_commands.Range[int, 1, 128] | None = None,
+        caption: app_commands.Range[str, 1, 300] | None = None,
+        learning_rate: float | None = None,
     ) -> None:
         """Check everything, store the images, queue the training and report where it stands."""
         bot = self.bot
@@ -133,17 +147,7 @@ class Train(commands.Cog):
         except ValueError as exc:
             raise UserFacingError(f"That name cannot be used: {exc}.") from None
         trigger_word = check_trigger_word(trigger)
-        default_steps = min(settings.train_default_steps, settings.train_max_steps)
-        max_steps = steps if steps is not None else default_steps
-        if not 1 <= max_steps <= settings.train_max_steps:
-            raise UserFacingError(
-                f"Steps must be between 1 and {settings.train_max_steps} (got {max_steps})."
-            )
-        lora_rank = rank if rank is not None else min(DEFAULT_RANK, settings.train_max_rank)
-        if not 1 <= lora_rank <= settings.train_max_rank:
-            raise UserFacingError(
-                f"Rank must be between 1 and {settings.train_max_rank} (got {lora_rank})."
-            )
+        choices = await self._choices(steps, rank, learning_rate, caption)
         uploads, left_out = check_uploads(
             attachments, max_mb=settings.max_attachment_mb, min_images=settings.train_min_images
         )
@@ -163,20 +167,19 @@ class Train(commands.Cog):
             log.info("removing the leftovers of a deleted training in %s", output_dir)
             await asyncio.to_thread(shutil.rmtree, output_dir)
         folder = (Path(settings.train_data_dir) / safe_name(name)).resolve()
-        config = self._config(
-            folder / "dataset", output_dir, name, trigger_word, max_steps, lora_rank
-        )
+        config = self._config(folder / "dataset", output_dir, name, trigger_word, choices)
+        captions = [alt_caption(upload.attachment, trigger_word) for upload in uploads]
 
         self._preparing.add(key)
         job: JobRecord | None = None
         try:
             async with recorded_defer(bot, interaction, ephemeral=True) as ack:
-                report, reasons = await self._stage(uploads, folder, config)
+                reasons, used = await self._stage(uploads, captions, folder, config)
+                config = replace(config, sample_prompt=used[0])
                 job = await self._register_and_submit(interaction, config)
                 await ack.forget()
                 await interaction.followup.send(
-                    _queued_text(job, config, len(report.written), left_out + reasons),
-                    ephemeral=True,
+                    _queued_text(job, config, used, left_out + reasons), ephemeral=True
                 )
         except BaseException:
             if job is None:
@@ -186,21 +189,48 @@ class Train(commands.Cog):
             self._preparing.discard(key)
 
     # ----- the steps of /train -----------------------------------------------------------
+    async def _choices(
+        self,
+        steps: int | None,
+        rank: int | None,
+        learning_rate: float | None,
+        caption: str | None,
+    ) -> TrainChoices:
+        """The options given, else the model's recipe, else the bot's defaults; bad → refusal."""
+        from cogs.imagine import sizes
+
+        bot = self.bot
+        settings = bot.bot_settings
+        try:
+            recipe = await asyncio.to_thread(read_recipe, bot.generator.config.model.model_id)
+        except ValueError as exc:
+            log.error("bad training recipe: %s", exc)
+            raise UserFacingError(
+                f"This model's training recipe is broken, so /train cannot run: {exc}. "
+                "Please tell the host."
+            ) from None
+        return choose_settings(
+            recipe,
+            steps=steps,
+            rank=rank,
+            learning_rate=learning_rate,
+            caption=caption,
+            default_steps=settings.train_default_steps,
+            max_steps=settings.train_max_steps,
+            max_rank=settings.train_max_rank,
+            default_resolution=int(sizes(bot)["square"][0]),
+        )
+
     def _config(
         self,
         dataset_dir: Path,
         output_dir: Path,
         name: str,
         trigger_word: str,
-        max_steps: int,
-        rank: int,
+        choices: TrainChoices,
     ) -> TrainConfig:
         """The training settings, checked now so a bad value is refused before queueing."""
-        from cogs.imagine import sizes
-
         bot = self.bot
-        resolution = int(sizes(bot)["square"][0])
-        sample_steps = int(bot.config.generation.num_inference_steps)
         try:
             return TrainConfig(
                 dataset_dir=dataset_dir,
@@ -208,19 +238,31 @@ class Train(commands.Cog):
                 model=bot.generator.config.model.model_id,
                 name=name,
                 trigger_word=trigger_word,
-                max_steps=max_steps,
-                rank=rank,
-                resolution=resolution,
-                checkpoint_every=checkpoint_interval(max_steps),
-                sample_steps=max(1, min(sample_steps, 50)),
+                caption_template=choices.caption_template,
+                max_steps=choices.max_steps,
+                rank=choices.rank,
+                lr=choices.lr,
+                resolution=choices.resolution,
+                seed=PROOF_SEED,
+                checkpoint_every=checkpoint_interval(choices.max_steps),
+                # The finished message shows a before/after pair made with /imagine's own
+                # settings instead of the trainer's sample image.
+                sample_steps=0,
             )
         except ValueError as exc:
             raise UserFacingError(f"Invalid training setting: {exc}") from None
 
     async def _stage(
-        self, uploads: list[Upload], folder: Path, config: TrainConfig
-    ) -> tuple[PrepareReport, list[str]]:
-        """Download into folder/raw, prepare folder/dataset; refuse too few usable images."""
+        self,
+        uploads: list[Upload],
+        captions: list[str | None],
+        folder: Path,
+        config: TrainConfig,
+    ) -> tuple[list[str], list[str]]:
+        """Download into folder/raw, prepare folder/dataset; refuse too few usable images.
+
+        Returns the reasons for images left out and the captions of the images used.
+        """
         settings = self.bot.bot_settings
         raw = folder / "raw"
         shutil.rmtree(folder, ignore_errors=True)  # leftovers of an earlier attempt at this name
@@ -244,6 +286,9 @@ class Train(commands.Cog):
                     f"{settings.max_attachment_mb:g} MB."
                 )
             await asyncio.to_thread((raw / stored).write_bytes, data)
+            if captions[index]:  # the alt text, as the sidecar caption prepare_dataset reads
+                sidecar = (raw / stored).with_suffix(".txt")
+                await asyncio.to_thread(sidecar.write_text, captions[index], encoding="utf-8")
         size = config.resolution
         report = await asyncio.to_thread(
             prepare_dataset,
@@ -264,7 +309,8 @@ class Train(commands.Cog):
                 f"only {len(report.written)} of {len(uploads)} could be used."
             )
             raise UserFacingError(with_reasons(head, reasons))
-        return report, reasons
+        used = await asyncio.to_thread(_read_captions, report.written)
+        return reasons, used
 
     async def _register_and_submit(
         self, interaction: discord.Interaction, config: TrainConfig
@@ -324,7 +370,7 @@ class Train(commands.Cog):
                 else f"🚫 Training of `{name}` cancelled before it started."
             )
             return Update(content=text, view=discord.ui.View())
-        return await asyncio.to_thread(self._finished_update, job, name, data)
+        return await self._finished_update(job, name, data)
 
     @commands.Cog.listener()
     async def on_job_event(self, event: JobEvent) -> None:
@@ -355,12 +401,41 @@ class Train(commands.Cog):
                 job, Update(content=content, view=_cancel_view(job.id)), self.edit_interval
             )
 
-    def _finished_update(self, job: JobRecord, name: str, data: dict[str, Any]) -> Update:
+    async def _before_after(
+        self, job: JobRecord, name: str, data: dict[str, Any]
+    ) -> tuple[str, bytes] | None:
+        """The sample prompt and a PNG of it without and with the new LoRA (None on failure)."""
+        settings = job.payload.get("train", {})
+        prompt = settings.get("sample_prompt") or ""
+        weights = data.get("weights_path")
+        if not prompt or not weights:
+            return None
+        size = int(settings.get("resolution") or 512)
+        seed = int(settings.get("seed", PROOF_SEED))
+        # Made once and kept beside the LoRA: a delivery retried after a failure or a restart
+        # shows the same picture without generating it again.
+        saved = Path(settings.get("output_dir") or Path(weights).parent) / "before-after.png"
+        try:
+            return prompt, await asyncio.to_thread(saved.read_bytes)
+        except OSError:
+            pass
+        try:
+            png = await self.bot.executor.run_on_engine(
+                _proof_png, self.bot.generator, prompt, seed, size, weights, name
+            )
+            await asyncio.to_thread(_write_atomic, saved, png)
+        except Exception:
+            log.exception("could not make the before/after images of LoRA %s", name)
+            return None
+        return prompt, png
+
+    async def _finished_update(self, job: JobRecord, name: str, data: dict[str, Any]) -> Update:
         trigger = data.get("trigger_word") or job.payload.get("train", {}).get("trigger_word", "")
         content = (
             f"<@{job.user_id}> ✅ LoRA `{name}` is ready. Try it with `/lora use {name}` "
             f"and put `{trigger}` in your prompt."
         )
+        proof = await self._before_after(job, name, data)
         embed = discord.Embed(title=f"LoRA {name}", color=COLOR_OK)
         embed.add_field(name="Trigger word", value=f"`{trigger}`")
         embed.add_field(name="Steps", value=str(data.get("steps", "?")))
@@ -369,7 +444,17 @@ class Train(commands.Cog):
             embed.add_field(name="sha256", value=f"`{str(data['sha256'])[:16]}…`", inline=False)
         files: list[discord.File] = []
         sample = data.get("sample_path")
-        if sample and Path(sample).is_file():
+        if proof is not None:
+            prompt, png = proof
+            filename = f"{safe_name(name)}-before-after.png"
+            shown = clip(prompt.replace("`", "'"), 300)
+            content += (
+                f"\nLeft: without the LoRA · right: with it — `{shown}`, seed "
+                f"{job.payload.get('train', {}).get('seed', PROOF_SEED)}."
+            )
+            files.append(discord.File(io.BytesIO(png), filename=filename))
+            embed.set_image(url=f"attachment://{filename}")
+        elif sample and Path(sample).is_file():
             buffer = io.BytesIO(Path(sample).read_bytes())
             files.append(discord.File(buffer, filename=f"{safe_name(name)}-sample.png"))
             embed.set_image(url=f"attachment://{safe_name(name)}-sample.png")
@@ -377,13 +462,42 @@ class Train(commands.Cog):
         return Update(content=content, embed=embed, files=files, view=discord.ui.View())
 
 
-def _queued_text(job: JobRecord, config: TrainConfig, images: int, reasons: list[str]) -> str:
+def _queued_text(
+    job: JobRecord, config: TrainConfig, captions: list[str], reasons: list[str]
+) -> str:
+    """The reply to /train once queued: the settings, the captions used, the images left out."""
     text = (
-        f"✅ Training of `{config.name}` is queued (job {job.id}): {count_of(images, 'image')}, "
-        f"{config.max_steps} steps, rank {config.rank}, trigger word `{config.trigger_word}`. "
+        f"✅ Training of `{config.name}` is queued (job {job.id}): "
+        f"{count_of(len(captions), 'image')}, {config.max_steps} steps, rank {config.rank}, "
+        f"learning rate {config.lr:g}, trigger word `{config.trigger_word}`. "
         "Progress is posted in this channel; /imagine keeps working meanwhile."
     )
-    return with_reasons(text + "\nLeft out:", reasons) if reasons else text
+    if reasons:
+        text = with_reasons(text + "\nLeft out:", reasons)
+    head = "\nCaptions:\n"
+    budget = MAX_CONTENT - len(text) - len(head)
+    if budget > 40:
+        text += head + caption_lines(captions, budget)
+    return clip(text, MAX_CONTENT)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+def _read_captions(images: list[Path]) -> list[str]:
+    """The caption written next to each prepared image."""
+    return [p.with_suffix(".txt").read_text(encoding="utf-8").strip() for p in images]
+
+
+def _proof_png(generator: Any, prompt: str, seed: int, size: int, weights: str, name: str) -> bytes:
+    """before_after_png with positional arguments (run_on_engine passes no keywords)."""
+    return before_after_png(
+        generator, prompt, seed=seed, size=size, lora_path=weights, lora_name=name
+    )
 
 
 def _job_settings(config: TrainConfig) -> dict[str, Any]:
@@ -395,7 +509,11 @@ def _job_settings(config: TrainConfig) -> dict[str, Any]:
         "trigger_word": config.trigger_word,
         "max_steps": config.max_steps,
         "rank": config.rank,
+        "lr": config.lr,
         "resolution": config.resolution,
+        "caption_template": config.caption_template,
+        "sample_prompt": config.sample_prompt,
+        "seed": config.seed,
         "checkpoint_every": config.checkpoint_every,
         "sample_steps": config.sample_steps,
     }

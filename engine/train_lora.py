@@ -1,7 +1,10 @@
 """Train a LoRA for the base model on a prepared folder of images.
 
-Usage: python -m engine.train_lora --dataset_dir data/train --max_steps 1000 --rank 4 --lr 1e-4 \
-    --output_dir models/lora/NAME [--model PATH_OR_ID] [--trigger_word sks] [...]
+Usage: python -m engine.train_lora --dataset_dir data/train --output_dir models/lora/NAME \
+    [--model PATH_OR_ID] [--trigger_word sks] [--max_steps 1000 --rank 4 --lr 1e-4] [...]
+
+--max_steps, --rank, --lr, --resolution and --caption_template default to the model folder's
+recipe (lora_recipe.json, e.g. models/demo) when it has one, else to the values shown in --help.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
-from engine.training.config import TrainConfig
+from engine.training.config import TrainConfig, default_model_id
+from engine.training.recipe import read_recipe
 from engine.training.results import TrainOutput, TrainProgress
 from engine.training.trainer import LoraTrainer, train
 
@@ -33,6 +37,9 @@ def _auto_bool(text: str) -> bool | str:
     raise argparse.ArgumentTypeError(f"expected true, false or auto (got {text!r})")
 
 
+RECIPE = " (a model folder's lora_recipe.json sets its own)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (names as in the diffusers training scripts)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,14 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="base model (default: MODEL_ID setting)")
     p.add_argument("--name", default="", help="LoRA name (default: output folder name)")
     p.add_argument("--trigger_word", default="sks")
-    p.add_argument("--caption_template", default=None, help="caption without sidecar, {trigger}")
-    p.add_argument("--max_steps", type=int, default=1000)
-    p.add_argument("--rank", type=int, default=4)
+    p.add_argument(
+        "--caption_template", default=None, help="caption without sidecar, with {trigger}" + RECIPE
+    )
+    p.add_argument("--max_steps", type=int, default=None, help="default: 1000" + RECIPE)
+    p.add_argument("--rank", type=int, default=None, help="default: 4" + RECIPE)
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=None, help="default: 1e-4" + RECIPE)
     p.add_argument("--text_encoder_lr", type=float, default=None)
     p.add_argument("--batch_size", type=int, default=1)
-    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--resolution", type=int, default=None, help="default: 512" + RECIPE)
     p.add_argument("--buckets", action="store_true", help="aspect-ratio buckets, no square crop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint_every", type=int, default=250, help="0: only the final weights")
@@ -71,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """A TrainConfig from parsed arguments (ValueError names a bad parameter)."""
-    values: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "verbose"}
-    for optional in ("model", "caption_template"):
-        if values[optional] is None:
-            values.pop(optional)
-    return TrainConfig(**values)
+    """A TrainConfig from parsed arguments over the model's recipe (ValueError names a problem)."""
+    given: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if k != "verbose" and v is not None
+    }
+    recipe = read_recipe(given.get("model") or default_model_id())
+    return TrainConfig(**{**recipe.values, **given})
 
 
 def main(argv: list[str] | None = None) -> int:

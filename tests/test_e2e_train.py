@@ -200,6 +200,14 @@ async def test_bad_input_is_refused_before_anything_is_queued(world, tiny_model_
             await world.slash(admin, "train", train_options(world, "big", rank=64))
         )
         assert "Rank must be between 1 and 32" in text
+        text = await refusal(
+            await world.slash(admin, "train", train_options(world, "hot", learning_rate=0.5))
+        )
+        assert "learning rate must be between 1e-06 and 0.01" in text and "got 0.5" in text
+        text = await refusal(
+            await world.slash(admin, "train", train_options(world, "cap", caption="a photo"))
+        )
+        assert "caption must contain `{trigger}`" in text
 
         # Nothing was queued or registered, and no uploaded file was left behind.
         assert await bot.storage.jobs_for_user(admin.id) == []
@@ -218,7 +226,11 @@ async def test_training_runs_between_imagines_and_registers_the_lora(
         bot.executor.subscribe(log)
         # Hold the queue while everything is submitted, so the order does not depend on speed.
         bot.executor.pause()
-        options = train_options(world, "castle-style", count=5, steps=8, rank=4)
+        options = train_options(
+            world, "castle-style", count=5, steps=8, rank=4, caption="{trigger} castle art"
+        )
+        options["image2"].description = "a zxq castle at dusk"  # alt text: that image's caption
+        options["image3"].description = "a tower at noon"  # the trigger word is put first
         # Enough good images: a bad extra one is left out with its reason, not a refusal.
         options["image6"] = world.fake.add_attachment("notes.png", b"plain text", "image/png")
         first = await world.slash(world.admin, "train", options)
@@ -227,6 +239,15 @@ async def test_training_runs_between_imagines_and_registers_the_lora(
         queued = (await first.wait_followup(timeout=SLOW)).content or ""
         assert "queued" in queued and "5 images" in queued
         assert "Left out" in queued and "notes.png" in queued and "not an image" in queued
+        assert "learning rate 0.0001" in queued  # no recipe in the tiny model: the bot's default
+        captions = queued.split("Captions:\n")[1].splitlines()
+        assert captions == [
+            "• `zxq castle art`",
+            "• `a zxq castle at dusk`",
+            "• `zxq, a tower at noon`",
+            "• `zxq castle art`",
+            "• `zxq castle art`",
+        ], queued
         second = await world.slash(
             world.admin,
             "train",
@@ -256,11 +277,13 @@ async def test_training_runs_between_imagines_and_registers_the_lora(
         # One training at a time: the second starts only after the first finished.
         assert log.index(Started, second_id) > trained, log.summary()
 
-        # The final message: sample image, the hint, and the registered LoRA.
-        assert "/lora use castle-style" in (final.payload.get("content") or "")
+        # The final message: the first caption without and with the LoRA, side by side.
+        content = final.payload.get("content") or ""
+        assert "/lora use castle-style" in content
+        assert "without the LoRA" in content and "`zxq castle art`, seed 0" in content
         assert final.files and final.files[0].data[:8] == PNG_MAGIC
         with Image.open(io.BytesIO(final.files[0].data)) as sample:
-            assert sample.size == (64, 64)
+            assert sample.size == (64 + 4 + 64, 64 + 14)
         contents = [
             e.payload.get("content") or "" for e in train_message_events(world, "castle-style")
         ]

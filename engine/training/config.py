@@ -81,19 +81,21 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError('<parameter>: ...') for the first bad value."""
-        _int_range("max_steps", self.max_steps, 1, 20000)
-        _int_range("rank", self.rank, 1, 128)
+        check_values(
+            {
+                "max_steps": self.max_steps,
+                "rank": self.rank,
+                "resolution": self.resolution,
+                "lr": self.lr,
+            }
+        )
+        check_caption_template(self.caption_template)
         _int_range("batch_size", self.batch_size, 1, 64)
         _int_range("checkpoint_every", self.checkpoint_every, 0, 20000)
         _int_range("keep_checkpoints", self.keep_checkpoints, 0, 1000)
         _int_range("sample_steps", self.sample_steps, 0, 150)
         _int_range("seed", self.seed, 0, 2**63 - 1)
-        if self.resolution % 8 or not 64 <= self.resolution <= 2048:
-            raise ValueError(
-                f"resolution: must be a multiple of 8 between 64 and 2048 (got {self.resolution})"
-            )
         _float_range("alpha", self.alpha, 1e-6, 1e4)
-        _float_range("lr", self.lr, 1e-8, 1.0)
         if self.text_encoder_lr is not None:
             _float_range("text_encoder_lr", self.text_encoder_lr, 1e-8, 1.0)
         _float_range("min_snr_gamma", self.min_snr_gamma, 0.0, 1000.0)
@@ -163,6 +165,32 @@ class TrainConfig:
     def sample_text(self) -> str:
         """The prompt of the final sample image (the caption template with the trigger word)."""
         return self.sample_prompt or self.caption_template.replace("{trigger}", self.trigger_word)
+
+
+def check_values(values: dict[str, Any]) -> None:
+    """Check the settings a recipe or a command may give (max_steps, rank, resolution, lr)."""
+    for key, value in values.items():
+        if key == "max_steps":
+            _int_range(key, value, 1, 20000)
+        elif key == "rank":
+            _int_range(key, value, 1, 128)
+        elif key == "lr":
+            _float_range(key, value, 1e-8, 1.0)
+        elif key == "resolution":
+            _int_range(key, value, 64, 2048)
+            if value % 8:
+                raise ValueError(f"resolution: must be a multiple of 8 (got {value})")
+
+
+def check_caption_template(template: Any) -> None:
+    """A caption template is text holding the {trigger} placeholder."""
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"caption_template: must be text (got {template!r})")
+    if "{trigger}" not in template:
+        raise ValueError(
+            f"caption_template: must contain {{trigger}}, where the trigger word goes "
+            f"(got {template!r})"
+        )
 
 
 def _int_range(name: str, value: Any, low: int, high: int) -> None:
