@@ -16,6 +16,7 @@ from cogs._acks import answer_orphaned_acks
 from cogs._config import BotSettings, DiscordSettings
 from cogs._delivery import JobMessenger
 from cogs._outbox import Outbox
+from cogs._redact import install_token_redaction
 from engine.config import AppConfig, ConfigError, build_section, load_config
 from engine.errors import EngineError
 from engine.events import JobEvent
@@ -163,6 +164,7 @@ async def build(
     **bot_kwargs: Any,
 ) -> ImageBot:
     """Open storage, load the model on the engine thread's behalf, and assemble the bot."""
+    install_token_redaction()
     resolve_model_source(config.model.model_id, config.model.allow_ckpt)  # fail before opening
     storage = await Storage.open(storage_settings.db_path, settings=storage_settings)
     generator = TextToImageGenerator(config)

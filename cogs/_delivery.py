@@ -53,6 +53,9 @@ class _Update:
     embed: discord.Embed | None = None
     files: list[discord.File] = field(default_factory=list)
     view: discord.ui.View | None = None
+    # For a final message that cannot go in the original response: post a new message that
+    # pings the requester, rather than editing the status message in the channel.
+    notify: bool = False
 
 
 @dataclass

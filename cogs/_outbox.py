@@ -48,6 +48,10 @@ class Undeliverable(Exception):
     """The outcome cannot reach the user by any route; the message says why."""
 
 
+class _Reroute(Exception):
+    """The target of this attempt is gone; the next attempt (at once) takes the next route."""
+
+
 def requester_only(job: JobRecord) -> discord.AllowedMentions:
     """Mentions that can ping the job's requester and nobody else (no @everyone, no roles)."""
     return discord.AllowedMentions(
@@ -104,10 +108,12 @@ class Outbox:
         bot: ImageBot,
         *,
         upload_timeout_s: float = 120.0,
+        first_backoff_s: float = 2.0,
         max_backoff_s: float = 300.0,
     ) -> None:
         self.bot = bot
         self.upload_timeout_s = upload_timeout_s
+        self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
         self.delivered = 0
         self.retries = 0
@@ -210,16 +216,15 @@ class Outbox:
         """Adjust the route after a failed attempt; return how long to wait before the next."""
         job = await self.bot.storage.get_job(job_id)
         ref = dict(job.reference) if job is not None else {}
+        if isinstance(exc, _Reroute):
+            return 0.0 if attempt < 5 else self._backoff(attempt)
         if _is_gone(exc):
-            # The original response or our earlier message is gone: post a new message.
-            if token_fresh(ref) and not ref.get("original_gone"):
-                ref["original_gone"] = True
-            elif isinstance(exc, discord.NotFound) and exc.code == 10003 and not ref.get("dm"):
+            if isinstance(exc, discord.NotFound) and exc.code == 10003 and not ref.get("dm"):
                 ref["dm"] = True  # the channel itself is gone
-            else:
+            else:  # our earlier message is gone: post a fresh one
                 ref.pop("result_message_id", None)
                 ref["nonce_gen"] = int(ref.get("nonce_gen", 0)) + 1
-            log.info("job %s: its message is gone (%s); posting a new one", job_id, exc)
+            log.info("job %s: its channel or message is gone (%s)", job_id, exc)
             await self.bot.storage.update_job_reference(job_id, ref)
             return 0.0 if attempt < 5 else self._backoff(attempt)
         if isinstance(exc, discord.Forbidden) and not ref.get("dm"):
@@ -253,7 +258,8 @@ class Outbox:
         return self._backoff(attempt)
 
     def _backoff(self, attempt: int) -> float:
-        return min(self.max_backoff_s, 2.0 ** min(attempt, 12)) * random.uniform(0.8, 1.2)
+        delay = self.first_backoff_s * 2.0 ** min(attempt - 1, 12)
+        return min(self.max_backoff_s, delay) * random.uniform(0.8, 1.2)
 
     async def _give_up(self, job_id: int, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -269,21 +275,36 @@ class Outbox:
             update = Update(
                 content=(update.content or "") + note, embed=update.embed, view=update.view
             )
+        kwargs: dict[str, Any] = {"content": update.content, "embed": update.embed}
+        if update.view is not None:
+            kwargs["view"] = update.view
         if token_fresh(ref) and not ref.get("original_gone"):
             webhook = discord.Webhook.partial(int(ref["app_id"]), ref["token"], client=self.bot)
-            kwargs: dict[str, Any] = {"content": update.content, "embed": update.embed}
-            if update.view is not None:
-                kwargs["view"] = update.view
             # Discord accepts "@original" wherever a webhook message id goes.
-            await webhook.edit_message(
-                "@original",  # type: ignore[arg-type]
-                attachments=update.files,
-                allowed_mentions=mentions,
-                **kwargs,
+            await self._edit_or_reroute(
+                job,
+                "original_gone",
+                webhook.edit_message(
+                    "@original",  # type: ignore[arg-type]
+                    attachments=update.files,
+                    allowed_mentions=mentions,
+                    **kwargs,
+                ),
             )
             return
         if ref.get("result_message_id"):
             return  # posted before a crash or a lost reply; the stored id proves it
+        channel_id = ref.get("channel_id") or job.channel_id
+        status_id = ref.get("message_id")
+        if status_id and channel_id and not update.notify and not ref.get("status_gone"):
+            channel = self.bot.get_partial_messageable(int(channel_id))
+            message = channel.get_partial_message(int(status_id))
+            await self._edit_or_reroute(
+                job,
+                "status_gone",
+                message.edit(attachments=update.files, allowed_mentions=mentions, **kwargs),
+            )
+            return
         content = update.content or ""
         mention = f"<@{job.user_id}>"
         if not content.startswith(mention):
@@ -298,7 +319,6 @@ class Outbox:
                 raise Undeliverable(f"no channel or DM accepts it ({exc})") from exc
             await self._remember(job, message.id)
             return
-        channel_id = ref.get("channel_id") or job.channel_id
         if not channel_id:
             raise Undeliverable("the job has no channel to post in")
         message_id = await send_with_nonce(
@@ -312,6 +332,18 @@ class Outbox:
             allowed_mentions=mentions,
         )
         await self._remember(job, message_id)
+
+    async def _edit_or_reroute(self, job: JobRecord, gone_flag: str, edit: Awaitable[Any]) -> None:
+        """Run an idempotent edit; if its message or token is gone, flag it and reroute."""
+        try:
+            await edit
+        except discord.HTTPException as exc:
+            if not _is_gone(exc):
+                raise
+            log.info("job %s: its message is gone (%s); posting a new one", job.id, exc)
+            job.reference = {**job.reference, gone_flag: True}
+            await self.bot.storage.update_job_reference(job.id, job.reference)
+            raise _Reroute from exc
 
     async def _remember(self, job: JobRecord, message_id: int) -> None:
         job.reference = {**job.reference, "result_message_id": message_id}

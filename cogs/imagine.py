@@ -401,7 +401,11 @@ class Imagine(commands.Cog):
                     continue
                 files.append(saved_png_file(png, f"job{job.id}-{index}.png", spoiler=hide))
         return Update(
-            content=content, embed=result_embed(job, data), files=files, view=result_view(job.id)
+            content=content,
+            embed=result_embed(job, data),
+            files=files,
+            view=result_view(job.id),
+            notify=True,
         )
 
 

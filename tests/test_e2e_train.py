@@ -221,7 +221,7 @@ async def test_training_runs_between_imagines_and_registers_the_lora(
     world, tiny_model_dir: Path
 ) -> None:
     async with running(world, tiny_model_dir, queue={"train_slice_steps": 2}) as bot:
-        bot.get_cog("Train").messenger.interval = 0  # every progress event becomes an edit
+        bot.get_cog("Train").edit_interval = 0  # every progress event becomes an edit
         log = EngineLog()
         bot.executor.subscribe(log)
         # Hold the queue while everything is submitted, so the order does not depend on speed.
@@ -317,7 +317,7 @@ async def test_cancel_keeps_the_checkpoints(
         # The extension's module (load_extension imports it afresh): checkpoints every 4 steps.
         module = sys.modules[type(bot.get_cog("Train")).__module__]
         monkeypatch.setattr(module, "checkpoint_interval", lambda steps: 4)
-        bot.get_cog("Train").messenger.interval = 0
+        bot.get_cog("Train").edit_interval = 0
         log = EngineLog()
         bot.executor.subscribe(log)
         it = await world.slash(world.admin, "train", train_options(world, "stopme", steps=400))
