@@ -14,7 +14,7 @@ from typing import Any
 
 from bench import RESULTS_JSON, THREADS, load_average, record, set_threads
 
-GROUPS = ("engine", "discord", "looplag", "lora", "memory", "queue", "training")
+GROUPS = ("engine", "discord", "looplag", "lora", "memory", "queue", "training", "fastpath")
 DEFAULT = ("engine", "looplag", "lora", "discord", "memory", "queue")
 
 
@@ -77,6 +77,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
     """The benchmark callables with their repetition counts (smaller with --quick)."""
     from bench import engine_bench as eb
     from bench.discord_bench import discord_overhead
+    from bench.fast_path import fast_path
     from bench.memory import peak_memory
     from bench.models import ensure_sd15, tiny_model_dir
     from bench.queue_scale import queue_scale
@@ -113,6 +114,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
         ),
         "queue": queue_scale,
         "training": lambda: training(steps=1 if quick else 2),
+        "fastpath": lambda: fast_path(tiny=quick),
     }
 
 

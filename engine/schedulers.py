@@ -17,6 +17,10 @@ class SchedulerSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+# Plain samplers say so explicitly: a fine-tune saved with a Karras scheduler must not turn
+# "Euler" into "Euler Karras" through the inherited config.
+NO_KARRAS: dict[str, Any] = {"use_karras_sigmas": False}
+
 # Names follow the most used web UI, so settings and PNG metadata read the same in both tools.
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "DPM++ 2M Karras": SchedulerSpec(
@@ -32,12 +36,12 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
     ),
-    "Euler": SchedulerSpec("EulerDiscreteScheduler"),
+    "Euler": SchedulerSpec("EulerDiscreteScheduler", NO_KARRAS),
     "Euler a": SchedulerSpec("EulerAncestralDiscreteScheduler"),
     "DDIM": SchedulerSpec("DDIMScheduler"),
-    "UniPC": SchedulerSpec("UniPCMultistepScheduler"),
-    "LMS": SchedulerSpec("LMSDiscreteScheduler"),
-    "Heun": SchedulerSpec("HeunDiscreteScheduler"),
+    "UniPC": SchedulerSpec("UniPCMultistepScheduler", NO_KARRAS),
+    "LMS": SchedulerSpec("LMSDiscreteScheduler", NO_KARRAS),
+    "Heun": SchedulerSpec("HeunDiscreteScheduler", NO_KARRAS),
     "PNDM": SchedulerSpec("PNDMScheduler", {"skip_prk_steps": True}),
     "LCM": SchedulerSpec("LCMScheduler"),
 }

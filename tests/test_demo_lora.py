@@ -121,6 +121,8 @@ def test_lora_teaches_a_new_colour(
         f"\nmean distance to pink in the shape: without the LoRA {without:.0f}, "
         f"with it {with_lora:.0f} ({with_lora / without:.0%}); trained in {seconds:.0f} s"
     )
+    # Without the LoRA the model never draws pink (measured 228, model card).
+    assert without >= 180, without
     assert with_lora <= 0.5 * without, (without, with_lora)
 
 
@@ -130,8 +132,8 @@ def test_lora_answers_to_its_trigger_word(
 ) -> None:
     """With the LoRA on, prompts naming palette colours stay much further from pink than zwx ones.
 
-    The LoRA does tint them (a 3 M-parameter UNet, 6 images, no regularisation images): the
-    printed counts show how many keep their named colour; the model card gives the figures.
+    The LoRA does tint them (a 3 M-parameter UNet, 6 images, no regularisation images), but at
+    least half of the named-colour prompts keep their colour with it (the model card's figures).
     """
     weights = str(pink_lora[0])
     named = [_prompt(shape, background, color) for color, shape, background in NAMED]
@@ -153,3 +155,7 @@ def test_lora_answers_to_its_trigger_word(
         f"{trigger_distance:.0f}, named-colour prompts {named_distance:.0f}"
     )
     assert trigger_distance <= 0.6 * named_distance, (trigger_distance, named_distance)
+    # Measured (model card): 10 of 10 keep their colour without the LoRA, 6 of 10 with it.
+    total = len(named) * len(SEEDS)
+    assert kept["without"] >= total - 1, kept
+    assert kept["with"] >= total // 2, kept

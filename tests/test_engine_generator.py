@@ -17,7 +17,7 @@ from engine.metadata import parse_parameters, read_parameters
 from engine.optimizations import attention_processors, memory_rungs
 from engine.pipeline import ModelSource, load_pipeline
 from engine.requests import GenerationRequest
-from engine.schedulers import SCHEDULER_NAMES
+from engine.schedulers import SCHEDULER_NAMES, make_scheduler
 from tests.conftest import tiny_config
 
 
@@ -83,12 +83,75 @@ def test_overlong_prompt_reports_what_was_dropped(tiny_generator: TextToImageGen
     assert len(warnings) == 1 and "sks" in warnings[0]
 
 
+# The web-UI sampler name -> the diffusers class and settings, from diffusers' own mapping table
+# (docs/source/en/api/schedulers/overview.md). One deliberate difference: for "DPM++ SDE Karras"
+# that table names DPMSolverSinglestepScheduler, an ODE solver without the SDE variant (diffusers
+# PR 5021); DPMSolverSDEScheduler is the port of k-diffusion's sample_dpmpp_sde, the web UI's sampler.
+KARRAS = {"use_karras_sigmas": True}
+NO_KARRAS = {"use_karras_sigmas": False}
+EXPECTED_SCHEDULERS: dict[str, tuple[str, dict[str, object]]] = {
+    "DPM++ 2M Karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, **KARRAS},
+    ),
+    "DPM++ 2M": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, **NO_KARRAS},
+    ),
+    "DPM++ SDE Karras": ("DPMSolverSDEScheduler", KARRAS),
+    "DPM++ 2M SDE Karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, **KARRAS},
+    ),
+    "Euler": ("EulerDiscreteScheduler", NO_KARRAS),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "DDIM": ("DDIMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", NO_KARRAS),
+    "LMS": ("LMSDiscreteScheduler", NO_KARRAS),
+    "Heun": ("HeunDiscreteScheduler", NO_KARRAS),
+    "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "LCM": ("LCMScheduler", {}),
+}
+# A model folder saved with a Karras SDE sampler (common for fine-tunes): its scheduler config
+# must not leak Karras sigmas or the SDE algorithm into samplers whose names do not say so.
+KARRAS_SDE_BASE = {
+    "_class_name": "DPMSolverMultistepScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "algorithm_type": "sde-dpmsolver++",
+    "use_karras_sigmas": True,
+    "solver_order": 3,
+}
+
+
+def assert_sampler(name: str, scheduler: object) -> None:
+    """The scheduler is the class and settings the sampler name stands for."""
+    class_name, settings = EXPECTED_SCHEDULERS[name]
+    assert type(scheduler).__name__ == class_name
+    actual = {key: scheduler.config.get(key) for key in settings}
+    assert actual == settings
+    # The model's own noise schedule is kept.
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    assert (scheduler.config.beta_start, scheduler.config.beta_end) == (0.00085, 0.012)
+
+
+def test_scheduler_table_covers_every_name() -> None:
+    assert tuple(EXPECTED_SCHEDULERS) == SCHEDULER_NAMES
+
+
 @pytest.mark.parametrize("name", SCHEDULER_NAMES)
 def test_every_scheduler_runs(tiny_generator: TextToImageGenerator, name: str) -> None:
     images = tiny_generator.generate("a tree", seed=5, scheduler=name, num_inference_steps=2)
     assert images[0].size == (64, 64)
     assert f"Sampler: {name}," in images[0].info["parameters"]
-    assert type(tiny_generator.pipe.scheduler).__name__ != ""
+    assert_sampler(name, tiny_generator.pipe.scheduler)
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_sampler_settings_do_not_depend_on_the_saved_scheduler(name: str) -> None:
+    assert_sampler(name, make_scheduler(name, KARRAS_SDE_BASE))
 
 
 def test_progress_callback_and_cancel(tiny_generator: TextToImageGenerator) -> None:

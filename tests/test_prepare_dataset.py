@@ -13,6 +13,7 @@ from PIL import Image
 
 from engine.prepare_dataset import (
     REPORT_NAME,
+    ImageRejected,
     bucket_sizes,
     fit_image,
     load_image,
@@ -182,7 +183,7 @@ def test_buckets_keep_aspect_ratio() -> None:
 def test_load_image_is_safe_on_its_own(tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header_only(20_000, 20_000))
-    with pytest.raises(Exception, match="decompression bomb"):
+    with pytest.raises(ImageRejected, match="decompression bomb"):
         load_image(path)
 
 
