@@ -10,7 +10,9 @@ ephemeral. An autocomplete that fails answers with no choices (it cannot show te
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from bot import ImageBot
 
 log = logging.getLogger(__name__)
+Choice = app_commands.Choice[str]
 
 
 async def reply_ephemeral(interaction: discord.Interaction, message: str) -> None:
@@ -56,6 +59,26 @@ def describe(error: Exception) -> str | None:
     if isinstance(error, discord.NotFound):
         return "That message or job is gone (deleted or already finished)."
     return None
+
+
+def never_failing(
+    autocomplete: Callable[[discord.Interaction, str], Awaitable[list[Choice]]],
+) -> Callable[[discord.Interaction, str], Awaitable[list[Choice]]]:
+    """An autocomplete that answers with no choices instead of failing.
+
+    discord.py logs a failed autocomplete and sends nothing, so the member sees "loading
+    options failed"; this wrapper logs the error and answers with an empty list.
+    """
+
+    @functools.wraps(autocomplete)
+    async def wrapper(interaction: discord.Interaction, current: str) -> list[Choice]:
+        try:
+            return await autocomplete(interaction, current)
+        except Exception:
+            log.exception("autocomplete %s failed", autocomplete.__name__)
+            return []
+
+    return wrapper
 
 
 async def handle_interaction_error(interaction: discord.Interaction, error: Exception) -> None:

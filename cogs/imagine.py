@@ -29,6 +29,7 @@ from cogs._ui import (
     saved_png_file,
     size_choices,
 )
+from cogs.errors import never_failing
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
 from engine.events import JobEvent, Notice, Progress, Queued, Started
 from engine.jobs import JobRecord
@@ -206,6 +207,7 @@ def result_view(job_id: int) -> discord.ui.View:
     return view
 
 
+@never_failing
 async def sampler_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
@@ -217,6 +219,7 @@ async def sampler_autocomplete(
     ][:25]
 
 
+@never_failing
 async def size_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:

@@ -18,6 +18,7 @@ from discord.ext import commands
 
 from cogs._checks import UserFacingError, admin_only, ensure_not_banned, is_admin
 from cogs._ui import clip, info_embed
+from cogs.errors import never_failing
 from engine.errors import EngineError, LoraError
 from engine.lora import WEIGHT_NAME, adapter_name_for, inspect_lora_file
 from storage import (
@@ -115,6 +116,7 @@ def write_upload(data: bytes, folder: Path) -> tuple[Path, str]:
     return path, hashlib.sha256(data).hexdigest()
 
 
+@never_failing
 async def _visible_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
@@ -123,6 +125,7 @@ async def _visible_autocomplete(
     return [app_commands.Choice(name=n, value=n) for n in names]
 
 
+@never_failing
 async def _any_status_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_harness import World
+from tests.e2e_harness import World, answer
 from tests.fake_discord import Routes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,12 +137,12 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     await bot.start()
 
     # 3b. The same on the channel fallback (token refused): only the nonce prevents a repeat.
-    await world.slash(world.admin, "admin pause")
+    assert "paused" in (await answer(await world.slash(world.admin, "admin pause"))).content
     late = await imagine("late castle")
     await late.wait_for(lambda e: "Queued" in str(e.payload.get("content")))
     world.fake.expire_interaction(late)
     post = world.fake.hang(1, delay=2.0, route=Routes.CREATE_MESSAGE)
-    await world.slash(world.admin, "admin resume")
+    await answer(await world.slash(world.admin, "admin resume"))
     await wait_for(lambda: post.remaining == 0)
     bot.kill()
     await bot.start()
@@ -153,8 +153,8 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
         # A button on a result from before the restarts still works.
         first = records[0].original
         click = await world.fake.send_component(world.alice, first, f"sd:seed:{rows_id(db)}")
-        answer = await click.wait_callback(timeout=30)
-        assert "fixed seed" in answer.data["content"]
+        reply = await click.wait_callback(timeout=30)
+        assert "fixed seed" in reply.data["content"]
     finally:
         bot.kill()
     rows = job_rows(db)

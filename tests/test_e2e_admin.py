@@ -158,3 +158,4 @@ async def test_stats(world, tiny_model_dir: Path) -> None:
         assert "0 waiting (running)" in text
         assert bot.generator.model_name in text and "cpu" in text
         assert f"'VRAM preset', 'value': '{bot.generator.preset}'" in text
+        assert "dispatcher alive" in text and "GB free" in text

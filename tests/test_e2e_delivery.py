@@ -127,3 +127,17 @@ async def test_prompt_text_cannot_ping_anyone(world, tiny_model_dir: Path) -> No
             assert mentions is not None, "an edit without allowed_mentions may ping"
             assert mentions.get("parse") in ([], None)
             assert str(world.bob.id) not in [str(u) for u in mentions.get("users", [])]
+
+
+async def test_result_too_large_for_the_server_becomes_a_plain_message(
+    world, tiny_model_dir: Path
+) -> None:
+    world.fake.attachment_size_limit = 200  # bytes: every PNG is over this server's limit
+    async with running(world, tiny_model_dir) as bot:
+        it = await world.slash(world.alice, "imagine", {"prompt": "a huge castle", "seed": 1})
+        final = await it.wait_for(
+            lambda e: e.kind == "edit_original" and "kept on the bot's disk" in str(e.payload)
+        )
+        assert not final.files and "413" in final.payload["content"]
+        await bot.outbox.wait_idle()
+        assert await delivered(bot, 1)

@@ -343,7 +343,8 @@ async def test_cancel_keeps_the_checkpoints(
         again = await world.slash(world.admin, "train", train_options(world, "stopme", steps=3))
         assert "queued" in ((await again.wait_followup(timeout=SLOW)).content or "")
         await wait_train_message(world, "stopme", "is ready")
-        assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-3", "final"]
+        assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["checkpoint-3", "final"]
+        assert (folder / "before-after.png").is_file()  # kept for a retried delivery
 
 
 async def test_restart_resumes_training_from_the_newest_checkpoint(
