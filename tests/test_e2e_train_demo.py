@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,15 @@ from PIL import Image
 from engine.demo.shapes import ShapeSpec, render, rgb
 from engine.pipeline import DEMO_MODEL_DIR
 from tests.e2e_harness import World, running, wait_result
-from tests.test_demo_lora import EVAL, PINK, TRAINING, TRIGGER, centre_distance
 from tests.test_e2e_train import SLOW, wait_train_message
+from tests.test_e2e_train_demo_trigger import (
+    EVAL,
+    PINK,
+    TRAINED,
+    TRAINING,
+    TRIGGER,
+    centre_distance,
+)
 
 DEMO_SETTINGS = {"num_inference_steps": 20, "guidance_scale": 5.0, "negative_prompt": ""}
 SEEDS = (0, 1)
@@ -81,6 +89,7 @@ async def test_lora_trained_from_discord_makes_demo_shapes_pink(world) -> None:
         with_lora = await pink_distance(world, prompts)
         lora = await bot.storage.loras.get_lora("pinky")
         assert lora is not None and lora.status == "ready"
+        TRAINED["pinky"] = Path(lora.path)  # for test_e2e_train_demo_trigger.py
     print(
         f"\n/train on the demo model: {trained_s:.0f} s to 'is ready'; distance to pink "
         f"without the LoRA {without:.0f}, with it {with_lora:.0f} ({with_lora / without:.0%})"
