@@ -208,7 +208,15 @@ class Outbox:
             except Exception as exc:
                 attempt += 1
                 self.retries += 1
-                delay = await self._after_failure(job_id, exc, attempt)
+                try:
+                    delay = await self._after_failure(job_id, exc, attempt)
+                except Undeliverable as final:
+                    log.error("job %s cannot be delivered: %s", job_id, final)
+                    await self._give_up(job_id, str(final))
+                    return
+                except Exception:  # e.g. the store is locked too: try again later
+                    log.exception("job %s: could not handle a failed delivery", job_id)
+                    delay = self._backoff(attempt)
             if delay:
                 await asyncio.sleep(delay)
 
