@@ -79,3 +79,28 @@ async def test_stats_report_a_stopped_dispatcher(world, tiny_model_dir: Path) ->
         bot.executor._dispatcher.cancel()  # what a bug in the loop would do
         stats = await answer(await world.slash(world.admin, "admin stats"))
         assert "STOPPED" in str(stats.data)
+
+
+async def test_command_acknowledged_before_a_crash_is_answered_at_start(
+    world, tiny_model_dir: Path
+) -> None:
+    from cogs._acks import ACK_PREFIX, answer_orphaned_acks
+
+    async with running(world, tiny_model_dir) as bot:
+        bot.executor.pause()
+        it = await world.slash(world.alice, "imagine", {"prompt": "a deferred castle"})
+        assert (await it.wait_callback()).type == 5
+        # What /train leaves behind when the process dies between its defer and its job write.
+        record = {
+            "app_id": bot.application_id,
+            "token": it.token,
+            "created": __import__("time").time(),
+            "channel_id": world.general.id,
+            "user_id": world.alice.id,
+            "command": "train",
+        }
+        await bot.storage.kv.set(f"{ACK_PREFIX}{it.id}", record)
+        assert await answer_orphaned_acks(bot) == 1
+        told = await it.wait_for(lambda e: "before your `/train` was queued" in str(e.payload))
+        assert "run it again" in told.payload["content"]
+        assert await bot.storage.kv.with_prefix(ACK_PREFIX) == {}
