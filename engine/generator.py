@@ -36,7 +36,7 @@ from engine.pipeline import (
     resolve_model_source,
 )
 from engine.preview import preview_or_none
-from engine.prompts import encode_long_prompt, needs_chunking
+from engine.prompts import prompt_arguments
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
 from engine.schedulers import make_scheduler
 from engine.vram import resolve_optimizations
@@ -219,19 +219,11 @@ class TextToImageGenerator:
         pipe = self.pipe
         guidance = resolved.guidance_scale > 1.0
         generators = [torch.Generator("cpu").manual_seed(s) for s in resolved.seeds]
-        kwargs: dict[str, Any] = {}
         warnings: list[str] = [FAST_NOTE] if resolved.fast and resolved.negative_prompt else []
-        if needs_chunking(pipe.tokenizer, resolved.prompt, resolved.negative_prompt):
-            encoded = encode_long_prompt(
-                pipe, resolved.prompt, resolved.negative_prompt, pipe._execution_device, guidance
-            )
-            kwargs["prompt_embeds"] = encoded.prompt_embeds
-            if encoded.negative_embeds is not None:
-                kwargs["negative_prompt_embeds"] = encoded.negative_embeds
-            warnings += [f"prompt too long; dropped: {d}" for d in encoded.dropped]
-        else:
-            kwargs["prompt"] = resolved.prompt
-            kwargs["negative_prompt"] = resolved.negative_prompt or None
+        kwargs, notes = prompt_arguments(
+            pipe, resolved.prompt, resolved.negative_prompt, pipe._execution_device, guidance
+        )
+        warnings += notes
         steps_done = 0
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:

@@ -18,6 +18,7 @@ from engine.config import (
     check_range,
     check_size,
 )
+from engine.prompt_syntax import find_lora_tags, parse_weights, strip_lora_tags
 from engine.schedulers import canonical_scheduler_name
 
 MAX_SEED = 2**32 - 1
@@ -96,6 +97,15 @@ def random_seed() -> int:
     return secrets.randbelow(MAX_SEED - 8)
 
 
+def check_prompt_syntax(text: str, field_name: str = "prompt") -> None:
+    """Refuse bad weights or <lora:…> tags before any work starts (ValueError naming the field)."""
+    try:
+        find_lora_tags(text)
+        parse_weights(strip_lora_tags(text))
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("prompt:", f"{field_name}:", 1)) from None
+
+
 def resolve_request(
     request: GenerationRequest, defaults: GenerationConfig, model_defaults: dict[str, Any]
 ) -> ResolvedRequest:
@@ -125,6 +135,7 @@ def resolve_request(
         raise ValueError("prompt: must not be empty")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"prompt: longer than {MAX_PROMPT_CHARS} characters")
+    check_prompt_syntax(prompt)
     checks = [
         ("width", lambda v: check_size(int(v))),
         ("height", lambda v: check_size(int(v))),
@@ -160,6 +171,7 @@ def resolve_request(
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 2:
         raise ValueError(f"lora_scale: must be between 0 and 2 (got {request.lora_scale!r})")
     negative = pick("negative_prompt") or ""
+    check_prompt_syntax(str(negative), "negative_prompt")
     return ResolvedRequest(
         prompt=prompt,
         negative_prompt=str(negative),
