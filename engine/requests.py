@@ -18,6 +18,7 @@ from engine.config import (
     check_range,
     check_size,
 )
+from engine.lora_stack import LoraUse, stack_from_entries
 from engine.prompt_syntax import find_lora_tags, parse_weights, strip_lora_tags
 from engine.schedulers import canonical_scheduler_name
 
@@ -42,6 +43,8 @@ class GenerationRequest:
     lora_name: str | None = None  # name shown to users and written to metadata
     lora_scale: float = 1.0
     fast: bool = False  # LCM-LoRA + LCM sampler, few steps, low CFG
+    # The resolved stack, [path, weight, name] each; None: resolve the prompt's <lora:…> tags.
+    loras: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the request."""
@@ -70,6 +73,7 @@ class ResolvedRequest:
     lora_name: str | None
     lora_scale: float
     fast: bool = False
+    loras: tuple[LoraUse, ...] = ()
 
     @property
     def num_images(self) -> int:
@@ -185,4 +189,5 @@ def resolve_request(
         lora_name=request.lora_name,
         lora_scale=float(request.lora_scale),
         fast=fast,
+        loras=stack_from_entries(request.loras or [], defaults.max_loras),
     )
