@@ -95,6 +95,9 @@ def prompt_arguments(
             negative = plain_text(neg)
         if not needs_chunking(pipe.tokenizer, prompt, negative):
             return {"prompt": prompt, "negative_prompt": negative or None}, []
+        convert = getattr(pipe, "maybe_convert_prompt", None)
+        if convert is not None:  # multi-vector embeddings: 'name' -> 'name name_1 …'
+            prompt, negative = convert(prompt, pipe.tokenizer), convert(negative, pipe.tokenizer)
         encoded = encode_long_prompt(pipe, prompt, negative, device, guidance)
     kwargs: dict[str, Any] = {"prompt_embeds": encoded.prompt_embeds}
     if encoded.negative_embeds is not None:
