@@ -61,7 +61,8 @@ class Embedding(commands.Cog):
         try:
             check_embedding_name(name)
         except EmbeddingError as exc:
-            raise UserFacingError(str(exc).capitalize() + ".") from None
+            message = str(exc)
+            raise UserFacingError(message[:1].upper() + message[1:] + ".") from None
         if not file.filename.lower().endswith(".safetensors"):
             raise UserFacingError(
                 f"`{clip(file.filename, 80)}` is not a .safetensors file; "

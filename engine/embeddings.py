@@ -33,7 +33,7 @@ class EmbeddingInfo:
 
 def check_embedding_name(name: str) -> str:
     """Return name if it can be written in a prompt and used as a file name; else EmbeddingError."""
-    if not EMBEDDING_NAME_RE.match(name) or name.lower().startswith("lora"):
+    if not EMBEDDING_NAME_RE.match(name):
         raise EmbeddingError(
             f"embedding name {name!r} may only use letters, digits, '_', '-' and '.' "
             "(not first), at most 64 characters"

@@ -53,6 +53,9 @@ async def test_embedding_add_list_use_and_restart(world, tiny_model_dir: Path) -
     async with running(world, tiny_model_dir) as bot:
         await refused(await add(world.alice, good, "zzneg"), "Only server admins")
         await refused(await add(world.admin, good, "zzneg", "x.pt"), "only .safetensors")
+        await refused(
+            await add(world.admin, good, "Bad Name"), "Embedding name 'Bad Name' may only"
+        )
         await refused(await add(world.admin, wide, "wideone"), "768 wide but this model")
         assert not bot.storage.files.embedding_path("wideone").exists()
         reply = await answer(await add(world.admin, good, "zzneg"))
