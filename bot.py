@@ -31,6 +31,7 @@ log = logging.getLogger("bot")
 EXTENSIONS = (
     "cogs.imagine",
     "cogs.lora",
+    "cogs.embedding",
     "cogs.train",
     "cogs.profile",
     "cogs.queue",

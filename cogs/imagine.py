@@ -21,6 +21,7 @@ from cogs._checks import (
     prompt_is_nsfw,
 )
 from cogs._delivery import Update, interaction_reference
+from cogs._inline_loras import inline_lora_entries
 from cogs._ui import (
     png_file,
     progress_line,
@@ -95,6 +96,7 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
                 f"Your LoRA {profile.lora_name!r} is no longer available; it has been switched off."
             )
         request.update(lora=lora.path, lora_name=lora.name, lora_scale=profile.lora_scale or 1.0)
+    request["loras"] = await inline_lora_entries(bot, user_id, prompt)
     return request
 
 

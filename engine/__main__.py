@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from engine.config import AppConfig, ConfigError, load_config
 from engine.errors import EngineError
 from engine.lora import inspect_lora_file
+from engine.lora_stack import folder_resolver, resolve_lora_stack
 from engine.pipeline import resolve_model_source
 from engine.requests import GenerationRequest
 from engine.schedulers import SCHEDULER_NAMES
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="hub id, folder, .safetensors file, or 'demo'")
     p.add_argument("--lora", default=None, help="LoRA .safetensors file or folder")
     p.add_argument("--lora-scale", type=float, default=0.8, help="LoRA strength, 0-2")
+    p.add_argument(
+        "--lora-dir",
+        default=os.environ.get("STORAGE_LORA_DIR", "models/lora"),
+        help="where <lora:NAME:w> in the prompt looks for NAME/final or NAME (default models/lora)",
+    )
     p.add_argument("--fast", action="store_true", help="LCM-LoRA fast mode: 4-8 steps, low CFG")
     p.add_argument("--out", default=None, help="output folder (default from settings)")
     p.add_argument("--prefix", default="gen", help="file name prefix")
@@ -134,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _config(args)
         from engine.requests import resolve_request
 
+        stack = resolve_lora_stack(
+            args.prompt, (), folder_resolver(args.lora_dir), config.generation.max_loras
+        )
+        request.loras = [use.to_entry() for use in stack]
         resolved = resolve_request(request, config.generation, {})
         if args.estimate_vram:
             estimate = estimate_for_config(
@@ -142,8 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(estimate.format())
             return 0
         resolve_model_source(config.model.model_id, config.model.allow_ckpt)
-        if args.lora:
-            inspect_lora_file(args.lora)
+        for path in [args.lora] * bool(args.lora) + [use.path for use in stack]:
+            inspect_lora_file(path)
         return _generate(config, request, args.quiet, args.prefix)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

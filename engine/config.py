@@ -124,6 +124,9 @@ class GenerationConfig(BaseSettings):
     )
     fast_steps: int = Field(6, ge=1, le=12, description="Steps in fast mode (LCM: 4-8)")
     fast_guidance: float = Field(1.5, ge=0, le=3, description="CFG in fast mode (LCM: 1-2)")
+    max_loras: int = Field(
+        3, ge=0, le=6, description="LoRAs per request from <lora:name:w> tags, on top of /lora use"
+    )
 
     @field_validator("width", "height")
     @classmethod

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ from typing import Any
 import torch
 
 from engine.config import AppConfig
+from engine.embeddings import EmbeddingInfo, EmbeddingSet
 from engine.errors import EngineError, GenerationCancelled
 from engine.lora import WEIGHT_NAME, LoraManager, lora_display_name, resolve_lora_file
+from engine.lora_stack import LoraResolver, folder_resolver, resolve_lora_stack
 from engine.metadata import format_parameters, save_png
 from engine.optimizations import (
     AttentionProcessors,
@@ -36,7 +39,7 @@ from engine.pipeline import (
     resolve_model_source,
 )
 from engine.preview import preview_or_none
-from engine.prompts import encode_long_prompt, needs_chunking
+from engine.prompts import prompt_arguments
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
 from engine.schedulers import make_scheduler
 from engine.vram import resolve_optimizations
@@ -52,16 +55,22 @@ MEMORY_RUNGS = memory_rungs()
 
 
 FAST_ADAPTER = "lcm_fast"
+DEFAULT_LORA_DIR = "models/lora"
 FAST_NOTE = "fast mode: negative prompts have little effect"
 
 
 class TextToImageGenerator:
     """A Stable Diffusion text-to-image pipeline with low-VRAM settings, LoRA and PNG metadata."""
 
-    def __init__(self, config: AppConfig | None = None) -> None:
+    def __init__(
+        self, config: AppConfig | None = None, lora_resolver: LoraResolver | None = None
+    ) -> None:
         self.config = config or AppConfig()
+        # Names in <lora:name:w> tags -> files; default: folders under models/lora.
+        self.lora_resolver: LoraResolver = lora_resolver or folder_resolver(DEFAULT_LORA_DIR)
         self.pipe: Any = None
         self.lora: LoraManager | None = None
+        self.embeddings: EmbeddingSet | None = None
         self.source: ModelSource | None = None
         self.device = "cpu"
         self.dtype = torch.float32
@@ -117,6 +126,7 @@ class TextToImageGenerator:
         if cfg.model.model_id.strip().lower() == "demo":
             self.model_name = "demo"
         self.lora = LoraManager(pipe)
+        self.embeddings = EmbeddingSet(pipe)
         self._scheduler_name = ""
         self.tiny_vae = self._load_tiny_vae(opt)
         log.info(
@@ -168,7 +178,16 @@ class TextToImageGenerator:
         return image
 
     def prepare(self, request: GenerationRequest) -> ResolvedRequest:
-        """Validate a request and fill its defaults (raises ValueError naming the parameter)."""
+        """Validate a request and fill its defaults (raises ValueError naming the parameter).
+
+        A request whose `loras` is None gets the LoRAs its prompt's <lora:…> tags name, resolved
+        with `lora_resolver` (unknown names raise ValueError).
+        """
+        if request.loras is None and "<" in str(request.prompt):
+            stack = resolve_lora_stack(
+                str(request.prompt), (), self.lora_resolver, self.config.generation.max_loras
+            )
+            request = replace(request, loras=[use.to_entry() for use in stack])
         return resolve_request(request, self.config.generation, self.model_defaults)
 
     def generate(
@@ -184,10 +203,18 @@ class TextToImageGenerator:
         scheduler: str | None = None,
         lora: str | None = None,
         lora_scale: float = 1.0,
+        loras: list[tuple[str | Path, float]] | None = None,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> list[Any]:
-        """Generate images (PIL) for a prompt; image i uses seed+i. See `last_result` for details."""
+        """Generate images (PIL) for a prompt; image i uses seed+i. See `last_result` for details.
+
+        `loras` stacks LoRAs by registered name or path with a weight each, with any
+        <lora:name:w> tags of the prompt, on top of `lora`.
+        """
+        stack = resolve_lora_stack(
+            prompt, loras or (), self.lora_resolver, self.config.generation.max_loras
+        )
         request = GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -200,6 +227,7 @@ class TextToImageGenerator:
             scheduler=scheduler,
             lora=lora,
             lora_scale=lora_scale,
+            loras=[use.to_entry() for use in stack],
         )
         return self.run(request, progress=progress, cancel=cancel).images
 
@@ -219,19 +247,11 @@ class TextToImageGenerator:
         pipe = self.pipe
         guidance = resolved.guidance_scale > 1.0
         generators = [torch.Generator("cpu").manual_seed(s) for s in resolved.seeds]
-        kwargs: dict[str, Any] = {}
         warnings: list[str] = [FAST_NOTE] if resolved.fast and resolved.negative_prompt else []
-        if needs_chunking(pipe.tokenizer, resolved.prompt, resolved.negative_prompt):
-            encoded = encode_long_prompt(
-                pipe, resolved.prompt, resolved.negative_prompt, pipe._execution_device, guidance
-            )
-            kwargs["prompt_embeds"] = encoded.prompt_embeds
-            if encoded.negative_embeds is not None:
-                kwargs["negative_prompt_embeds"] = encoded.negative_embeds
-            warnings += [f"prompt too long; dropped: {d}" for d in encoded.dropped]
-        else:
-            kwargs["prompt"] = resolved.prompt
-            kwargs["negative_prompt"] = resolved.negative_prompt or None
+        kwargs, notes = prompt_arguments(
+            pipe, resolved.prompt, resolved.negative_prompt, pipe._execution_device, guidance
+        )
+        warnings += notes
         steps_done = 0
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
@@ -291,8 +311,16 @@ class TextToImageGenerator:
             model=self.model_name,
             lora=lora_name,
             lora_scale=scale,
-            extra={"Fast": "LCM-LoRA"} if resolved.fast else None,
+            extra=self._extra_parameters(resolved),
         )
+
+    def _extra_parameters(self, resolved: ResolvedRequest) -> dict[str, Any] | None:
+        extra: dict[str, Any] = {}
+        if resolved.loras:
+            extra["LoRAs"] = ", ".join(f"{u.name}:{u.weight:g}" for u in resolved.loras)
+        if resolved.fast:
+            extra["Fast"] = "LCM-LoRA"
+        return extra or None
 
     def set_memory_level(self, level: int) -> None:
         """Apply the first `level` rungs of `memory_rungs` on top of the configured settings."""
@@ -315,6 +343,9 @@ class TextToImageGenerator:
             active.append((self.lora.load(resolved.lora, resolved.lora_name), resolved.lora_scale))
         elif self._default_lora is not None:
             active.append(self._default_lora)
+        for use in resolved.loras:
+            adapter = self.lora.load(use.path, use.name)
+            active = [pair for pair in active if pair[0] != adapter] + [(adapter, use.weight)]
         if resolved.fast:
             active.append((self.lora.load(self._fast_lora_file(), FAST_ADAPTER), 1.0))
         self.lora.activate_many(active)
@@ -393,6 +424,12 @@ class TextToImageGenerator:
         self.lora.activate(adapter, scale)
         return adapter
 
+    def load_embedding(self, path: str | Path, name: str) -> EmbeddingInfo:
+        """Load a textual-inversion embedding once; prompts then use it by writing `name`."""
+        if self.embeddings is None:
+            raise EngineError("no model loaded; call load_model() first")
+        return self.embeddings.load(path, name)
+
     def unload_lora_weights(self) -> None:
         """Unload every LoRA and return to the base model."""
         if self.lora is not None:
@@ -403,6 +440,7 @@ class TextToImageGenerator:
         """Free the pipeline and its memory (GPU memory included)."""
         self.pipe = None
         self.lora = None
+        self.embeddings = None
         self._safety = None
         self._default_lora = None
         gc.collect()

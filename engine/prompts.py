@@ -71,3 +71,110 @@ def encode_long_prompt(
     negative_embeds = _encode_chunks(pipe, neg_chunks, device) if guidance else None
     dropped = [d for d in (pos_dropped, neg_dropped) if d]
     return EncodedPrompts(prompt_embeds, negative_embeds, count, dropped)
+
+
+def prompt_arguments(
+    pipe: Any, prompt: str, negative: str, device: torch.device, guidance: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """Pipeline keyword arguments for a prompt as the user wrote it, and any warnings.
+
+    `<lora:…>` tags are removed; text without weights takes exactly today's path (diffusers' own
+    encoding, or 75-token windows when long); weighted text is encoded by compel in the same windows.
+    """
+    from engine.prompt_syntax import is_plain, parse_weights, plain_text, strip_lora_tags
+
+    prompt, negative = strip_lora_tags(prompt), strip_lora_tags(negative)
+    pos = parse_weights(prompt)
+    neg = parse_weights(negative) if guidance else [("", 1.0)]
+    if not (is_plain(pos) and is_plain(neg)):
+        encoded = encode_weighted_prompt(pipe, pos, neg, device, guidance)
+    else:
+        if _has_syntax(prompt):
+            prompt = plain_text(pos)
+        if _has_syntax(negative):
+            negative = plain_text(neg)
+        if not needs_chunking(pipe.tokenizer, prompt, negative):
+            return {"prompt": prompt, "negative_prompt": negative or None}, []
+        convert = getattr(pipe, "maybe_convert_prompt", None)
+        if convert is not None:  # multi-vector embeddings: 'name' -> 'name name_1 …'
+            prompt, negative = convert(prompt, pipe.tokenizer), convert(negative, pipe.tokenizer)
+        encoded = encode_long_prompt(pipe, prompt, negative, device, guidance)
+    kwargs: dict[str, Any] = {"prompt_embeds": encoded.prompt_embeds}
+    if encoded.negative_embeds is not None:
+        kwargs["negative_prompt_embeds"] = encoded.negative_embeds
+    return kwargs, [f"prompt too long; dropped: {d}" for d in encoded.dropped]
+
+
+def _has_syntax(text: str) -> bool:
+    return any(c in text for c in "()[]\\")
+
+
+def _cap_fragments(
+    tokenizer: Any, fragments: list[tuple[str, float]]
+) -> tuple[list[tuple[str, float]], str]:
+    """Keep at most MAX_CHUNKS windows of tokens; return the kept fragments and the dropped text."""
+    budget = MAX_CHUNKS * (tokenizer.model_max_length - 2)
+    kept: list[tuple[str, float]] = []
+    dropped: list[str] = []
+    for text, weight in fragments:
+        ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+        if len(ids) <= budget:
+            kept.append((text, weight))
+            budget -= len(ids)
+            continue
+        if budget > 0:
+            kept.append((tokenizer.decode(ids[:budget]), weight))
+        dropped.append(tokenizer.decode(ids[budget:]) if budget > 0 else text)
+        budget = 0
+    return kept or [("", 1.0)], " ".join(d.strip() for d in dropped if d.strip())
+
+
+def encode_weighted_prompt(
+    pipe: Any,
+    positive: list[tuple[str, float]],
+    negative: list[tuple[str, float]],
+    device: torch.device,
+    guidance: bool,
+) -> EncodedPrompts:
+    """Encode (fragment, weight) lists with compel in 75-token windows, padded to one length."""
+    try:
+        from compel import Compel
+        from compel.embeddings_provider import SplitLongTextMode
+    except ImportError:  # pragma: no cover - compel is a dependency; a broken install says so
+        raise ValueError(
+            "prompt: weighted text like (word:1.3) needs the 'compel' package; "
+            "install it (pip install compel) or remove the brackets"
+        ) from None
+    convert = getattr(pipe, "maybe_convert_prompt", None)
+    if convert is not None:  # multi-vector embeddings: 'name' -> 'name name_1 …'
+        positive = [(convert(t, pipe.tokenizer), w) for t, w in positive]
+        negative = [(convert(t, pipe.tokenizer), w) for t, w in negative]
+    positive, pos_dropped = _cap_fragments(pipe.tokenizer, positive)
+    negative, neg_dropped = _cap_fragments(pipe.tokenizer, negative)
+    compel = Compel(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        truncate_long_prompts=False,
+        split_long_text_mode=SplitLongTextMode.BRUTAL,  # plain 75-token windows, as unweighted
+        device=str(device),
+    )
+    provider = compel.conditioning_provider
+    with torch.no_grad():
+
+        def encode(fragments: list[tuple[str, float]]) -> torch.Tensor:
+            return provider.get_embeddings_for_weighted_prompt_fragments(
+                text_batch=[[t for t, _ in fragments]],
+                fragment_weights_batch=[[w for _, w in fragments]],
+                device=str(device),
+            )
+
+        pos = encode(positive)
+        neg = encode(negative) if guidance else None
+        if neg is not None:
+            pos, neg = compel.pad_conditioning_tensors_to_same_length([pos, neg])
+    dtype = pipe.text_encoder.dtype
+    chunks = pos.shape[1] // pipe.tokenizer.model_max_length
+    dropped = [d for d in (pos_dropped, neg_dropped) if d]
+    return EncodedPrompts(
+        pos.to(device, dtype), None if neg is None else neg.to(device, dtype), chunks, dropped
+    )

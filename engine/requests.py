@@ -18,6 +18,8 @@ from engine.config import (
     check_range,
     check_size,
 )
+from engine.lora_stack import LoraUse, stack_from_entries
+from engine.prompt_syntax import find_lora_tags, parse_weights, strip_lora_tags
 from engine.schedulers import canonical_scheduler_name
 
 MAX_SEED = 2**32 - 1
@@ -41,6 +43,8 @@ class GenerationRequest:
     lora_name: str | None = None  # name shown to users and written to metadata
     lora_scale: float = 1.0
     fast: bool = False  # LCM-LoRA + LCM sampler, few steps, low CFG
+    # The resolved stack, [path, weight, name] each; None: resolve the prompt's <lora:…> tags.
+    loras: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the request."""
@@ -69,6 +73,7 @@ class ResolvedRequest:
     lora_name: str | None
     lora_scale: float
     fast: bool = False
+    loras: tuple[LoraUse, ...] = ()
 
     @property
     def num_images(self) -> int:
@@ -94,6 +99,15 @@ class GenerationResult:
 def random_seed() -> int:
     """A random seed that leaves room for seed+i of an 8-image batch."""
     return secrets.randbelow(MAX_SEED - 8)
+
+
+def check_prompt_syntax(text: str, field_name: str = "prompt") -> None:
+    """Refuse bad weights or <lora:…> tags before any work starts (ValueError naming the field)."""
+    try:
+        find_lora_tags(text)
+        parse_weights(strip_lora_tags(text))
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("prompt:", f"{field_name}:", 1)) from None
 
 
 def resolve_request(
@@ -125,6 +139,7 @@ def resolve_request(
         raise ValueError("prompt: must not be empty")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"prompt: longer than {MAX_PROMPT_CHARS} characters")
+    check_prompt_syntax(prompt)
     checks = [
         ("width", lambda v: check_size(int(v))),
         ("height", lambda v: check_size(int(v))),
@@ -160,6 +175,7 @@ def resolve_request(
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 2:
         raise ValueError(f"lora_scale: must be between 0 and 2 (got {request.lora_scale!r})")
     negative = pick("negative_prompt") or ""
+    check_prompt_syntax(str(negative), "negative_prompt")
     return ResolvedRequest(
         prompt=prompt,
         negative_prompt=str(negative),
@@ -173,4 +189,5 @@ def resolve_request(
         lora_name=request.lora_name,
         lora_scale=float(request.lora_scale),
         fast=fast,
+        loras=stack_from_entries(request.loras or [], defaults.max_loras),
     )

@@ -180,6 +180,7 @@ class FileRoots:
 
     outputs_dir: Path
     lora_dir: Path
+    embedding_dir: Path = Path("models/embeddings")
 
     def image_path(self, job_id: int, index: int, *, when: datetime | None = None) -> Path:
         """Path of image ``index`` of a job: ``outputs/YYYY-MM-DD/job<id>-<index>.png``."""
@@ -191,3 +192,7 @@ class FileRoots:
     def lora_path(self, name: str) -> Path:
         """Folder of the LoRA called ``name`` (sanitised) under the LoRA root."""
         return safe_join(self.lora_dir, safe_name(name))
+
+    def embedding_path(self, name: str) -> Path:
+        """File of the embedding called ``name`` (sanitised): ``<root>/<name>.safetensors``."""
+        return safe_join(self.embedding_dir, safe_name(name) + ".safetensors")

@@ -31,6 +31,10 @@ class StorageSettings(BaseSettings):
         default=Path("models/lora"),
         description="Folder holding one sub-folder per LoRA adapter.",
     )
+    embedding_dir: Path = Field(
+        default=Path("models/embeddings"),
+        description="Folder holding textual-inversion embeddings added with /embedding add.",
+    )
     busy_timeout_ms: int = Field(
         default=5000,
         ge=0,

@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.jobs import JobKind, JobRecord, JobStatus
 from storage.db import Database, Transaction
+from storage.embeddings import EmbeddingsRepo
 from storage.errors import NotFoundError
 from storage.files import FileRoots
 from storage.generations import GenerationsRepo
@@ -32,6 +33,7 @@ class Storage:
         self.files = files
         self.users = UsersRepo(db)
         self.loras = LorasRepo(db)
+        self.embeddings = EmbeddingsRepo(db)
         self.jobs = JobsRepo(db)
         self.generations = GenerationsRepo(db)
         self.blocked_words = BlockedWordsRepo(db)
@@ -52,7 +54,7 @@ class Storage:
             busy_timeout_ms=settings.busy_timeout_ms,
             migrations_dir=migrations_dir,
         )
-        return cls(db, FileRoots(settings.outputs_dir, settings.lora_dir))
+        return cls(db, FileRoots(settings.outputs_dir, settings.lora_dir, settings.embedding_dir))
 
     async def close(self) -> None:
         """Close the database connection."""

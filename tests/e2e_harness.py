@@ -84,6 +84,7 @@ async def start_bot(
             db_path=world.tmp / "bot.sqlite3",
             outputs_dir=world.tmp / "outputs",
             lora_dir=world.tmp / "loras",
+            embedding_dir=world.tmp / "embeddings",
         ),
         guild_ready_timeout=0.05,
     )

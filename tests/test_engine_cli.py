@@ -149,3 +149,31 @@ def test_estimate_vram_loads_no_model(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Estimated peak VRAM" in proc.stdout and "weights unet" in proc.stdout
     assert not (tmp_path / "models").exists()
+
+
+def test_cli_inline_loras_and_weights(
+    tiny_model_dir: Path,
+    tiny_lora: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """<lora:NAME:w> names a folder under --lora-dir (NAME/final); weights in brackets work too."""
+    import shutil
+
+    import engine.__main__ as cli
+
+    monkeypatch.setattr(cli, "quiet_libraries", lambda: None)
+    run = tmp_path / "lora" / "ink" / "final"
+    run.mkdir(parents=True)
+    shutil.copy(tiny_lora, run / tiny_lora.name)
+    common = ["--model", str(tiny_model_dir), "--lora-dir", str(tmp_path / "lora")]
+    assert cli.main(["a castle <lora:nope:0.7>", *common, "--out", str(tmp_path)]) == 2
+    assert "unknown LoRA 'nope'" in capsys.readouterr().err
+    prompt = "a castle <lora:ink:0.7> (red:1.2)"
+    out = tmp_path / "out"
+    args = [prompt, *common, "--steps", "1", "--width", "64", "--height", "64", "--seed", "1"]
+    assert cli.main([*args, "--out", str(out), "--quiet"]) == 0
+    with Image.open(next(out.glob("gen_*.png"))) as image:
+        params = image.info["parameters"]
+    assert params.startswith(prompt + "\n") and 'LoRAs: "ink:0.7"' in params
