@@ -79,7 +79,9 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
     request: dict[str, Any] = {
         "prompt": prompt,
         "negative_prompt": options.get("negative") or profile.negative_prompt,
-        "num_inference_steps": options.get("steps") or saved_steps,
+        "num_inference_steps": options["steps"]
+        if options.get("steps") is not None
+        else saved_steps,
         "guidance_scale": options.get("cfg") if options.get("cfg") is not None else saved_cfg,
         "seed": options.get("seed") if options.get("seed") is not None else profile.fixed_seed,
         "width": width or profile.width,
@@ -95,7 +97,11 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
             raise UserFacingError(
                 f"Your LoRA {profile.lora_name!r} is no longer available; it has been switched off."
             )
-        request.update(lora=lora.path, lora_name=lora.name, lora_scale=profile.lora_scale or 1.0)
+        request.update(
+            lora=lora.path,
+            lora_name=lora.name,
+            lora_scale=1.0 if profile.lora_scale is None else profile.lora_scale,
+        )
     request["loras"] = await inline_lora_entries(bot, user_id, prompt)
     return request
 
