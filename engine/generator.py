@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from engine import img2img
 from engine.config import AppConfig
 from engine.errors import EngineError, GenerationCancelled
 from engine.lora import WEIGHT_NAME, LoraManager, lora_display_name, resolve_lora_file
@@ -79,6 +80,7 @@ class TextToImageGenerator:
         self.memory_level = 0
         self.memory_rungs = MEMORY_RUNGS
         self._attention: AttentionProcessors = {}
+        self._upscale_model: img2img.ModelUpscaler | None = None
 
     @property
     def loaded(self) -> bool:
@@ -186,8 +188,14 @@ class TextToImageGenerator:
         lora_scale: float = 1.0,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        init_image: Any = None,
+        strength: float | None = None,
     ) -> list[Any]:
-        """Generate images (PIL) for a prompt; image i uses seed+i. See `last_result` for details."""
+        """Generate images (PIL) for a prompt; image i uses seed+i. See `last_result` for details.
+
+        With `init_image` (a PIL image or a file path) this is img2img: `strength` (0.05-1,
+        default 0.6) is how much of the picture is repainted.
+        """
         request = GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -200,8 +208,38 @@ class TextToImageGenerator:
             scheduler=scheduler,
             lora=lora,
             lora_scale=lora_scale,
+            strength=strength,
         )
-        return self.run(request, progress=progress, cancel=cancel).images
+        with img2img.init_path(init_image) as path:
+            request.init_image = path
+            return self.run(request, progress=progress, cancel=cancel).images
+
+    def upscale(
+        self,
+        image: Any,
+        factor: float = 2.0,
+        strength: float = img2img.UPSCALE_STRENGTH,
+        prompt: str | None = None,
+        seed: int | None = None,
+        negative_prompt: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        """Enlarge an image (PIL or path) by `factor`, then repaint it lightly (hires fix).
+
+        Without `prompt`, the prompt, negative prompt, seed, sampler, steps and CFG come from
+        the image's PNG `parameters` text (ValueError when it has none).
+        """
+        request = img2img.upscale_request(
+            image, factor, strength, prompt, seed, negative_prompt, num_inference_steps,
+            guidance_scale, scheduler,
+        )  # fmt: skip
+        with img2img.init_path(image) as path:
+            request.init_image = path
+            return self.run(request, progress=progress, cancel=cancel).images[0]
 
     def run(
         self,
@@ -243,16 +281,22 @@ class TextToImageGenerator:
                 raise GenerationCancelled(f"cancelled after step {step + 1}")
             return tensors
 
-        output = pipe(
-            **kwargs,
-            num_inference_steps=resolved.num_inference_steps,
-            guidance_scale=resolved.guidance_scale,
-            width=resolved.width,
-            height=resolved.height,
-            num_images_per_prompt=resolved.num_images,
-            generator=generators,
-            callback_on_step_end=on_step_end,
-        )
+        if resolved.init_image is not None:
+            call = img2img.img2img_pipeline(pipe)
+            kwargs["image"] = img2img.init_pixels(resolved, self._upscaler())
+            kwargs["strength"] = resolved.strength
+        else:
+            call = pipe
+            kwargs.update(width=resolved.width, height=resolved.height)
+        with img2img.vae_tiling(pipe.vae, on=resolved.upscale is not None):
+            output = call(
+                **kwargs,
+                num_inference_steps=resolved.num_inference_steps,
+                guidance_scale=resolved.guidance_scale,
+                num_images_per_prompt=resolved.num_images,
+                generator=generators,
+                callback_on_step_end=on_step_end,
+            )
         images = list(output.images)
         seconds = time.perf_counter() - started
         result = GenerationResult(
@@ -279,6 +323,10 @@ class TextToImageGenerator:
         scale: float | None = resolved.lora_scale
         if lora_name is None and self._default_lora is not None:
             lora_name, scale = self._default_lora
+        extra: dict[str, Any] = {"Fast": "LCM-LoRA"} if resolved.fast else {}
+        if resolved.init_image is not None and resolved.strength is not None:
+            name = self._upscaler_name()
+            extra.update(img2img.img2img_fields(resolved.strength, resolved.upscale, name))
         return format_parameters(
             prompt=resolved.prompt,
             negative_prompt=resolved.negative_prompt,
@@ -291,8 +339,21 @@ class TextToImageGenerator:
             model=self.model_name,
             lora=lora_name,
             lora_scale=scale,
-            extra={"Fast": "LCM-LoRA"} if resolved.fast else None,
+            extra=extra or None,
         )
+
+    def _upscaler(self) -> img2img.ModelUpscaler | None:
+        """The GEN_UPSCALER model, loaded on first use; None for the plain resampler."""
+        ref = self.config.generation.upscaler.strip()
+        if not ref:
+            return None
+        if self._upscale_model is None:
+            self._upscale_model = img2img.ModelUpscaler(ref, self.device)
+        return self._upscale_model
+
+    def _upscaler_name(self) -> str:
+        ref = self.config.generation.upscaler.strip()
+        return Path(ref).stem if ref else img2img.RESAMPLER
 
     def set_memory_level(self, level: int) -> None:
         """Apply the first `level` rungs of `memory_rungs` on top of the configured settings."""
