@@ -337,8 +337,8 @@ class Imagine(commands.Cog):
         if strength is not None and image is None:
             raise UserFacingError("`strength` only applies with an `image` to start from.")
         if image is not None:
-            width = request["width"] or bot.generator.model_defaults.get("width", 512)
-            height = request["height"] or bot.generator.model_defaults.get("height", 512)
+            native_w, native_h = sizes(bot)["square"]  # model defaults or the settings
+            width, height = request["width"] or native_w, request["height"] or native_h
             path, fit_w, fit_h = await save_source(
                 bot.storage.files, image, int(width), int(height),
                 bot.bot_settings.max_attachment_mb,
