@@ -26,7 +26,8 @@ def test_cli_img2img_then_upscale(tiny_model_dir: Path, source_png: Path, tmp_pa
     out = tmp_path / "out"
     proc = run_cli(
         "a castle", "--model", str(tiny_model_dir), "--init-image", str(source_png),
-        "--strength", "0.5", "--steps", "4", "--seed", "5", "--out", str(out), "--quiet",
+        "--strength", "0.5", "--steps", "4", "--seed", "5", "--width", "64", "--height", "64",
+        "--out", str(out), "--quiet",
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
