@@ -12,6 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs._acks import recorded_defer
 from cogs._checks import (
     Cooldowns,
     UserFacingError,
@@ -22,6 +23,7 @@ from cogs._checks import (
 )
 from cogs._delivery import Update, interaction_reference
 from cogs._inline_loras import inline_lora_entries
+from cogs._sources import check_source, save_source
 from cogs._ui import (
     png_file,
     progress_line,
@@ -33,6 +35,7 @@ from cogs._ui import (
 from cogs.errors import never_failing
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
 from engine.events import JobEvent, Notice, Progress, Queued, Started
+from engine.img2img import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
 from engine.jobs import JobRecord
 from engine.requests import MAX_SEED, random_seed
 from engine.schedulers import SCHEDULER_NAMES
@@ -107,12 +110,17 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
 
 
 async def submit_for(
-    bot: ImageBot, interaction: discord.Interaction, request: dict[str, Any]
+    bot: ImageBot,
+    interaction: discord.Interaction,
+    request: dict[str, Any],
+    *,
+    deferred: bool = False,
 ) -> JobRecord:
     """Validate, write the job, acknowledge the interaction, then let the job start.
 
     The job is written before Discord is told anything, so no acknowledged command can exist
     without a record (a crash in between leaves a job that runs and posts in the channel).
+    ``deferred``: the caller already deferred under a recorded acknowledgement (cogs/_acks.py).
     """
     executor = bot.executor
     user = interaction.user
@@ -134,7 +142,7 @@ async def submit_for(
         channel_id=interaction.channel_id,
         reference=interaction_reference(interaction),
         admin=admin,
-        acknowledge=acknowledge,
+        acknowledge=None if deferred else acknowledge,
     )
 
 
@@ -142,6 +150,26 @@ def _as_request(data: dict[str, Any]):
     from engine.requests import GenerationRequest
 
     return GenerationRequest.from_dict(data)
+
+
+def from_image(
+    request: dict[str, Any], generation: Any, seeds: list[int], action: str, index: int
+) -> dict[str, Any]:
+    """The request of U<i> (upscale ×2, same seed) or V<i> (img2img, new seed) on image i."""
+    paths = list(generation.image_paths) if generation is not None else []
+    if not 0 <= index < len(paths) or not Path(paths[index]).is_file():
+        raise UserFacingError(f"Image {index + 1} of that job is no longer on the bot's disk.")
+    new = {**request, "init_image": paths[index], "upscale": None}
+    if action == "up":
+        if not _can_upscale(request):
+            raise UserFacingError(f"That image is already as large as allowed ({MAX_SIDE} px).")
+        new.update(
+            upscale=2.0, strength=UPSCALE_STRENGTH, num_images=1, width=None, height=None,
+            seed=seeds[index] if index < len(seeds) else None,
+        )  # fmt: skip
+    else:
+        new.update(strength=DEFAULT_STRENGTH, seed=random_seed())
+    return new
 
 
 async def can_manage_job(bot: ImageBot, interaction: discord.Interaction, job_id: int) -> JobRecord:
@@ -157,27 +185,34 @@ async def can_manage_job(bot: ImageBot, interaction: discord.Interaction, job_id
 
 
 class _JobButton(
-    discord.ui.DynamicItem[discord.ui.Button], template=r"sd:(?P<action>[a-z]+):(?P<job>[0-9]+)"
+    discord.ui.DynamicItem[discord.ui.Button],
+    template=r"sd:(?P<action>[a-z]+):(?P<job>[0-9]+)(?::(?P<index>[0-9]))?",
 ):
-    """Every job button; the custom id carries the action and the job id, so it survives restarts."""
+    """Every job button; the custom id carries the action, the job id and the image index
+    (U/V buttons), so it survives restarts."""
 
     LABELS = {
         "cancel": ("Cancel", discord.ButtonStyle.danger, "✖️"),
         "reroll": ("Reroll", discord.ButtonStyle.primary, "🎲"),
-        "var": ("Variations", discord.ButtonStyle.secondary, "🔀"),
+        "var": ("Next seeds", discord.ButtonStyle.secondary, "⏭️"),  # id kept for old messages
         "seed": ("Reuse seed", discord.ButtonStyle.secondary, "🌱"),
         "del": ("Delete", discord.ButtonStyle.secondary, "🗑️"),
+        "up": ("U", discord.ButtonStyle.secondary, None),
+        "vary": ("V", discord.ButtonStyle.secondary, None),
     }
+    PER_IMAGE = ("up", "vary")
 
-    def __init__(self, action: str, job_id: int) -> None:
+    def __init__(self, action: str, job_id: int, index: int | None = None, row: int | None = None):
         label, style, emoji = self.LABELS[action]
+        custom_id = f"sd:{action}:{job_id}"
+        if action in self.PER_IMAGE:
+            label, custom_id = f"{label}{(index or 0) + 1}", f"{custom_id}:{index or 0}"
         super().__init__(
-            discord.ui.Button(
-                label=label, style=style, emoji=emoji, custom_id=f"sd:{action}:{job_id}"
-            )
+            discord.ui.Button(label=label, style=style, emoji=emoji, custom_id=custom_id, row=row)
         )
         self.action = action
         self.job_id = job_id
+        self.index = index or 0
 
     @classmethod
     async def from_custom_id(
@@ -185,9 +220,9 @@ class _JobButton(
     ) -> _JobButton:
         """Rebuild the button from its custom id (also after a restart)."""
         action = match["action"]
-        if action not in cls.LABELS:
+        if action not in cls.LABELS or (action in cls.PER_IMAGE) != (match["index"] is not None):
             raise UserFacingError("This button is not known any more.")
-        return cls(action, int(match["job"]))
+        return cls(action, int(match["job"]), int(match["index"] or 0))
 
     async def callback(self, interaction: discord.Interaction) -> None:
         """Dispatch to the cog's handler for this action."""
@@ -195,7 +230,7 @@ class _JobButton(
 
         cog = interaction.client.get_cog("Imagine")  # type: ignore[union-attr]
         try:
-            await cog.on_button(interaction, self.action, self.job_id)
+            await cog.on_button(interaction, self.action, self.job_id, self.index)
         except Exception as exc:
             await handle_interaction_error(interaction, exc)
 
@@ -207,12 +242,29 @@ def cancel_view(job_id: int) -> discord.ui.View:
     return view
 
 
-def result_view(job_id: int) -> discord.ui.View:
-    """The view shown under finished images."""
+def result_view(job_id: int, count: int = 0, upscaled: bool = False, can_upscale: bool = True):
+    """The view under finished images: U1..Un and V1..Vn rows, then the job's own buttons.
+
+    At most 5 rows of 5 buttons: 8 images take two rows of U and two of V. An upscaled
+    image gets V1 (and U1 while another ×2 fits), and Delete.
+    """
     view = discord.ui.View(timeout=None)
-    for action in ("reroll", "var", "seed", "del"):
-        view.add_item(_JobButton(action, job_id))
+    row = 0
+    for action in ("up", "vary"):
+        if action == "up" and not can_upscale:
+            continue
+        for start in range(0, count, 5):
+            for index in range(start, min(count, start + 5)):
+                view.add_item(_JobButton(action, job_id, index, row=row))
+            row += 1
+    for action in ("del",) if upscaled else ("reroll", "var", "seed", "del"):
+        view.add_item(_JobButton(action, job_id, row=min(row, 4)))
     return view
+
+
+def _can_upscale(request: dict[str, Any]) -> bool:
+    """Whether another ×2 of this job's images stays within the size limit."""
+    return max(request.get("width") or 512, request.get("height") or 512) * 2 <= MAX_SIDE
 
 
 @never_failing
@@ -268,6 +320,8 @@ class Imagine(commands.Cog):
         count="Number of images",
         sampler="Sampler (scheduler)",
         fast="Fast mode: LCM, 4-8 steps (negative prompts have little effect)",
+        image="Start from this picture (img2img)",
+        strength="With an image: how much is repainted (0.05-1, default 0.6)",
     )
     @app_commands.autocomplete(sampler=sampler_autocomplete, size=size_autocomplete)
     async def imagine(
@@ -282,6 +336,8 @@ class Imagine(commands.Cog):
         count: app_commands.Range[int, 1, MAX_NUM_IMAGES] | None = None,
         sampler: str | None = None,
         fast: bool | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.05, 1.0] | None = None,
     ) -> None:
         """Queue a generation and report its progress by editing the reply."""
         bot = self.bot
@@ -295,11 +351,34 @@ class Imagine(commands.Cog):
             bot, user.id, prompt, negative=negative, steps=steps, cfg=cfg, seed=seed,
             size=size, count=count, sampler=sampler, fast=fast,
         )  # fmt: skip
-        await submit_for(bot, interaction, request)
+        if strength is not None and image is None:
+            raise UserFacingError("`strength` only applies with an `image` to start from.")
+        if image is None:
+            await submit_for(bot, interaction, request)
+            self.cooldowns.mark(user.id)
+            return
+        max_mb = bot.bot_settings.max_attachment_mb
+        check_source(image, max_mb)  # type and size refused before anything is acknowledged
+        native_w, native_h = sizes(bot)["square"]  # model defaults or the settings
+        width, height = request["width"] or native_w, request["height"] or native_h
+        # Downloading may take longer than Discord's 3 s for a first answer: defer first, with
+        # a record, so a crash before the job is written is answered at the next start.
+        async with recorded_defer(bot, interaction) as ack:
+            path, fit_w, fit_h = await save_source(
+                bot.storage.files, image, int(width), int(height), max_mb
+            )
+            request.update(
+                init_image=path, width=fit_w, height=fit_h,
+                strength=strength if strength is not None else DEFAULT_STRENGTH,
+            )  # fmt: skip
+            await submit_for(bot, interaction, request, deferred=True)
+            await ack.forget()
         self.cooldowns.mark(user.id)
 
     # ----- buttons -----------------------------------------------------------------------
-    async def on_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+    async def on_button(
+        self, interaction: discord.Interaction, action: str, job_id: int, index: int = 0
+    ) -> None:
         """Handle a click on one of the job buttons."""
         bot = self.bot
         if action == "cancel":
@@ -337,6 +416,11 @@ class Imagine(commands.Cog):
             return
         await ensure_not_banned(bot, interaction.user.id)
         request = dict(job.payload["request"])
+        if action in ("up", "vary"):
+            await submit_for(
+                bot, interaction, from_image(request, generation, seeds, action, index)
+            )
+            return
         if action == "reroll":
             request["seed"] = random_seed()
         else:  # variations: the same prompt with the seeds right after these
@@ -411,12 +495,14 @@ class Imagine(commands.Cog):
                     content += f"\nℹ️ Image {index + 1} is missing on the bot's disk."
                     continue
                 files.append(saved_png_file(png, f"job{job.id}-{index}.png", spoiler=hide))
+        view = result_view(
+            job.id,
+            count=len(data.get("paths", [])),
+            upscaled=request.get("upscale") is not None,
+            can_upscale=_can_upscale(request),
+        )
         return Update(
-            content=content,
-            embed=result_embed(job, data),
-            files=files,
-            view=result_view(job.id),
-            notify=True,
+            content=content, embed=result_embed(job, data), files=files, view=view, notify=True
         )
 
 

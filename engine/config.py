@@ -122,6 +122,9 @@ class GenerationConfig(BaseSettings):
         "latent-consistency/lcm-lora-sdv1-5",
         description="LCM-LoRA for fast mode: a file, a folder or a hub id",
     )
+    upscaler: str = Field(
+        "", description="Upscale model (.pth/.safetensors, Real-ESRGAN class); empty: Lanczos"
+    )
     fast_steps: int = Field(6, ge=1, le=12, description="Steps in fast mode (LCM: 4-8)")
     fast_guidance: float = Field(1.5, ge=0, le=3, description="CFG in fast mode (LCM: 1-2)")
     max_loras: int = Field(

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from engine import img2img
 from engine.config import AppConfig
 from engine.embeddings import EmbeddingInfo, EmbeddingSet
 from engine.errors import EngineError, GenerationCancelled
@@ -88,6 +89,7 @@ class TextToImageGenerator:
         self.memory_level = 0
         self.memory_rungs = MEMORY_RUNGS
         self._attention: AttentionProcessors = {}
+        self._upscale_model: img2img.ModelUpscaler | None = None
 
     @property
     def loaded(self) -> bool:
@@ -206,11 +208,15 @@ class TextToImageGenerator:
         loras: list[tuple[str | Path, float]] | None = None,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        init_image: Any = None,
+        strength: float | None = None,
     ) -> list[Any]:
         """Generate images (PIL) for a prompt; image i uses seed+i. See `last_result` for details.
 
         `loras` stacks LoRAs by registered name or path with a weight each, with any
-        <lora:name:w> tags of the prompt, on top of `lora`.
+        <lora:name:w> tags of the prompt, on top of `lora`. With `init_image` (a PIL image or a
+        file path) this is img2img: `strength` (0.05-1, default 0.6) is how much of the picture
+        is repainted.
         """
         stack = resolve_lora_stack(
             prompt, loras or (), self.lora_resolver, self.config.generation.max_loras
@@ -228,8 +234,38 @@ class TextToImageGenerator:
             lora=lora,
             lora_scale=lora_scale,
             loras=[use.to_entry() for use in stack],
+            strength=strength,
         )
-        return self.run(request, progress=progress, cancel=cancel).images
+        with img2img.init_path(init_image) as path:
+            request.init_image = path
+            return self.run(request, progress=progress, cancel=cancel).images
+
+    def upscale(
+        self,
+        image: Any,
+        factor: float = 2.0,
+        strength: float = img2img.UPSCALE_STRENGTH,
+        prompt: str | None = None,
+        seed: int | None = None,
+        negative_prompt: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        """Enlarge an image (PIL or path) by `factor`, then repaint it lightly (hires fix).
+
+        Without `prompt`, the prompt, negative prompt, seed, sampler, steps and CFG come from
+        the image's PNG `parameters` text (ValueError when it has none).
+        """
+        request = img2img.upscale_request(
+            image, factor, strength, prompt, seed, negative_prompt, num_inference_steps,
+            guidance_scale, scheduler,
+        )  # fmt: skip
+        with img2img.init_path(image) as path:
+            request.init_image = path
+            return self.run(request, progress=progress, cancel=cancel).images[0]
 
     def run(
         self,
@@ -263,16 +299,22 @@ class TextToImageGenerator:
                 raise GenerationCancelled(f"cancelled after step {step + 1}")
             return tensors
 
-        output = pipe(
-            **kwargs,
-            num_inference_steps=resolved.num_inference_steps,
-            guidance_scale=resolved.guidance_scale,
-            width=resolved.width,
-            height=resolved.height,
-            num_images_per_prompt=resolved.num_images,
-            generator=generators,
-            callback_on_step_end=on_step_end,
-        )
+        if resolved.init_image is not None:
+            call = img2img.img2img_pipeline(pipe)
+            kwargs["image"] = img2img.init_pixels(resolved, self._upscaler())
+            kwargs["strength"] = resolved.strength
+        else:
+            call = pipe
+            kwargs.update(width=resolved.width, height=resolved.height)
+        with img2img.vae_tiling(pipe.vae, on=resolved.upscale is not None):
+            output = call(
+                **kwargs,
+                num_inference_steps=resolved.num_inference_steps,
+                guidance_scale=resolved.guidance_scale,
+                num_images_per_prompt=resolved.num_images,
+                generator=generators,
+                callback_on_step_end=on_step_end,
+            )
         images = list(output.images)
         seconds = time.perf_counter() - started
         result = GenerationResult(
@@ -320,7 +362,23 @@ class TextToImageGenerator:
             extra["LoRAs"] = ", ".join(f"{u.name}:{u.weight:g}" for u in resolved.loras)
         if resolved.fast:
             extra["Fast"] = "LCM-LoRA"
+        if resolved.init_image is not None and resolved.strength is not None:
+            name = self._upscaler_name()
+            extra.update(img2img.img2img_fields(resolved.strength, resolved.upscale, name))
         return extra or None
+
+    def _upscaler(self) -> img2img.ModelUpscaler | None:
+        """The GEN_UPSCALER model, loaded on first use; None for the plain resampler."""
+        ref = self.config.generation.upscaler.strip()
+        if not ref:
+            return None
+        if self._upscale_model is None:
+            self._upscale_model = img2img.ModelUpscaler(ref, self.device)
+        return self._upscale_model
+
+    def _upscaler_name(self) -> str:
+        ref = self.config.generation.upscaler.strip()
+        return Path(ref).stem if ref else img2img.RESAMPLER
 
     def set_memory_level(self, level: int) -> None:
         """Apply the first `level` rungs of `memory_rungs` on top of the configured settings."""

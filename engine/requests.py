@@ -45,6 +45,9 @@ class GenerationRequest:
     fast: bool = False  # LCM-LoRA + LCM sampler, few steps, low CFG
     # The resolved stack, [path, weight, name] each; None: resolve the prompt's <lora:…> tags.
     loras: list[Any] | None = None
+    init_image: str | None = None  # img2img: path of the source image (stored, not its pixels)
+    strength: float | None = None  # img2img: how much is repainted, 0.05-1 (default 0.6)
+    upscale: float | None = None  # upscale the init image by this factor, then img2img
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the request."""
@@ -74,6 +77,9 @@ class ResolvedRequest:
     lora_scale: float
     fast: bool = False
     loras: tuple[LoraUse, ...] = ()
+    init_image: str | None = None
+    strength: float | None = None
+    upscale: float | None = None
 
     @property
     def num_images(self) -> int:
@@ -140,6 +146,7 @@ def resolve_request(
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"prompt: longer than {MAX_PROMPT_CHARS} characters")
     check_prompt_syntax(prompt)
+    init = _resolve_init(request, defaults, model_defaults)
     checks = [
         ("width", lambda v: check_size(int(v))),
         ("height", lambda v: check_size(int(v))),
@@ -149,7 +156,7 @@ def resolve_request(
     ]
     values: dict[str, Any] = {}
     for name, check in checks:
-        value = pick(name)
+        value = init.get(name) if name in init else pick(name)
         try:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"must be a number (got {value!r})")
@@ -176,6 +183,11 @@ def resolve_request(
         raise ValueError(f"lora_scale: must be between 0 and 2 (got {request.lora_scale!r})")
     negative = pick("negative_prompt") or ""
     check_prompt_syntax(str(negative), "negative_prompt")
+    if init and int(values["num_inference_steps"]) * init["strength"] < 1:
+        raise ValueError(
+            f"strength: {init['strength']:g} of {int(values['num_inference_steps'])} steps leaves "
+            "no denoising step; raise the strength or the steps"
+        )
     return ResolvedRequest(
         prompt=prompt,
         negative_prompt=str(negative),
@@ -190,4 +202,50 @@ def resolve_request(
         lora_scale=float(request.lora_scale),
         fast=fast,
         loras=stack_from_entries(request.loras or [], defaults.max_loras),
+        init_image=init.get("init_image"),
+        strength=init.get("strength"),
+        upscale=init.get("upscale"),
     )
+
+
+def _resolve_init(
+    request: GenerationRequest, defaults: GenerationConfig, model_defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """The img2img fields decided: path, strength, upscale and the output width and height."""
+    from engine.img2img import (
+        DEFAULT_STRENGTH,
+        UPSCALE_STRENGTH,
+        check_strength,
+        fit_size,
+        init_image_size,
+        upscaled_size,
+    )
+
+    path = request.init_image
+    if path is None:
+        if request.strength is not None:
+            raise ValueError("strength: only applies with an init image")
+        if request.upscale is not None:
+            raise ValueError("upscale: needs an init image to enlarge")
+        return {}
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"init_image: must be a file path (got {path!r})")
+    source = init_image_size(path)
+    found: dict[str, Any] = {"init_image": path}
+    if request.upscale is not None:
+        factor = request.upscale
+        found["width"], found["height"] = upscaled_size(*source, factor)  # type: ignore[arg-type]
+        found["upscale"] = float(factor)
+        default_strength = UPSCALE_STRENGTH
+    else:
+        default_strength = DEFAULT_STRENGTH
+        if request.width is None and request.height is None:
+            # The model's native pixel count, in the source's aspect ratio.
+            native_w = model_defaults.get("width", defaults.width)
+            native_h = model_defaults.get("height", defaults.height)
+            if "width" in defaults.model_fields_set:
+                native_w, native_h = defaults.width, defaults.height
+            found["width"], found["height"] = fit_size(*source, int(native_w), int(native_h))
+    strength = default_strength if request.strength is None else request.strength
+    found["strength"] = check_strength(strength)
+    return found

@@ -13,6 +13,9 @@ Estimator formula (all figures in MB, ``b`` = bytes per weight/activation elemen
   ``slice = batch × heads / 2``; the plain math path holds ``batch × heads × latent_pixels² × b × 2``.
 * VAE decode: about ``6 × H × W × 128 × b`` per image decoded at once (one with VAE slicing;
   tiles of 512 px with VAE tiling) plus the mid-block attention over the latent pixels.
+* img2img adds a VAE encode of the init image, costed like a decode of one image at a
+  time (the pipeline encodes the batch's single source once); an upscale is an img2img at
+  the enlarged size with VAE tiling forced on.
 * overhead: ``OVERHEAD_MB`` for the cuBLAS workspace and allocator fragmentation.
 
 The peak is the larger of the denoising phase and the decoding phase. It estimates
@@ -197,6 +200,7 @@ def estimate_vram(
     model_cpu_offload: bool = False,
     sequential_cpu_offload: bool = False,
     group_offload: bool = False,
+    img2img: bool = False,
     counts: dict[str, float] | None = None,
 ) -> VramEstimate:
     """Estimate peak VRAM (MB) of one generation; see the module docstring for the formula."""
@@ -226,7 +230,11 @@ def estimate_vram(
     decode_px = min(width * height, 512 * 512) if vae_tiling else width * height
     decode_latent_px = min(latent_px, 64 * 64) if vae_tiling else latent_px
     images_at_once = 1 if vae_slicing else batch_size
-    vae_decode = images_at_once * (6 * decode_px * 128 * b + decode_latent_px**2 * b * 2) / MB
+    one_image = (6 * decode_px * 128 * b + decode_latent_px**2 * b * 2) / MB
+    vae_decode = images_at_once * one_image
+    if img2img:
+        vae_decode = max(vae_decode, one_image)  # the encode of the init image
+        notes.append("img2img: the init image is VAE-encoded before denoising")
     decode_weights = weights["vae"] if model_cpu_offload else resident
     denoise_peak = resident + unet_act + attention
     decode_peak = decode_weights + vae_decode
@@ -243,8 +251,19 @@ def estimate_vram(
     )
 
 
-def estimate_for_config(config: Any, *, width: int, height: int, batch_size: int) -> VramEstimate:
-    """Estimate for an AppConfig as a CUDA run would resolve it (preset applied, fp16 on 'auto')."""
+def estimate_for_config(
+    config: Any,
+    *,
+    width: int,
+    height: int,
+    batch_size: int,
+    img2img: bool = False,
+    upscale: bool = False,
+) -> VramEstimate:
+    """Estimate for an AppConfig as a CUDA run would resolve it (preset applied, fp16 on 'auto').
+
+    For an upscale, width and height are the enlarged size; VAE tiling is on as the run has it.
+    """
     free = free_cuda_vram_mb()
     device = "cuda" if free is not None else "cpu"
     opt, _preset = resolve_optimizations(config.optimization, device, free_mb=free)
@@ -258,8 +277,9 @@ def estimate_for_config(config: Any, *, width: int, height: int, batch_size: int
         guidance=config.generation.guidance_scale > 1,
         attention_slicing=opt.enable_attention_slicing,
         vae_slicing=opt.enable_vae_slicing,
-        vae_tiling=opt.enable_vae_tiling,
+        vae_tiling=opt.enable_vae_tiling or upscale,
         model_cpu_offload=opt.enable_model_cpu_offload,
         sequential_cpu_offload=opt.enable_sequential_cpu_offload,
         group_offload=opt.enable_group_offload,
+        img2img=img2img or upscale,
     )

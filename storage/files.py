@@ -189,6 +189,12 @@ class FileRoots:
         day = (when or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
         return safe_join(self.outputs_dir, day, f"job{int(job_id)}-{int(index)}.png")
 
+    def source_path(self, sha256: str) -> Path:
+        """Path of an img2img source image, named by its content: ``outputs/sources/ab/<sha>.png``."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return safe_join(self.outputs_dir, "sources", sha256[:2], f"{sha256}.png")
+
     def lora_path(self, name: str) -> Path:
         """Folder of the LoRA called ``name`` (sanitised) under the LoRA root."""
         return safe_join(self.lora_dir, safe_name(name))

@@ -150,6 +150,17 @@ class GenerationsRepo:
         )
         return None if row is None else _record(row)
 
+    async def recent_for_user(
+        self, user_id: int, *, limit: int = 5, offset: int = 0
+    ) -> list[GenerationRecord]:
+        """The user's generations, newest first, one page of ``limit`` from ``offset``."""
+        rows = await self._db.fetchall(
+            f"SELECT {_COLUMNS} FROM generations WHERE user_id = ? ORDER BY id DESC "
+            "LIMIT ? OFFSET ?",
+            (user_id, int(limit), int(offset)),
+        )
+        return [_record(row) for row in rows]
+
     async def get_generation_by_job(self, job_id: int) -> GenerationRecord | None:
         """The (latest) generation recorded for a job, or None."""
         row = await self._db.fetchone(

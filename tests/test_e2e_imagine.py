@@ -174,7 +174,7 @@ async def test_waiting_job_is_delivered_after_restart(world, tiny_model_dir: Pat
     async with running(world, tiny_model_dir) as bot:
         result = await wait_result(it)
         assert png_seed(result.files[0]) == 9
-        await bot.outbox.wait_idle()
+        await bot.outbox.wait_idle()  # "done" is written after Discord answers the edit
         assert (await bot.storage.get_job(1)).status == "done"
 
 

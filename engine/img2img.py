@@ -1,0 +1,284 @@
+"""Image-to-image and upscaling: the init image, the shared img2img pipeline, the enlargers."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from engine.errors import EngineError
+from engine.metadata import parse_parameters
+
+log = logging.getLogger(__name__)
+
+MIN_STRENGTH = 0.05
+MAX_STRENGTH = 1.0
+DEFAULT_STRENGTH = 0.6
+UPSCALE_STRENGTH = 0.35
+MAX_UPSCALE = 4.0
+MAX_SIDE = 2048
+MAX_INIT_PIXELS = 40_000_000  # refuse decompression bombs before decoding
+RESAMPLER = "Lanczos"
+
+
+def check_strength(value: Any) -> float:
+    """The strength as a float in [0.05, 1.0]; else ValueError naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"strength: must be a number (got {value!r})")
+    if not MIN_STRENGTH <= value <= MAX_STRENGTH:
+        raise ValueError(
+            f"strength: must be between {MIN_STRENGTH} and {MAX_STRENGTH} (got {value})"
+        )
+    return float(value)
+
+
+def round8(value: float) -> int:
+    """The nearest multiple of 8, at least 64."""
+    return max(64, round(value / 8) * 8)
+
+
+def fit_size(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
+    """Scale (width, height) to the pixel count of max_width×max_height, aspect kept, sides ×8.
+
+    Sides are rounded down (never more pixels than allowed), except that no side goes below 64.
+    """
+    scale = (max_width * max_height / (width * height)) ** 0.5
+    w, h = width * scale, height * scale
+    # Never more pixels than allowed: round down, and keep each side within the limits.
+    w8, h8 = max(64, int(w) // 8 * 8), max(64, int(h) // 8 * 8)
+    return min(w8, MAX_SIDE), min(h8, MAX_SIDE)
+
+
+def upscaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
+    """The size an upscale by `factor` makes; ValueError past the size limit."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 < factor <= 4:
+        raise ValueError(
+            f"upscale: factor must be above 1 and at most {MAX_UPSCALE:g} (got {factor})"
+        )
+    w, h = round8(width * factor), round8(height * factor)
+    if max(w, h) > MAX_SIDE:
+        raise ValueError(
+            f"upscale: {factor:g}x of {width}x{height} is {w}x{h}, over the largest size "
+            f"{MAX_SIDE} px a side"
+        )
+    return w, h
+
+
+def open_init_image(path: str | Path) -> Image.Image:
+    """Open an untrusted init image as RGB (EXIF-rotated, alpha on white); ValueError if bad."""
+    from engine.prepare_dataset import ImageRejected, load_image
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"init_image: no such file: {file}")
+    try:
+        return load_image(file, max_pixels=MAX_INIT_PIXELS)
+    except ImageRejected as exc:
+        raise ValueError(f"init_image: {file.name} is unusable: {exc}") from None
+
+
+def init_image_size(path: str | Path) -> tuple[int, int]:
+    """The (width, height) in an image file's header, after checking it is a usable image."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"init_image: no such file: {file}")
+    try:
+        with Image.open(file) as image:
+            size = image.size
+            transposed = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise ValueError(f"init_image: {file.name} is not a readable image") from None
+    if size[0] * size[1] > MAX_INIT_PIXELS:
+        raise ValueError(f"init_image: {size[0]}x{size[1]} is over {MAX_INIT_PIXELS} pixels")
+    return (size[1], size[0]) if transposed else size
+
+
+def source_parameters(image: Image.Image | str | Path) -> dict[str, Any]:
+    """Prompt, negative prompt, seed, sampler, steps and CFG from an image's `parameters` text."""
+    if isinstance(image, Image.Image):
+        text = image.info.get("parameters")
+    else:
+        with Image.open(image) as opened:
+            text = opened.info.get("parameters")
+    if not text:
+        return {}
+    fields = parse_parameters(str(text))
+    found: dict[str, Any] = {
+        "prompt": fields["prompt"],
+        "negative_prompt": fields["negative_prompt"],
+    }
+    for key, name, kind in (
+        ("Seed", "seed", int),
+        ("Sampler", "scheduler", str),
+        ("Steps", "num_inference_steps", int),
+        ("CFG scale", "guidance_scale", float),
+    ):
+        if key in fields:
+            try:
+                found[name] = kind(fields[key])
+            except ValueError:
+                log.warning("ignoring unreadable %s %r in the image's parameters", key, fields[key])
+    return found
+
+
+class ModelUpscaler:
+    """A Real-ESRGAN-class super-resolution model loaded with spandrel (optional extra)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+        file = Path(path).expanduser()
+        if not file.is_file() or file.suffix.lower() not in (".pth", ".safetensors"):
+            raise EngineError(f"GEN_UPSCALER {str(path)!r} is not a .pth or .safetensors file")
+        try:
+            from spandrel import ImageModelDescriptor, ModelLoader
+        except ImportError:
+            raise EngineError(
+                'GEN_UPSCALER needs the spandrel library: pip install -e ".[upscale]"'
+            ) from None
+        model = ModelLoader(device=device).load_from_file(str(file))
+        if not isinstance(model, ImageModelDescriptor):
+            raise EngineError(f"{file.name} is not an image-to-image (super-resolution) model")
+        self.model = model.eval()
+        self.name = file.stem
+        self.device = device
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        """The image enlarged by the model's own scale."""
+        import numpy as np
+        import torch
+
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array).permute(2, 0, 1)[None].to(self.device)
+        with torch.no_grad():
+            out = self.model(tensor)[0].clamp(0, 1)
+        pixels = (out.permute(1, 2, 0).cpu().numpy() * 255.0).round().astype("uint8")
+        return Image.fromarray(pixels)
+
+
+def enlarge(image: Image.Image, size: tuple[int, int], model: ModelUpscaler | None) -> Image.Image:
+    """The image at `size`: the model's output resampled to fit, or Lanczos alone."""
+    if model is not None:
+        image = model(image)
+    if image.size == size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def img2img_pipeline(pipe: Any) -> Any:
+    """An img2img pipeline over the loaded pipeline's own modules (no second copy of weights).
+
+    Built with the constructor rather than ``from_pipe``: ``from_pipe`` ends with
+    ``.to(dtype)`` (float32 unless told), which would convert the shared fp16 modules and
+    fights offload hooks. The offload bookkeeping is copied so the end-of-call offload
+    behaves exactly as in the text-to-image pipeline.
+    """
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    components = {k: v for k, v in pipe.components.items() if k in _img2img_components()}
+    components.setdefault("image_encoder", None)
+    new = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
+    for name in ("_all_hooks", "_offload_device", "_offload_gpu_id"):
+        if hasattr(pipe, name):
+            setattr(new, name, getattr(pipe, name))
+    new.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return new
+
+
+def _img2img_components() -> set[str]:
+    import inspect
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    return set(inspect.signature(StableDiffusionImg2ImgPipeline.__init__).parameters) - {"self"}
+
+
+def img2img_fields(strength: float, upscale: float | None, upscaler: str) -> dict[str, Any]:
+    """The web-UI parameters fields of an img2img or upscale run."""
+    if upscale is None:
+        return {"Denoising strength": f"{strength:g}"}
+    return {
+        "Hires upscale": f"{upscale:g}",
+        "Hires upscaler": upscaler,
+        "Denoising strength": f"{strength:g}",
+    }
+
+
+@contextmanager
+def init_path(image: Image.Image | str | Path | None) -> Iterator[str | None]:
+    """A file path for an init image: the path itself, or a PIL image written to a temp file."""
+    if image is None or isinstance(image, (str, Path)):
+        yield None if image is None else str(image)
+        return
+    if not isinstance(image, Image.Image):
+        raise ValueError(
+            f"init_image: must be a PIL image or a file path (got {type(image).__name__})"
+        )
+    with tempfile.TemporaryDirectory(prefix="sd-init-") as folder:
+        path = Path(folder) / "init.png"
+        image.save(path, format="PNG")
+        yield str(path)
+
+
+def init_pixels(resolved: Any, model: ModelUpscaler | None) -> Image.Image:
+    """The source image of a resolved request at its output size (enlarged when upscaling)."""
+    image = open_init_image(resolved.init_image)
+    size = (resolved.width, resolved.height)
+    if resolved.upscale is not None:
+        return enlarge(image, size, model)
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+@contextmanager
+def vae_tiling(vae: Any, on: bool) -> Iterator[None]:
+    """Turn VAE tiling on for the duration (when asked), then restore what was configured."""
+    before = bool(getattr(vae, "use_tiling", False))
+    if on and not before and hasattr(vae, "enable_tiling"):
+        vae.enable_tiling()
+    try:
+        yield
+    finally:
+        if on and not before and hasattr(vae, "disable_tiling"):
+            vae.disable_tiling()
+
+
+def upscale_request(
+    image: Image.Image | str | Path,
+    factor: float,
+    strength: float,
+    prompt: str | None,
+    seed: int | None,
+    negative_prompt: str | None,
+    num_inference_steps: int | None,
+    guidance_scale: float | None,
+    scheduler: str | None,
+) -> Any:
+    """The GenerationRequest of an upscale; unset fields come from the image's parameters."""
+    from engine.requests import GenerationRequest
+
+    if isinstance(image, (str, Path)) and not Path(image).is_file():
+        raise ValueError(f"init_image: no such file: {image}")
+    try:
+        found = source_parameters(image)
+    except (OSError, SyntaxError, ValueError):
+        raise ValueError(f"init_image: {Path(str(image)).name} is not a readable image") from None
+    if prompt is None and not found.get("prompt"):
+        raise ValueError("prompt: the image has no parameters text to read it from; give a prompt")
+    return GenerationRequest(
+        prompt=prompt if prompt is not None else found["prompt"],
+        negative_prompt=(
+            negative_prompt if negative_prompt is not None else found.get("negative_prompt")
+        ),
+        num_inference_steps=num_inference_steps or found.get("num_inference_steps"),
+        guidance_scale=guidance_scale
+        if guidance_scale is not None
+        else found.get("guidance_scale"),
+        seed=seed if seed is not None else found.get("seed"),
+        scheduler=scheduler or found.get("scheduler"),
+        num_images=1,
+        strength=strength,
+        upscale=factor,
+    )
