@@ -35,6 +35,7 @@ EXTENSIONS = (
     "cogs.train",
     "cogs.profile",
     "cogs.queue",
+    "cogs.history",
     "cogs.admin",
     "cogs.errors",
 )

@@ -94,3 +94,28 @@ async def test_non_image_attachment_is_refused(world, tiny_model_dir: Path) -> N
         )
         assert ephemeral(reply) and "not usable as an image" in text_of(reply)
         assert await bot.storage.get_job(1) is None  # nothing was queued
+
+
+async def test_history_lists_newest_first_and_opens_with_u_and_v(
+    world, tiny_model_dir: Path
+) -> None:
+    async with running(world, tiny_model_dir):
+        for prompt in ("an old castle", "a new castle"):
+            await wait_result(await world.slash(world.alice, "imagine", {"prompt": prompt}))
+        page = await world.slash(world.alice, "history")
+        shown = await page.wait_callback()
+        assert shown.type == 4 and shown.data["flags"] & 64  # only alice sees it
+        text = str(shown.data["embeds"])
+        assert text.index("a new castle") < text.index("an old castle")
+        assert shown.files and shown.files[0].filename == "history.png"
+        assert "sdh:open:2" in str(shown.data["components"])
+        empty = await world.slash(world.bob, "history")
+        assert "no images yet" in (await empty.wait_callback()).data["content"]
+        message = shown.message if shown.message is not None else page.original
+        opened = await world.fake.send_component(world.alice, message, "sdh:open:2")
+        reply = await opened.wait_callback()
+        assert reply.files and reply.files[0].filename == "job2-0.png"
+        buttons = str(reply.data["components"])
+        assert "sd:vary:2:0" in buttons and "sd:up:2:0" in buttons
+        stranger = await world.fake.send_component(world.bob, message, "sdh:open:2")
+        assert "not in your history" in (await stranger.wait_callback()).data["content"]
