@@ -175,6 +175,17 @@ async def build(
     except BaseException:
         await storage.close()
         raise
+    workers = None
+    if config.workers.backend == "ray":
+        from engine.workers.ray_backend import connect, create_workers
+
+        await asyncio.to_thread(connect, config.workers.ray_address)
+        workers = await asyncio.to_thread(
+            create_workers,
+            config,
+            count=config.workers.count,
+            cache_dir=config.workers.cache_dir,
+        )
     executor = EngineExecutor(
         generator,
         storage,
@@ -182,6 +193,8 @@ async def build(
         image_path=lambda job, index: storage.files.image_path(job.id, index),
         trainer_factory=trainer_factory_for(generator),
         deliver=True,
+        workers=workers,
+        affinity_window=config.workers.affinity_window,
     )
     return ImageBot(
         bot_settings=bot_settings,

@@ -139,6 +139,22 @@ class Admin(commands.Cog):
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     # ----- numbers -----------------------------------------------------------------------
+    @group.command(name="workers", description="The GPU workers: node, device, state, job, speed")
+    @admin_only()
+    async def workers(self, interaction: discord.Interaction) -> None:
+        """One line per worker (the local engine thread, or each Ray actor)."""
+        lines = []
+        for info in self.bot.executor.workers_info():
+            job = f"job {info.current_job}" if info.current_job is not None else "idle"
+            speed = "-" if info.seconds_per_step is None else f"{info.seconds_per_step:.2f} s/step"
+            lines.append(
+                f"**{info.name}** on {info.node} · {info.device} ({info.preset}) · {info.state} · "
+                f"{job} · {info.jobs_done} done · {speed}"
+            )
+        text = "\n".join(lines) or "No worker is alive; jobs wait until one comes back."
+        embed = info_embed(f"Workers ({len(lines)})", clip(text, 4000))
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
     @group.command(name="stats", description="Jobs served, speed, queue, model and device")
     @admin_only()
     async def stats(self, interaction: discord.Interaction) -> None:

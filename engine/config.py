@@ -180,6 +180,28 @@ class QueueConfig(BaseSettings):
     )
 
 
+class WorkersConfig(BaseSettings):
+    """Where jobs run: the local engine thread or a pool of Ray workers (env prefix WORKERS_)."""
+
+    model_config = _section("WORKERS_")
+
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local (one engine thread in the bot) or ray (one worker per GPU)"
+    )
+    ray_address: str = Field(
+        "", description="Empty: a private Ray inside the bot; auto or host:port: join a cluster"
+    )
+    count: int | None = Field(
+        None, ge=1, le=1024, description="Ray workers; empty: one per GPU in the cluster, else 1"
+    )
+    affinity_window: int = Field(
+        3, ge=0, le=100, description="Most times a job is overtaken for a worker holding a LoRA"
+    )
+    cache_dir: Path = Field(
+        Path("models/worker-cache"), description="Where a Ray worker keeps the LoRAs it was sent"
+    )
+
+
 def check_size(value: int) -> None:
     """Raise ValueError unless value is a multiple of 8 in [64, 2048]."""
     if value % 8 or not 64 <= value <= 2048:
@@ -201,6 +223,7 @@ class AppConfig(BaseModel):
     optimization: OptimizationConfig = Field(default_factory=OptimizationConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
 
 
 def env_name(section: type[BaseSettings], field: str) -> str:
@@ -244,6 +267,7 @@ def load_config(env_file: str | Path | None = ENV_FILE) -> AppConfig:
         ("optimization", OptimizationConfig),
         ("generation", GenerationConfig),
         ("queue", QueueConfig),
+        ("workers", WorkersConfig),
     ):
         try:
             sections[key] = section(**kwargs)

@@ -220,6 +220,25 @@ class FairQueue:
                 return self._take(index)
         return None
 
+    def head(self, count: int) -> list[JobRecord]:
+        """The first `count` waiting jobs in serving order."""
+        return self._jobs[:count]
+
+    def take(self, job_id: int) -> JobRecord | None:
+        """Take this waiting job to run it now (it counts as served, like pop_next)."""
+        job = self._by_id.get(job_id)
+        if job is None:
+            return None
+        index = bisect.bisect_left(self._keys, _key(job))
+        self._served_tag = max(self._served_tag, self._keys[index][1])
+        return self._take(index)
+
+    async def wait_available(self) -> None:
+        """Wait until a job waits and the queue is not paused."""
+        while self.paused or not self._jobs:
+            self._available.clear()
+            await self._available.wait()
+
     async def get(self) -> JobRecord:
         """Wait for the next job in fair order (not while paused)."""
         while True:

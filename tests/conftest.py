@@ -17,7 +17,9 @@ from tests.tiny_sd import make_tiny_lora, save_tiny_pipeline
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep a developer's .env and settings variables out of the tests."""
     for key in list(os.environ):
-        if key.startswith(("MODEL_", "OPT_", "GEN_", "QUEUE_", "STORAGE_", "DISCORD_", "BOT_")):
+        if key.startswith(
+            ("MODEL_", "OPT_", "GEN_", "QUEUE_", "WORKERS_", "STORAGE_", "DISCORD_", "BOT_")
+        ):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 

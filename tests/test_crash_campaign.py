@@ -78,7 +78,9 @@ def job_rows(db: Path) -> dict[str, tuple[int, str, bool]]:
 
 
 async def wait_for(predicate, timeout: float = 120.0, every: float = 0.02) -> None:
-    for _ in range(int(timeout / every)):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
         if predicate():
             return
         await asyncio.sleep(every)
@@ -130,7 +132,12 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
         bot.kill()
         await bot.start()
 
-    # 2. Killed right after the 'finished' commit, before the upload could land.
+    def all_delivered() -> bool:
+        return all(row[2] for row in job_rows(db).values())
+
+    # 2. Killed right after the 'finished' commit, before the upload could land. (Earlier jobs
+    # are delivered first, so the held upload is this job's.)
+    await wait_for(all_delivered)
     world.fake.hang(1, delay=3.0, route=is_result_upload)
     await imagine("finished castle")
     await wait_for(lambda: job_rows(db).get("finished castle", (0, ""))[1] == "finished")
@@ -138,6 +145,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     await bot.start()
 
     # 3a. Killed during the upload on the interaction token: the request reached Discord.
+    await wait_for(all_delivered)
     upload = world.fake.hang(1, delay=2.0, route=is_result_upload)
     await imagine("uploading castle")
     await wait_for(lambda: upload.remaining == 0)
@@ -145,6 +153,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     await bot.start()
 
     # 3b. The same on the channel fallback (token refused): only the nonce prevents a repeat.
+    await wait_for(all_delivered)
     assert "paused" in (await answer(await world.slash(world.admin, "admin pause"))).content
     late = await imagine("late castle")
     await late.wait_for(lambda e: "Queued" in str(e.payload.get("content")))
@@ -156,7 +165,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     await bot.start()
 
     try:
-        await wait_for(lambda: all(row[2] for row in job_rows(db).values()), timeout=180)
+        await wait_for(all_delivered, timeout=180)
         await asyncio.sleep(3.5)  # every held request has landed by now
         # A button on a result from before the restarts still works.
         first = records[0].original

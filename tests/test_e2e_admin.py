@@ -28,6 +28,7 @@ async def test_non_admins_are_refused_every_admin_command(world, tiny_model_dir:
             ("admin unblock", {"word": "cat"}),
             ("admin blocked", {}),
             ("admin stats", {}),
+            ("admin workers", {}),
         ]
         for command, options in commands:
             reply = await answer(await world.slash(world.alice, command, options))
@@ -159,3 +160,6 @@ async def test_stats(world, tiny_model_dir: Path) -> None:
         assert bot.generator.model_name in text and "cpu" in text
         assert f"'VRAM preset', 'value': '{bot.generator.preset}'" in text
         assert "dispatcher alive" in text and "GB free" in text
+        workers = await answer(await world.slash(world.admin, "admin workers"))
+        shown = text_of(workers)
+        assert "Workers (1)" in shown and "1 done" in shown and "cpu" in shown

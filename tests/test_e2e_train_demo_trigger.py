@@ -87,15 +87,18 @@ def test_lora_answers_to_its_trigger_word(demo_generator: TextToImageGenerator) 
     named = [_prompt(shape, background, color) for color, shape, background in NAMED]
     triggered = [_prompt(shape, background) for shape, background in EVAL]
     judge = Judge()
-    kept = {
-        label: sum(
-            judge(demo_generator.generate(p, seed=seed, lora=lora)[0]).color == color
-            for p, (color, _, _) in zip(named, NAMED, strict=True)
-            for seed in SEEDS
-        )
-        for label, lora in (("without", None), ("with", weights))
-    }
-    named_distance = _pink_distance(demo_generator, named, weights)
+    pink = rgb(PINK)
+    kept: dict[str, int] = {}
+    named_distances: list[float] = []
+    for label, lora in (("without", None), ("with", weights)):
+        kept[label] = 0
+        for p, (color, _, _) in zip(named, NAMED, strict=True):
+            for seed in SEEDS:
+                image = demo_generator.generate(p, seed=seed, lora=lora)[0]
+                kept[label] += judge(image).color == color
+                if lora is not None:  # the same images give the distance with the LoRA
+                    named_distances.append(centre_distance(image, pink))
+    named_distance = float(np.mean(named_distances))
     trigger_distance = _pink_distance(demo_generator, triggered, weights)
     print(
         f"\nnamed colour kept: {kept['without']}/{len(named) * len(SEEDS)} without the LoRA, "

@@ -73,7 +73,13 @@ def test_all_bad_values_reported_together(monkeypatch: pytest.MonkeyPatch) -> No
     assert "GEN_WIDTH" in str(info.value) and "MODEL_PRECISION" in str(info.value)
 
 
-SECTIONS = ("ModelConfig", "OptimizationConfig", "GenerationConfig", "QueueConfig")
+SECTIONS = (
+    "ModelConfig",
+    "OptimizationConfig",
+    "GenerationConfig",
+    "QueueConfig",
+    "WorkersConfig",
+)
 
 
 def _all_sections() -> list[type]:

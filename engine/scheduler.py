@@ -1,0 +1,628 @@
+"""The scheduler: the durable fair queue on the event loop, handing jobs to free workers.
+
+It owns the caps, positions and ETAs, events, cancel and pause; workers own devices. With one
+local worker it behaves exactly like the single engine thread it replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import QueueConfig
+from engine.errors import EngineError, GenerationCancelled
+from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progress, Queued, Started
+from engine.generator import TextToImageGenerator
+from engine.jobs import JobKind, JobRecord, JobStore
+from engine.queue import TAG_KEY, FairQueue, QueueFullError
+from engine.requests import GenerationRequest, GenerationResult
+from engine.training_runner import TrainingRunner
+from engine.workers.base import JobRun, Worker, WorkerInfo, WorkerLost
+from engine.workers.core import OutOfMemoryExhausted
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[JobEvent], Any]
+ImagePath = Callable[[JobRecord, int], Path]
+BASE_PIXELS = 512 * 512
+
+
+class _StoreFailure(Exception):
+    """Recording an outcome failed (its cause is the store's error)."""
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A job on the engine now (a training stays listed while images run between its slices)."""
+
+    job: JobRecord
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """What the cogs may read about the queue: running jobs, waiting jobs in order, paused."""
+
+    running: list[RunningJob]
+    waiting: list[JobRecord]
+    paused: bool
+
+    def running_ids(self) -> set[int]:
+        """Ids of the running jobs."""
+        return {r.job.id for r in self.running}
+
+
+@dataclass
+class EngineHealth:
+    """The dispatcher's state for /admin stats: errors it survived and the last one."""
+
+    errors: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    requeued: list[int] = field(default_factory=list)
+
+    def record(self, job: JobRecord, exc: BaseException) -> None:
+        """Remember an error the dispatcher survived."""
+        self.errors += 1
+        self.last_error = f"job {job.id}: {type(exc).__name__}: {exc}"[:300]
+        self.last_error_at = time.time()
+
+
+class Scheduler:
+    """Serves the fair queue with a pool of workers and reports job events on the event loop."""
+
+    def __init__(
+        self,
+        generator: TextToImageGenerator,
+        store: JobStore,
+        config: QueueConfig | None = None,
+        *,
+        workers: list[Worker],
+        image_path: ImagePath | None = None,
+        trainer_factory: Callable[[JobRecord], Any] | None = None,
+        deliver: bool = False,
+        affinity_window: int = 3,
+        kill_limit: int = 3,
+        close_workers: bool = True,
+    ) -> None:
+        """``deliver=True``: a front end delivers outcomes and marks them delivered itself
+        (jobs stay 'finished' until then); otherwise outcomes count as delivered at once."""
+        if not workers:
+            raise ValueError("the scheduler needs at least one worker")
+        self.generator = generator  # validates requests at submit
+        self.store = store
+        self.config = config or QueueConfig()
+        self.queue = FairQueue(
+            store, per_user_cap=self.config.per_user_cap, global_cap=self.config.global_cap
+        )
+        self.workers = workers
+        self.image_path = image_path
+        self.training_runner = TrainingRunner(self, trainer_factory)
+        self.deliver = deliver
+        self.affinity_window = affinity_window
+        self.kill_limit = kill_limit
+        self.close_workers = close_workers
+        self.health = EngineHealth()
+        self.served = 0
+        self.images_made = 0
+        self.seconds_generating = 0.0
+        self._active: dict[str, JobRun] = {}  # worker name -> the job it runs now
+        self._busy: set[str] = set()
+        self._backoff: dict[str, float] = {}
+        self._overtaken: dict[int, int] = {}
+        self._kills: dict[int, int] = {}
+        self._listeners: list[Listener] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._serving: set[asyncio.Task[None]] = set()
+        self._worker_freed = asyncio.Event()
+        self._aside: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._seconds_per_unit: float | None = None
+
+    # ----- wiring -----------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> None:
+        """Call listener(event) on the event loop for every job event (sync or async)."""
+        self._listeners.append(listener)
+
+    async def start(self) -> int:
+        """Put unfinished jobs back in the queue (original order) and start serving; return count."""
+        self._loop = asyncio.get_running_loop()
+        for worker in self.workers:
+            await worker.start()
+        jobs = await self.store.unfinished_jobs()
+        for job in jobs:
+            if job.status == "running":
+                await self.store.set_job_status(job.id, "queued")
+                job.status = "queued"
+            self.queue.push(job)
+        if jobs:
+            first = min(float(job.payload.get(TAG_KEY, 1.0)) for job in jobs)
+            self.queue.restore_served_tag(first - 1.0)
+            log.info("recovered %d unfinished job(s)", len(jobs))
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="engine-dispatcher")
+        return len(jobs)
+
+    async def stop(self) -> None:
+        """Stop taking jobs; running ones stop at their next step and stay queued for restart."""
+        self._stopping = True
+        for run in self._runs():
+            run.cancel.set()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        if self._serving:
+            _, pending = await asyncio.wait(set(self._serving), timeout=120)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.close_workers:
+            for worker in self.workers:
+                await worker.close()
+        if self._aside is not None:
+            self._aside.shutdown(wait=True)
+        for task in list(self._tasks):
+            await asyncio.gather(task, return_exceptions=True)
+
+    # ----- the public queue API (event loop only, all O(waiting jobs)) -----------------------
+    async def submit(
+        self,
+        *,
+        user_id: int,
+        payload: dict[str, Any],
+        kind: JobKind = "generate",
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        reference: dict[str, Any] | None = None,
+        admin: bool = False,
+        acknowledge: Callable[[JobRecord], Awaitable[None]] | None = None,
+    ) -> JobRecord:
+        """Queue a job durably; raises QueueFullError past a cap, ValueError for a bad request.
+
+        ``acknowledge(job)`` runs after the job is written and before it can start; if it
+        fails, the job is cancelled (nothing to deliver) and the error propagates.
+        """
+        if self._stopping:
+            raise QueueFullError("The bot is shutting down; try again in a minute.")
+        if kind == "generate":
+            request = GenerationRequest.from_dict(payload.get("request", {}))
+            resolved = self.generator.prepare(request)  # validate before queueing
+            # Store the request fully decided, so a rerun after a restart makes the same images.
+            filled = {
+                **request.to_dict(),
+                "negative_prompt": resolved.negative_prompt,
+                "num_inference_steps": resolved.num_inference_steps,
+                "guidance_scale": resolved.guidance_scale,
+                "seed": resolved.seeds[0],
+                "width": resolved.width,
+                "height": resolved.height,
+                "num_images": resolved.num_images,
+                "scheduler": resolved.scheduler,
+            }
+            payload = {**payload, "request": filled}
+        priority = 1 if admin and self.config.admin_priority else 0
+
+        async def before_place(job: JobRecord) -> None:
+            if acknowledge is None:
+                return
+            try:
+                await acknowledge(job)
+            except BaseException:
+                try:
+                    await self.store.set_job_status(job.id, "cancelled", error="not acknowledged")
+                    await self.store.mark_delivered(job.id)
+                except Exception:
+                    log.exception("could not cancel unacknowledged job %s", job.id)
+                raise
+
+        job = await self.queue.submit(
+            kind=kind,
+            user_id=user_id,
+            payload=payload,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            reference=reference,
+            priority=priority,
+            check_caps=not admin,
+            before_place=before_place,
+        )
+        self._emit(Queued(job, self.queue.position(job.id) or 1, self.eta(job.id)))
+        return job
+
+    @property
+    def running(self) -> JobRun | None:
+        """The job on the (first busy) worker now, or None."""
+        return next(iter(self._active.values()), None)
+
+    @property
+    def training(self) -> JobRun | None:
+        """The training in progress (also between its slices), or None."""
+        return self.training_runner.current
+
+    @property
+    def trainer_factory(self) -> Callable[[JobRecord], Any] | None:
+        """What builds a trainer for a train job."""
+        return self.training_runner.trainer_factory
+
+    @property
+    def stopping(self) -> bool:
+        """Whether stop() was called."""
+        return self._stopping
+
+    def position(self, job_id: int) -> int | None:
+        """1-based queue position of a waiting job; 0 if it is running; None if unknown."""
+        if any(run.job.id == job_id for run in self._runs()):
+            return 0
+        return self.queue.position(job_id)
+
+    def _runs(self) -> list[JobRun]:
+        runs: list[JobRun] = []
+        for run in (self.training, *self._active.values()):
+            if run is not None and all(run is not seen for seen in runs):
+                runs.append(run)
+        return runs
+
+    def snapshot(self) -> QueueSnapshot:
+        """Running jobs (a training between its slices included) and waiting jobs in order."""
+        return QueueSnapshot(
+            running=[RunningJob(run.job, run.step, run.total) for run in self._runs()],
+            waiting=self.queue.order(),
+            paused=self.queue.paused,
+        )
+
+    def workers_info(self) -> list[WorkerInfo]:
+        """Each worker's name, node, device, state, current job and speed (for /admin workers)."""
+        return [worker.info(self._active.get(worker.name)) for worker in self.workers]
+
+    def check_caps(self, user_id: int) -> None:
+        """Raise QueueFullError if this user (or the server) may not queue another job now."""
+        if self._stopping:
+            raise QueueFullError("The bot is shutting down; try again in a minute.")
+        self.queue.check_caps(user_id)
+
+    @property
+    def dispatcher_alive(self) -> bool:
+        """Whether the dispatcher task is serving the queue."""
+        return self._dispatcher is not None and not self._dispatcher.done()
+
+    def eta(self, job_id: int) -> float | None:
+        """Seconds until a waiting job finishes, from the measured speed; None before any job ran."""
+        rate = self._seconds_per_unit
+        if rate is None:
+            return None
+        total = self._running_seconds_left(rate)
+        for job in self.queue.jobs_ahead(job_id):
+            total += _job_units(job) * rate
+        job = self.queue.get_job(job_id)
+        if job is not None:
+            total += _job_units(job) * rate
+        return total / self._parallel()
+
+    async def cancel(self, job_id: int) -> str | None:
+        """Cancel a job: 'queued' (removed at once), 'running' (stops at next step) or None."""
+        job = self.queue.remove(job_id)
+        if job is not None:
+            try:
+                await self._outcome(job, "cancelled", result={"was_running": False, "step": 0})
+            except _StoreFailure as exc:
+                self.queue.push(job)
+                raise exc.__cause__ from None  # type: ignore[misc]
+            self._emit(Cancelled(job, was_running=False))
+            return "queued"
+        for run in self._runs():
+            if run.job.id == job_id:
+                run.cancel.set()
+                return "running"
+        return None
+
+    def pause(self) -> None:
+        """Stop starting new jobs (the running ones finish)."""
+        self.queue.pause()
+
+    def resume(self) -> None:
+        """Start jobs again."""
+        self.queue.resume()
+
+    async def run_on_engine(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(*args) beside the bot's pipeline, between jobs (e.g. to try loading a LoRA)."""
+        for worker in self.workers:
+            if worker.supports_training:
+                return await worker.call(fn, *args)
+        if self._aside is None:  # remote workers only: the bot's own pipeline, on its own thread
+            self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-aside")
+        return await asyncio.get_running_loop().run_in_executor(self._aside, fn, *args)
+
+    @property
+    def seconds_per_image(self) -> float | None:
+        """Average seconds per generated image since start."""
+        return self.seconds_generating / self.images_made if self.images_made else None
+
+    # ----- events (also called by the training runner) --------------------------------------
+    def emit(self, event: JobEvent) -> None:
+        """Deliver an event to every listener on the event loop."""
+        self._emit(event)
+
+    def _emit(self, event: JobEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                outcome = listener(event)
+            except Exception:
+                log.exception("event listener failed on %s", type(event).__name__)
+                continue
+            if inspect.isawaitable(outcome):
+                task = asyncio.ensure_future(outcome)
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event listener task failed", exc_info=task.exception())
+
+    def _emit_threadsafe(self, event: JobEvent) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._emit, event)
+
+    # The ProgressSink that workers report to (from any thread).
+    def progress(self, run: JobRun, step: int, total: int, preview: Any) -> None:
+        """A worker finished step `step` of `total`."""
+        rate = self._seconds_per_unit
+        eta = None if rate is None else _seconds_left(run, rate)
+        self._emit_threadsafe(Progress(run.job, step, total, eta, preview))
+
+    def notice(self, run: JobRun, message: str) -> None:
+        """A worker has something to tell the user."""
+        self._emit_threadsafe(Notice(run.job, message))
+
+    def _announce_positions(self) -> None:
+        """Tell every waiting job its new place; one pass with a running ETA total."""
+        rate = self._seconds_per_unit
+        total = 0.0 if rate is None else self._running_seconds_left(rate)
+        parallel = self._parallel()
+        for index, job in enumerate(self.queue.order(), start=1):
+            eta = None
+            if rate is not None:
+                total += _job_units(job) * rate
+                eta = total / parallel
+            self._emit(Queued(job, index, eta))
+
+    def _running_seconds_left(self, rate: float) -> float:
+        return sum(_seconds_left(run, rate) for run in self._active.values())
+
+    def _parallel(self) -> int:
+        return max(1, sum(1 for worker in self.workers if worker.alive))
+
+    # ----- the dispatcher ---------------------------------------------------------------
+    def _free_workers(self) -> list[Worker]:
+        return [w for w in self.workers if w.name not in self._busy and w.alive]
+
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            if not self._free_workers():
+                self._worker_freed.clear()
+                await self._worker_freed.wait()
+                continue
+            await self.queue.wait_available()
+            free = self._free_workers()
+            if not free:
+                continue
+            job, worker = self._pick(free)
+            self._busy.add(worker.name)
+            task = asyncio.create_task(self._serve(job, worker), name=f"job-{job.id}")
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+            await asyncio.sleep(0)  # let the job start before the next pick
+
+    def _pick(self, free: list[Worker]) -> tuple[JobRecord, Worker]:
+        """The next job in fair order, or one a little later whose LoRA a free worker holds."""
+        window = self.affinity_window
+        head = self.queue.head(window + 1)
+        first = head[0]
+
+        def holder(job: JobRecord) -> Worker | None:
+            key = _lora_key(job)
+            return next((w for w in free if key and key in w.held_loras), None)
+
+        chosen, worker = first, holder(first)
+        if worker is None and len(self.workers) > 1:
+            for index, job in enumerate(head[1:], start=1):
+                if any(self._overtaken.get(j.id, 0) >= window for j in head[:index]):
+                    break  # a job ahead was overtaken enough: fair order wins
+                worker = holder(job)
+                if worker is not None:
+                    chosen = job
+                    for skipped in head[:index]:
+                        self._overtaken[skipped.id] = self._overtaken.get(skipped.id, 0) + 1
+                    break
+        if worker is None:
+            wanted = {_lora_key(job) for job in head[1:]}
+            worker = next((w for w in free if not (w.held_loras & wanted)), free[0])
+        taken = self.queue.take(chosen.id)
+        assert taken is not None
+        self._overtaken.pop(chosen.id, None)
+        return taken, worker
+
+    async def _serve(self, job: JobRecord, worker: Worker) -> None:
+        """Run one job on a worker; a store error sends the job back to its fair place."""
+        try:
+            try:
+                await self.run_job(job, worker)
+                self._backoff.pop(worker.name, None)
+            except Exception as exc:
+                # A storage error (locked or full disk) must not end the dispatcher: the job
+                # goes back to its fair place and is tried again after a pause.
+                log.exception("job %s: error outside the engine; it goes back to the queue", job.id)
+                self.health.record(job, exc)
+                self._active.pop(worker.name, None)
+                job.status = "queued"
+                self.queue.push(job)
+                backoff = self._backoff.get(worker.name, 0.5)
+                self._backoff[worker.name] = min(backoff * 2, 30.0)
+                await asyncio.sleep(backoff)
+            if not worker.alive and not self._stopping:
+                await worker.wait_alive()
+        finally:
+            self._busy.discard(worker.name)
+            self._worker_freed.set()
+
+    def _active_worker(self, job_id: int) -> str | None:
+        """The name of the worker running this job, or None."""
+        return next((name for name, run in self._active.items() if run.job.id == job_id), None)
+
+    def set_running(self, worker: Worker, run: JobRun) -> None:
+        """Mark run as the job on this worker (the training runner restores its training)."""
+        self._active[worker.name] = run
+
+    async def run_job(self, job: JobRecord, worker: Worker) -> None:
+        """Run one job on a worker and record its outcome."""
+        # 1. give up a job that never finished (worker deaths count apart, see kill_limit)
+        if job.attempts - self._kills.get(job.id, 0) >= self.config.max_attempts:
+            await self.fail(job, f"This job was tried {job.attempts} times and never finished.")
+            return
+        # 2. mark it running and tell everyone
+        await self.store.set_job_status(job.id, "running")
+        job.attempts += 1
+        job.status = "running"
+        run = JobRun(job, worker=worker.name)
+        self._active[worker.name] = run
+        log.info(
+            "job %s (%s) started for user %s on %s", job.id, job.kind, job.user_id, worker.name
+        )
+        self._emit(Started(job))
+        self._announce_positions()
+        # 3. run it and record the outcome
+        try:
+            if job.kind == "train":
+                await self.training_runner.run(job, run, worker)
+            else:
+                result, data = await worker.generate(run, self, self.image_path)
+                self._record_speed(job, result)
+                await self.finish(job, result, data)
+        except WorkerLost as exc:
+            await self._worker_lost(job, worker, exc)
+        except GenerationCancelled:
+            if self._stopping:
+                await self.store.set_job_status(job.id, "queued")
+                log.info("job %s interrupted by shutdown; it will run again after restart", job.id)
+            else:
+                await self._outcome(
+                    job, "cancelled", result={"was_running": True, "step": run.step}
+                )
+                self._emit(Cancelled(job, was_running=True, step=run.step))
+        except _StoreFailure as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]
+        except (OutOfMemoryExhausted, EngineError, ValueError) as exc:
+            await self.fail(job, str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            await self.fail(
+                job,
+                "Something went wrong while making this image; the error was logged.",
+                repr(exc),
+            )
+        finally:
+            self._active.pop(worker.name, None)
+
+    async def _worker_lost(self, job: JobRecord, worker: Worker, exc: WorkerLost) -> None:
+        """The worker died under the job: back to the front of its fair place, or give up."""
+        kills = self._kills[job.id] = self._kills.get(job.id, 0) + 1
+        self.health.record(job, exc)
+        log.warning(
+            "job %s: worker %s died under it (%d time(s)): %s", job.id, worker.name, kills, exc
+        )
+        if kills >= self.kill_limit:
+            await self.fail(
+                job,
+                f"This job stopped its worker {kills} times, so it was given up; try a smaller "
+                "size, fewer images or fewer steps.",
+                str(exc),
+            )
+            return
+        if self._stopping:
+            await self.store.set_job_status(job.id, "queued")
+            return
+        await self.store.set_job_status(job.id, "queued")
+        job.status = "queued"
+        self.health.requeued.append(job.id)
+        self.queue.push(job)  # its tag puts it back at the front of its fair place
+        self._emit(Notice(job, "The worker running this job stopped; it will run again shortly."))
+
+    def _record_speed(self, job: JobRecord, result: GenerationResult) -> None:
+        units = _pixel_units(job.payload) * result.request.num_inference_steps
+        per_unit = result.seconds / max(units, 1e-9)
+        old = self._seconds_per_unit
+        self._seconds_per_unit = per_unit if old is None else 0.7 * old + 0.3 * per_unit
+        self.served += 1
+        self.images_made += len(result.images)
+        self.seconds_generating += result.seconds
+
+    async def _outcome(
+        self,
+        job: JobRecord,
+        status: Any,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a job's outcome; a store error here goes to the dispatcher, not to the user."""
+        if status == "finished" and not self.deliver:
+            status = "done"
+        try:
+            await self.store.set_job_status(job.id, status, error=error, result=result)
+            if not self.deliver and status != "done":
+                await self.store.mark_delivered(job.id)
+        except Exception as exc:
+            raise _StoreFailure from exc
+        job.status = status
+
+    async def finish(self, job: JobRecord, output: Any, data: dict[str, Any]) -> None:
+        """Record a finished job and emit Finished."""
+        await self._outcome(job, "finished", result=data)
+        self._kills.pop(job.id, None)
+        self._emit(Finished(job, output, data))
+
+    async def fail(self, job: JobRecord, message: str, detail: str = "") -> None:
+        """Record a failed job and emit Failed."""
+        # The user's words go with the result, so a delivery after a restart can show them.
+        await self._outcome(job, "failed", error=detail or message, result={"message": message})
+        self._kills.pop(job.id, None)
+        self._emit(Failed(job, message, detail))
+
+    # Old private names, kept for callers written against the single-thread executor.
+    _finish = finish
+    _fail = fail
+
+
+def _lora_key(job: JobRecord) -> str:
+    return str(job.payload.get("request", {}).get("lora") or "")
+
+
+def _pixel_units(payload: dict[str, Any]) -> float:
+    request = payload.get("request", {})
+    width = request.get("width") or 512
+    height = request.get("height") or 512
+    count = request.get("num_images") or 1
+    return width * height * count / BASE_PIXELS
+
+
+def _seconds_left(run: JobRun | None, rate: float) -> float:
+    """Estimated seconds until the running generation is done (0 when nothing runs)."""
+    if run is None:
+        return 0.0
+    return max(0, run.total - run.step) * rate * _pixel_units(run.job.payload)
+
+
+def _job_units(job: JobRecord) -> float:
+    if job.kind != "generate":
+        return 0.0
+    steps = job.payload.get("request", {}).get("num_inference_steps") or 25
+    return _pixel_units(job.payload) * steps

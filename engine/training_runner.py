@@ -1,0 +1,89 @@
+"""Training jobs on a worker: slices of steps, with /imagine jobs served in between."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import GenerationCancelled
+from engine.events import Progress
+from engine.jobs import JobRecord
+from engine.workers.base import JobRun, Worker
+
+if TYPE_CHECKING:
+    from engine.scheduler import Scheduler
+
+
+class TrainingRunner:
+    """Runs one training job in slices on its worker; the scheduler calls run()."""
+
+    def __init__(self, scheduler: Scheduler, trainer_factory: Any) -> None:
+        self.scheduler = scheduler
+        self.trainer_factory = trainer_factory
+        self.current: JobRun | None = None  # visible to cancel and /queue between slices
+
+    async def run(self, job: JobRecord, run: JobRun, worker: Worker) -> None:
+        """Train to the end (or cancel); finishes or raises like a generation."""
+        sched = self.scheduler
+        # 1. check the worker can train
+        if self.trainer_factory is None:
+            await sched.fail(job, "Training is not available yet.")
+            return
+        if not worker.supports_training:
+            await sched.fail(job, "Training runs only on the local worker (WORKERS_BACKEND=local).")
+            return
+        # 2. build the trainer on the worker's thread
+        trainer = await worker.call(self.trainer_factory, job)
+        self.current = run
+        try:
+            await worker.call(trainer.setup)
+            # 3. slices of steps, waiting /imagine jobs served in between
+            while True:
+                if sched.stopping:  # shutdown while /imagine jobs ran between slices
+                    raise GenerationCancelled("training interrupted by shutdown")
+                status = await worker.call(
+                    trainer.train_steps, sched.config.train_slice_steps, run.cancel
+                )
+                run.step, run.total = status.step, status.max_steps
+                eta = None
+                if status.seconds_per_step is not None:
+                    eta = (status.max_steps - status.step) * status.seconds_per_step
+                sched.emit(Progress(job, status.step, status.max_steps, eta, None, status.loss))
+                if run.cancel.is_set():
+                    raise GenerationCancelled(f"training stopped at step {status.step}")
+                if status.done:
+                    break
+                await self._serve_between_slices(trainer, run, worker)
+            output = await worker.call(trainer.finish)
+        except BaseException:
+            await worker.call(trainer.abort)
+            raise
+        finally:
+            self.current = None
+        # 4. the LoRA is registered by the store in the same transaction that finishes the job
+        await sched.finish(job, output, train_output_data(output))
+
+    async def _serve_between_slices(self, trainer: Any, training: JobRun, worker: Worker) -> None:
+        """Run the /imagine jobs that wait, with the adapter under training switched off."""
+        sched = self.scheduler
+        queue = sched.queue
+        if not queue.has_waiting("generate") or queue.paused:
+            return
+        await worker.call(trainer.suspend)
+        try:
+            while not sched.stopping and not queue.paused:
+                job = queue.pop_next("generate")
+                if job is None:
+                    break
+                await sched.run_job(job, worker)
+        finally:
+            sched.set_running(worker, training)
+            await worker.call(trainer.resume)
+
+
+def train_output_data(output: Any) -> dict[str, Any]:
+    """A JSON-friendly summary of a finished training (paths as strings, no loss curve)."""
+    raw = asdict(output) if is_dataclass(output) else dict(output)
+    raw.pop("loss_curve", None)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}

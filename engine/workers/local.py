@@ -1,0 +1,102 @@
+"""The local worker: today's single in-process engine thread that owns the loaded pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from engine.config import QueueConfig
+from engine.generator import TextToImageGenerator
+from engine.jobs import JobRecord
+from engine.metadata import save_png
+from engine.requests import GenerationResult
+from engine.workers.base import JobRun, ProgressSink, WorkerInfo
+from engine.workers.core import FaultInjector, GenerationCore
+
+ImagePath = Callable[[JobRecord, int], Path]
+
+
+class LocalWorker:
+    """Runs jobs on one thread of this process, on the generator the bot loaded."""
+
+    supports_training = True
+
+    def __init__(
+        self,
+        generator: TextToImageGenerator,
+        config: QueueConfig,
+        *,
+        fault_injector: FaultInjector | None = None,
+        name: str = "local",
+    ) -> None:
+        self.name = name
+        self.generator = generator
+        self.core = GenerationCore(generator, config, fault_injector)
+        self.held_loras: set[str] = set()  # one worker: affinity has nothing to choose from
+        self.jobs_done = 0
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._seconds_per_step: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        """A thread in this process is always there."""
+        return True
+
+    async def start(self) -> None:
+        """Nothing to start: the bot loaded the model already."""
+
+    async def wait_alive(self) -> None:
+        """Always alive."""
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(*args) on the engine thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.thread, fn, *args)
+
+    async def generate(
+        self, run: JobRun, sink: ProgressSink, image_path: ImagePath | None
+    ) -> tuple[GenerationResult, dict[str, Any]]:
+        """Make and save the job's images on the engine thread."""
+        return await self.call(self._generate_sync, run, sink, image_path)
+
+    def _generate_sync(
+        self, run: JobRun, sink: ProgressSink, image_path: ImagePath | None
+    ) -> tuple[GenerationResult, dict[str, Any]]:
+        result, level = self.core.run(run, sink)
+        result.paths = self._save(run.job, result, image_path)
+        self.jobs_done += 1
+        self._seconds_per_step = result.seconds_per_step
+        return result, self.core.result_data(result, level)
+
+    def _save(
+        self, job: JobRecord, result: GenerationResult, image_path: ImagePath | None
+    ) -> list[Path]:
+        if image_path is None:
+            return self.generator.save_images(result.images, prefix=f"job{job.id}")
+        paths = []
+        for index, (image, text) in enumerate(zip(result.images, result.parameters, strict=True)):
+            path = image_path(job, index)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            paths.append(save_png(image, path, text))
+        return paths
+
+    def info(self, current: JobRun | None) -> WorkerInfo:
+        """This worker for /admin workers."""
+        return WorkerInfo(
+            name=self.name,
+            node=socket.gethostname(),
+            device=str(self.generator.device),
+            preset=str(self.generator.preset),
+            state="busy" if current is not None else "idle",
+            current_job=None if current is None else current.job.id,
+            jobs_done=self.jobs_done,
+            seconds_per_step=self._seconds_per_step,
+        )
+
+    async def close(self) -> None:
+        """Wait for the engine thread to end."""
+        self.thread.shutdown(wait=True)

@@ -1,0 +1,142 @@
+"""The worker that runs inside a Ray actor process: one device, the same core as the local thread.
+
+A plain class (Ray wraps it in ``ray_backend``), so this module does not import Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from engine.config import AppConfig, QueueConfig
+from engine.errors import EngineError, GenerationCancelled
+from engine.generator import TextToImageGenerator
+from engine.jobs import JobRecord
+from engine.metadata import png_info
+from engine.workers.base import JobRun
+from engine.workers.core import GenerationCore, OutOfMemoryExhausted
+
+
+def encode_png(image: Any, parameters: str | None = None) -> bytes:
+    """A PIL image as PNG bytes, with its parameters chunk when given."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=png_info(parameters) if parameters else None)
+    return buffer.getvalue()
+
+
+class _Reports:
+    """The latest progress of each job on this actor, polled by the scheduler."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state: dict[int, dict[str, Any]] = {}
+
+    def progress(self, run: JobRun, step: int, total: int, preview: Any) -> None:
+        """Keep the newest step (and preview as PNG bytes) until the next poll."""
+        png = encode_png(preview) if preview is not None else None
+        with self.lock:
+            entry = self.state.setdefault(run.job.id, {"notices": []})
+            entry.update(step=step, total=total, preview=png)
+
+    def notice(self, run: JobRun, message: str) -> None:
+        """Queue a message for the user until the next poll."""
+        with self.lock:
+            self.state.setdefault(run.job.id, {"notices": []})["notices"].append(message)
+
+    def take(self, job_id: int) -> dict[str, Any]:
+        """What happened since the last poll."""
+        with self.lock:
+            entry = self.state.get(job_id, {"notices": []})
+            out = dict(entry)
+            entry["notices"] = []
+            entry["preview"] = None
+        return out
+
+
+class WorkerActor:
+    """Loads the model once and runs generate jobs sent by the scheduler."""
+
+    def __init__(self, index: int, app_config: dict[str, Any], cache_dir: str) -> None:
+        self.index = index
+        config = AppConfig.model_validate(app_config)
+        self.generator = TextToImageGenerator(config)
+        self.generator.load_model()
+        self.core = GenerationCore(self.generator, QueueConfig.model_validate(app_config["queue"]))
+        self.cache = Path(cache_dir).expanduser() / f"sd-worker-{index}"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.reports = _Reports()
+        self.runs: dict[int, JobRun] = {}
+        self.jobs_done = 0
+        self.seconds_per_step: float | None = None
+
+    def info(self) -> dict[str, Any]:
+        """Node, device, preset, process id and counters."""
+        return {
+            "node": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": str(self.generator.device),
+            "preset": str(self.generator.preset),
+            "jobs_done": self.jobs_done,
+            "seconds_per_step": self.seconds_per_step,
+            "running": sorted(self.runs),
+        }
+
+    def _lora_path(self, sha: str) -> Path:
+        return self.cache / f"{sha}.safetensors"
+
+    def has_lora(self, sha: str) -> bool:
+        """Whether the LoRA with this sha256 is in the disk cache."""
+        return self._lora_path(sha).is_file()
+
+    def put_lora(self, sha: str, data: bytes) -> str:
+        """Store a LoRA sent by the scheduler, after checking its hash; return its local path."""
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise ValueError(f"LoRA {sha[:12]}: the bytes received do not match their sha256")
+        path = self._lora_path(sha)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return str(path)
+
+    def generate(self, job: dict[str, Any], lora_sha: str | None) -> dict[str, Any]:
+        """Run one generate job; images come back as PNG bytes, errors as a small dict."""
+        record = JobRecord(**job)
+        if lora_sha:
+            request = dict(record.payload["request"])
+            request["lora"] = str(self._lora_path(lora_sha))
+            record.payload = {**record.payload, "request": request}
+        run = JobRun(record)
+        self.runs[record.id] = run
+        try:
+            result, level = self.core.run(run, self.reports)
+        except GenerationCancelled:
+            return {"error": "cancelled", "step": run.step}
+        except OutOfMemoryExhausted as exc:
+            return {"error": "oom", "message": str(exc)}
+        except (EngineError, ValueError) as exc:
+            return {"error": "engine", "message": str(exc)}
+        finally:
+            self.runs.pop(record.id, None)
+            with self.reports.lock:
+                self.reports.state.pop(record.id, None)
+        self.jobs_done += 1
+        self.seconds_per_step = result.seconds_per_step
+        pngs = [encode_png(im, t) for im, t in zip(result.images, result.parameters, strict=True)]
+        return {"pngs": pngs, "data": self.core.result_data(result, level)}
+
+    def progress(self, job_id: int) -> dict[str, Any]:
+        """Steps done, a preview and notices since the last poll."""
+        return self.reports.take(job_id)
+
+    def cancel(self, job_id: int) -> bool:
+        """Stop this job at its next step; False if it does not run here."""
+        run = self.runs.get(job_id)
+        if run is None:
+            return False
+        run.cancel.set()
+        return True

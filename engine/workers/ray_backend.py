@@ -1,0 +1,278 @@
+"""The Ray backend: one actor per GPU (``sd-worker-<N>`` in namespace ``sd-discord-bot``).
+
+Imported only when WORKERS_BACKEND=ray. The scheduler stays in the bot; each RayWorker here is
+the bot-side handle of one actor: it ships LoRAs by sha256, polls progress, forwards cancel and
+saves the PNG bytes that come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from engine.config import AppConfig, QueueConfig
+from engine.errors import EngineError, GenerationCancelled
+from engine.lora import resolve_lora_file
+from engine.requests import GenerationResult, ResolvedRequest
+from engine.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
+from engine.workers.core import OutOfMemoryExhausted
+from engine.workers.ray_actor import WorkerActor
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "sd-discord-bot"
+ACTOR_PREFIX = "sd-worker-"
+_LOST = (RayActorError, ActorUnavailableError)
+
+
+def connect(address: str = "") -> bool:
+    """Join the Ray cluster at address, or start a private one on 127.0.0.1; True if started."""
+    if ray.is_initialized():
+        return False
+    if address:
+        # An owner's cluster: Ray's own defaults apply (token from RAY_AUTH_TOKEN or its file).
+        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+        return True
+    ray.init(
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        namespace=NAMESPACE,
+        logging_level=logging.WARNING,
+    )
+    return True
+
+
+def create_workers(
+    app_config: AppConfig,
+    *,
+    count: int | None = None,
+    cache_dir: str | Path | None = None,
+    num_cpus: float = 1,
+) -> list[RayWorker]:
+    """Start the worker actors: `count`, or one per GPU the cluster offers (else one)."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    total = count or max(gpus, 1)
+    resources: dict[str, float] = {"num_gpus": 1} if gpus else {"num_cpus": num_cpus}
+    remote = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)(WorkerActor)
+    cache = str(cache_dir or Path(tempfile.gettempdir()) / "sd-worker-cache")
+    config = app_config.model_dump(mode="json")
+    workers = []
+    for index in range(total):
+        name = f"{ACTOR_PREFIX}{index}"
+        handle = remote.options(name=name, namespace=NAMESPACE, **resources).remote(
+            index, config, cache
+        )
+        workers.append(RayWorker(name, handle, app_config))
+    return workers
+
+
+async def _get(ref: Any, timeout: float | None = None) -> Any:
+    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
+
+
+class RayWorker:
+    """The bot's handle on one worker actor."""
+
+    supports_training = False
+
+    def __init__(self, name: str, handle: Any, app_config: AppConfig) -> None:
+        self.name = name
+        self.handle = handle
+        self.app_config = app_config
+        self.queue_config: QueueConfig = app_config.queue
+        self.held_loras: set[str] = set()
+        self.jobs_done = 0
+        self._alive = False
+        self._info: dict[str, Any] = {}
+        self._shas: dict[tuple[str, int, int], str] = {}
+        self._sent: set[str] = set()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the actor answered since it last died."""
+        return self._alive
+
+    @property
+    def pid(self) -> int | None:
+        """The actor's process id (as last reported)."""
+        return self._info.get("pid")
+
+    async def start(self) -> None:
+        """Wait for the actor to load its model."""
+        await self.wait_alive()
+
+    async def wait_alive(self) -> None:
+        """Poll the actor until it answers (Ray restarts it after a crash)."""
+        while True:
+            try:
+                self._info = await _get(self.handle.info.remote(), timeout=60)
+            except (*_LOST, asyncio.TimeoutError) as exc:
+                log.info("%s not ready yet (%s)", self.name, type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            if not self._alive:
+                log.info("%s ready on %s (%s)", self.name, self._info["node"], self._info["device"])
+            self._alive = True
+            self._sent.clear()  # a restarted actor still has its disk cache; has_lora says so
+            return
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Not offered: remote workers run only whole jobs."""
+        raise EngineError("this runs only on a local worker")
+
+    async def generate(
+        self, run: JobRun, sink: ProgressSink, image_path: Any
+    ) -> tuple[GenerationResult, dict[str, Any]]:
+        """Send the job to the actor, relay progress and cancel, save the PNG bytes it returns."""
+        job = run.job
+        request = job.payload.get("request", {})
+        try:
+            # 1. the LoRA, once per worker, by sha256
+            sha = await self._ship_lora(request["lora"]) if request.get("lora") else None
+            # 2. run it, polling progress and forwarding cancel
+            job_dict = {"id": job.id, "kind": job.kind, "user_id": job.user_id}
+            ref = self.handle.generate.remote({**job_dict, "payload": job.payload}, sha)
+            out = await self._follow(ref, run, sink)
+        except _LOST as exc:
+            self._alive = False
+            raise WorkerLost(f"{self.name}: {type(exc).__name__}") from None
+        # 3. outcome: errors as the local worker raises them, images saved by the bot
+        error = out.get("error")
+        if error == "cancelled":
+            run.step = out.get("step", run.step)
+            raise GenerationCancelled("cancelled on the worker")
+        if error == "oom":
+            raise OutOfMemoryExhausted(out["message"])
+        if error:
+            raise EngineError(out["message"])
+        result, data = await asyncio.to_thread(self._save, job, out, image_path)
+        self.jobs_done += 1
+        self._info["seconds_per_step"] = data.get("seconds_per_step")
+        return result, data
+
+    async def _ship_lora(self, lora: str) -> str:
+        file = resolve_lora_file(lora)
+        stat = file.stat()
+        key = (str(file), stat.st_mtime_ns, stat.st_size)
+        sha = self._shas.get(key)
+        data = None
+        if sha is None:
+            data = await asyncio.to_thread(file.read_bytes)
+            sha = self._shas[key] = hashlib.sha256(data).hexdigest()
+        if sha not in self._sent:
+            if not await _get(self.handle.has_lora.remote(sha)):
+                if data is None:
+                    data = await asyncio.to_thread(file.read_bytes)
+                log.info("%s: sending LoRA %s (%d bytes)", self.name, sha[:12], len(data))
+                await _get(self.handle.put_lora.remote(sha, ray.put(data)))
+            self._sent.add(sha)
+        self.held_loras.add(str(lora))
+        return sha
+
+    async def _follow(self, ref: Any, run: JobRun, sink: ProgressSink) -> dict[str, Any]:
+        future = asyncio.wrap_future(ref.future())
+        interval = max(0.1, min(self.queue_config.progress_interval_s, 1.0))
+        last = -1
+        cancel_acked = False
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=interval)
+            if done:
+                return future.result()
+            if run.cancel.is_set() and not cancel_acked:
+                cancel_acked = await _get(self.handle.cancel.remote(run.job.id), timeout=30)
+            try:
+                report = await _get(self.handle.progress.remote(run.job.id), timeout=30)
+            except (*_LOST, asyncio.TimeoutError):
+                continue  # the job's own future says whether the actor died
+            for message in report.get("notices", []):
+                sink.notice(run, message)
+            step = report.get("step", -1)
+            if step > last:
+                last = step
+                run.step, run.total = step, report["total"]
+                preview = _image(report["preview"]) if report.get("preview") else None
+                sink.progress(run, step, report["total"], preview)
+
+    def _save(
+        self, job: Any, out: dict[str, Any], image_path: Any
+    ) -> tuple[GenerationResult, dict[str, Any]]:
+        data = dict(out["data"])
+        paths: list[Path] = []
+        for index, png in enumerate(out["pngs"]):
+            if image_path is not None:
+                path = Path(image_path(job, index))
+            else:
+                path = Path(self.app_config.generation.output_dir) / f"job{job.id}-{index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".tmp-{path.name}")
+            tmp.write_bytes(png)
+            os.replace(tmp, path)
+            paths.append(path)
+        data["paths"] = [str(p) for p in paths]
+        resolved = _resolved(job.payload.get("request", {}), data["seeds"])
+        result = GenerationResult(
+            images=[_image(png) for png in out["pngs"]],
+            seeds=data["seeds"],
+            parameters=data["parameters"],
+            request=resolved,
+            seconds=data["seconds"],
+            seconds_per_step=data["seconds_per_step"],
+            warnings=data["warnings"],
+            nsfw=data["nsfw"],
+            paths=paths,
+        )
+        return result, data
+
+    def info(self, current: JobRun | None) -> WorkerInfo:
+        """This worker for /admin workers."""
+        state = ("busy" if current is not None else "idle") if self._alive else "restarting"
+        return WorkerInfo(
+            name=self.name,
+            node=str(self._info.get("node", "?")),
+            device=str(self._info.get("device", "?")),
+            preset=str(self._info.get("preset", "?")),
+            state=state,
+            current_job=None if current is None else current.job.id,
+            jobs_done=self.jobs_done,
+            seconds_per_step=self._info.get("seconds_per_step"),
+        )
+
+    async def close(self) -> None:
+        """Stop the actor (it belongs to this bot)."""
+        self._alive = False
+        ray.kill(self.handle, no_restart=True)
+
+
+def _image(png: bytes) -> Any:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image
+
+
+def _resolved(request: dict[str, Any], seeds: list[int]) -> ResolvedRequest:
+    """The stored request (fully decided at submit) as a ResolvedRequest."""
+    return ResolvedRequest(
+        prompt=request.get("prompt", ""),
+        negative_prompt=request.get("negative_prompt") or "",
+        num_inference_steps=int(request.get("num_inference_steps") or 1),
+        guidance_scale=float(request.get("guidance_scale") or 0.0),
+        seeds=tuple(seeds),
+        width=int(request.get("width") or 512),
+        height=int(request.get("height") or 512),
+        scheduler=str(request.get("scheduler") or ""),
+        lora=request.get("lora"),
+        lora_name=request.get("lora_name"),
+        lora_scale=float(request.get("lora_scale") or 1.0),
+        fast=bool(request.get("fast")),
+    )

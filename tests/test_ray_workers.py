@@ -1,0 +1,124 @@
+"""Ray workers on a private local cluster (127.0.0.1, 2 CPU actors on the tiny model)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from engine.events import Cancelled, Finished, Progress, Started  # noqa: E402
+from engine.jobs import MemoryJobStore  # noqa: E402
+from engine.lora import resolve_lora_file  # noqa: E402
+from engine.scheduler import Scheduler  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
+from tests.test_executor import Recorder  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
+
+
+@pytest.fixture(scope="module")
+def ray_pool(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One private Ray cluster and two worker actors for the whole module."""
+    from engine.workers.ray_backend import NAMESPACE, create_workers
+
+    ray.init(
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=2,
+        namespace=NAMESPACE,
+        logging_level="WARNING",
+    )
+    config = tiny_config(tiny_model_dir)
+    config.queue.progress_interval_s = 0
+    workers = create_workers(config, count=2, cache_dir=tmp_path_factory.mktemp("worker-cache"))
+    yield workers
+    for worker in workers:
+        ray.kill(worker.handle, no_restart=True)
+    ray.shutdown()
+
+
+@pytest.fixture
+async def pool(ray_pool, tiny_generator, tmp_path: Path):
+    sched = Scheduler(
+        tiny_generator,
+        MemoryJobStore(),
+        ray_pool[0].queue_config,
+        workers=ray_pool,
+        image_path=lambda job, i: tmp_path / f"job{job.id}-{i}.png",
+        close_workers=False,
+    )
+    rec = Recorder()
+    sched.subscribe(rec)
+    sched.rec = rec  # type: ignore[attr-defined]
+    await sched.start()
+    yield sched
+    await sched.stop()
+
+
+def request(prompt: str, steps: int = 4, **extra: object) -> dict:
+    return {"request": {"prompt": prompt, "seed": 1, "num_inference_steps": steps, **extra}}
+
+
+async def test_three_users_start_in_fair_order_on_both_workers(pool: Scheduler) -> None:
+    pool.pause()
+    for user in (1, 2, 3):
+        for n in range(2):
+            await pool.submit(user_id=user, payload=request(f"u{user} {n}"))
+    order = [job.id for job in pool.queue.order()]
+    before = {w.name: w.jobs_done for w in pool.workers}
+    pool.resume()
+    done = await pool.rec.wait(Finished, count=6, timeout=240)
+    assert [e.job.id for e in pool.rec.of(Started)] == order
+    assert all(w.jobs_done > before[w.name] for w in pool.workers)  # both took jobs
+    for event in done:
+        assert Path(event.result_data["paths"][0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert event.result.images[0].size == (64, 64)
+    infos = pool.workers_info()
+    assert {i.name for i in infos} == {"sd-worker-0", "sd-worker-1"}
+    assert all(i.device == "cpu" and i.state == "idle" for i in infos)
+
+
+async def test_unseen_lora_reaches_the_worker_by_hash(pool: Scheduler, tiny_lora: Path) -> None:
+    sha = hashlib.sha256(resolve_lora_file(tiny_lora).read_bytes()).hexdigest()
+    seen = [ray.get(w.handle.has_lora.remote(sha)) for w in pool.workers]
+    assert seen == [False, False]
+    job = await pool.submit(user_id=1, payload=request("styled", lora=str(tiny_lora)))
+    [done] = await pool.rec.wait(Finished, job.id, timeout=120)
+    assert done.result_data["seeds"] == [1]
+    assert sum(ray.get(w.handle.has_lora.remote(sha)) for w in pool.workers) == 1
+
+
+async def test_progress_and_cancel_through_a_ray_worker(pool: Scheduler) -> None:
+    job = await pool.submit(user_id=1, payload=request("long", steps=150))
+    await pool.rec.wait(Progress, job.id, timeout=120)
+    assert await pool.cancel(job.id) == "running"
+    [cancelled] = await pool.rec.wait(Cancelled, job.id, timeout=60)
+    assert cancelled.was_running and 0 < cancelled.step < 150
+    assert pool.store.jobs[job.id].status == "cancelled"
+
+
+async def test_sigkilled_worker_job_runs_elsewhere_exactly_once(pool: Scheduler) -> None:
+    jobs = [await pool.submit(user_id=u, payload=request(f"k{u}", steps=30)) for u in (1, 2, 3)]
+    await pool.rec.wait(Progress, jobs[0].id, timeout=120)
+    victim = next(w for w in pool.workers if w.name == pool._active_worker(jobs[0].id))
+    old_pid = victim.pid
+    os.kill(old_pid, signal.SIGKILL)
+    for job in jobs:
+        await pool.rec.wait(Finished, job.id, timeout=240)
+    await asyncio.sleep(0.5)
+    for job in jobs:
+        assert len(pool.rec.of(Finished, job.id)) == 1
+        assert pool.store.jobs[job.id].status == "done"
+    assert jobs[0].id in pool.health.requeued
+    deadline = time.monotonic() + 120
+    while not all(w.alive for w in pool.workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    pids = [ray.get(w.handle.info.remote(), timeout=60)["pid"] for w in pool.workers]
+    assert all(w.alive for w in pool.workers) and old_pid not in pids
