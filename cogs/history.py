@@ -183,6 +183,7 @@ class History(commands.Cog):
             count=len(generation.image_paths),
             upscaled=request.get("upscale") is not None,
             can_upscale=_can_upscale(request),
+            repainted=bool(request.get("init_image")),
         )
         prompt = clip(generation.prompt.replace("`", "'"), 300)
         text = f"Job {job_id}: `{prompt}`"

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The follow-ups of a repainted result: keep more of the source, or repaint more of it.
+SUBTLE_STRENGTH, STRONG_STRENGTH = 0.35, 0.7
+
 MAX_IMAGES_BY_PRESET = {"2gb": 2, "3gb": 2, "4gb": 4}
 
 
@@ -199,6 +202,8 @@ class _JobButton(
         "del": ("Delete", discord.ButtonStyle.secondary, "🗑️"),
         "up": ("U", discord.ButtonStyle.secondary, None),
         "vary": ("V", discord.ButtonStyle.secondary, None),
+        "subtle": ("Subtle", discord.ButtonStyle.secondary, "🪶"),
+        "strong": ("Strong", discord.ButtonStyle.secondary, "💥"),
     }
     PER_IMAGE = ("up", "vary")
 
@@ -242,11 +247,19 @@ def cancel_view(job_id: int) -> discord.ui.View:
     return view
 
 
-def result_view(job_id: int, count: int = 0, upscaled: bool = False, can_upscale: bool = True):
+def result_view(
+    job_id: int,
+    count: int = 0,
+    upscaled: bool = False,
+    can_upscale: bool = True,
+    repainted: bool = False,
+):
     """The view under finished images: U1..Un and V1..Vn rows, then the job's own buttons.
 
     At most 5 rows of 5 buttons: 8 images take two rows of U and two of V. An upscaled
-    image gets V1 (and U1 while another ×2 fits), and Delete.
+    image gets V1 (and U1 while another ×2 fits), and Delete. A repainted result (img2img or
+    a variation) also gets Subtle / Strong: the same source again at a lower or higher strength,
+    when a row is free for them.
     """
     view = discord.ui.View(timeout=None)
     row = 0
@@ -257,6 +270,10 @@ def result_view(job_id: int, count: int = 0, upscaled: bool = False, can_upscale
             for index in range(start, min(count, start + 5)):
                 view.add_item(_JobButton(action, job_id, index, row=row))
             row += 1
+    if repainted and not upscaled and row <= 3:
+        for action in ("subtle", "strong"):
+            view.add_item(_JobButton(action, job_id, row=row))
+        row += 1
     for action in ("del",) if upscaled else ("reroll", "var", "seed", "del"):
         view.add_item(_JobButton(action, job_id, row=min(row, 4)))
     return view
@@ -421,7 +438,16 @@ class Imagine(commands.Cog):
                 bot, interaction, from_image(request, generation, seeds, action, index)
             )
             return
-        if action == "reroll":
+        if action in ("subtle", "strong"):
+            source = request.get("init_image")
+            if not source or not Path(source).is_file():
+                raise UserFacingError("The picture this was made from is no longer on the disk.")
+            request.update(
+                strength=SUBTLE_STRENGTH if action == "subtle" else STRONG_STRENGTH,
+                seed=random_seed(),
+                upscale=None,
+            )
+        elif action == "reroll":
             request["seed"] = random_seed()
         else:  # variations: the same prompt with the seeds right after these
             request["seed"] = (max(seeds) + 1) % (MAX_SEED + 1)
@@ -500,6 +526,7 @@ class Imagine(commands.Cog):
             count=len(data.get("paths", [])),
             upscaled=request.get("upscale") is not None,
             can_upscale=_can_upscale(request),
+            repainted=bool(request.get("init_image")),
         )
         return Update(
             content=content, embed=result_embed(job, data), files=files, view=view, notify=True

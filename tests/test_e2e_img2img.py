@@ -48,6 +48,13 @@ async def test_attachment_img2img(world, tiny_model_dir: Path) -> None:
         job2 = await bot.storage.get_job(2)
         assert job2 is not None and job2.payload["request"]["init_image"] == str(stored)
         assert job2.payload["request"]["strength"] == 0.6
+        # Subtle / Strong repaint the same source again at 0.35 / 0.7 with a new seed.
+        assert "sd:subtle:1" in str(result.payload["components"])
+        strong = await world.fake.send_component(world.alice, result.message, "sd:strong:1")
+        stronger = await wait_result(strong)
+        assert params(stronger.files[0])["Denoising strength"] == "0.7"
+        job3 = await bot.storage.get_job(3)
+        assert job3 is not None and job3.payload["request"]["init_image"] == str(stored)
 
 
 async def test_u_and_v_buttons_on_a_four_image_result(world, tiny_model_dir: Path) -> None:
