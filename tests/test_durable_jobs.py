@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import QueueConfig
-from engine.events import Finished
+from engine.events import Cancelled, Finished, Progress
 from engine.executor import EngineExecutor
 from engine.generator import TextToImageGenerator
 from engine.jobs import MemoryJobStore
@@ -195,5 +195,75 @@ async def test_dispatcher_survives_storage_errors(
         assert ex.health.errors == 1 and "database is locked" in (ex.health.last_error or "")
         assert store.jobs[first.id].status == "done" and store.jobs[second.id].status == "done"
         assert len(rec.of(Finished, first.id)) == 1  # retried, finished once
+    finally:
+        await ex.stop()
+
+
+class SliceTrainer:
+    """A trainer stand-in: 2 steps a slice of 20, nothing learned (visibility is under test)."""
+
+    def __init__(self, job) -> None:
+        self.step = 0
+
+    def setup(self) -> None:
+        pass
+
+    def train_steps(self, count: int, cancel) -> object:
+        from types import SimpleNamespace
+
+        self.step = min(20, self.step + 2)
+        return SimpleNamespace(
+            step=self.step, max_steps=20, seconds_per_step=0.01, loss=0.1, done=self.step >= 20
+        )
+
+    def suspend(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def finish(self) -> dict:
+        return {"weights_path": "x"}
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_training_between_slices_stays_visible_and_cancellable(
+    tiny_generator: TextToImageGenerator, tmp_path: Path
+) -> None:
+    ex = EngineExecutor(
+        tiny_generator,
+        MemoryJobStore(),
+        QueueConfig(progress_interval_s=0, train_slice_steps=2),
+        image_path=lambda j, i: tmp_path / f"job{j.id}-{i}.png",
+        trainer_factory=SliceTrainer,
+    )
+    rec = Recorder()
+    ex.subscribe(rec)
+    ex.pause()
+    await ex.start()
+    try:
+        training = await ex.submit(user_id=1, payload={"train": {"name": "t"}}, kind="train")
+        image = await ex.submit(
+            user_id=2, payload=request("between slices", num_inference_steps=20)
+        )
+        seen: dict[str, object] = {}
+
+        def during_image(event) -> None:
+            if isinstance(event, Progress) and event.job.id == image.id and "ids" not in seen:
+                seen["ids"] = ex.snapshot().running_ids()
+                seen["position"] = ex.position(training.id)
+                seen["cancel"] = asyncio.ensure_future(ex.cancel(training.id))
+
+        ex.subscribe(during_image)
+        ex.resume()
+        await rec.wait(Finished, image.id, timeout=120)
+        # While the image ran between two slices, the training was listed as running.
+        assert seen["ids"] == {training.id, image.id} and seen["position"] == 0
+        # Cancel pressed while the image ran: the training stops at its next slice.
+        assert await seen["cancel"] == "running"  # type: ignore[misc]
+        await rec.wait(Cancelled, training.id, timeout=60)
+        assert not rec.of(Finished, training.id)
     finally:
         await ex.stop()
