@@ -88,25 +88,23 @@ def test_lora_answers_to_its_trigger_word(demo_generator: TextToImageGenerator) 
     triggered = [_prompt(shape, background) for shape, background in EVAL]
     judge = Judge()
     pink = rgb(PINK)
-    kept: dict[str, int] = {}
+    # Without the LoRA the model keeps named colours (96 %, tests/test_demo_quality.py), so only
+    # the LoRA's side is generated; the same images give the judge and the distance.
+    kept = 0
     named_distances: list[float] = []
-    for label, lora in (("without", None), ("with", weights)):
-        kept[label] = 0
-        for p, (color, _, _) in zip(named, NAMED, strict=True):
-            for seed in SEEDS:
-                image = demo_generator.generate(p, seed=seed, lora=lora)[0]
-                kept[label] += judge(image).color == color
-                if lora is not None:  # the same images give the distance with the LoRA
-                    named_distances.append(centre_distance(image, pink))
+    for p, (color, _, _) in zip(named, NAMED, strict=True):
+        for seed in SEEDS:
+            image = demo_generator.generate(p, seed=seed, lora=weights)[0]
+            kept += judge(image).color == color
+            named_distances.append(centre_distance(image, pink))
     named_distance = float(np.mean(named_distances))
     trigger_distance = _pink_distance(demo_generator, triggered, weights)
     print(
-        f"\nnamed colour kept: {kept['without']}/{len(named) * len(SEEDS)} without the LoRA, "
-        f"{kept['with']} with it; distance to pink with the LoRA: trigger prompts "
+        f"\nnamed colour kept with the LoRA: {kept}/{len(named) * len(SEEDS)}; "
+        f"distance to pink with the LoRA: trigger prompts "
         f"{trigger_distance:.0f}, named-colour prompts {named_distance:.0f}"
     )
     assert trigger_distance <= 0.6 * named_distance, (trigger_distance, named_distance)
-    # Measured (model card): 10 of 10 keep their colour without the LoRA, 6 of 10 with it.
+    # Measured (model card): 6 of 10 keep their colour with the LoRA (10 of 10 without).
     total = len(named) * len(SEEDS)
-    assert kept["without"] >= total - 1, kept
-    assert kept["with"] >= total // 2, kept
+    assert kept >= total // 2, kept
