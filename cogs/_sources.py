@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from pathlib import Path
 
 import discord
 
@@ -58,6 +57,5 @@ def _store(
     png = buffer.getvalue()
     path = files.source_path(hashlib.sha256(png).hexdigest())
     if not path.is_file():  # the same picture is stored once
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, png)
     return str(path), size[0], size[1]

@@ -40,6 +40,7 @@ from engine.train_lora import TrainConfig
 from engine.training.compare import before_after_png
 from engine.training.recipe import read_recipe
 from storage import AlreadyExistsError, safe_name
+from storage.files import atomic_write_bytes
 from storage.loras import check_lora_name
 
 if TYPE_CHECKING:
@@ -57,9 +58,14 @@ def checkpoint_interval(steps: int) -> int:
     return max(MIN_CHECKPOINT_EVERY, steps // 4)
 
 
+PROOF_NAME = "before-after.png"  # kept beside the LoRA, so a retried delivery reuses it
+
+
 def is_training_leftover(folder: Path) -> bool:
     """Whether a folder holds only what a LoRA training writes (checkpoints, final, temp dirs)."""
     for entry in folder.iterdir():
+        if entry.name == PROOF_NAME and entry.is_file():
+            continue  # the finished message's before/after picture, written by this cog
         trainer_made = entry.name == "final" or entry.name.startswith(("checkpoint-", "."))
         if not (entry.is_dir() and trainer_made):
             return False
@@ -414,7 +420,7 @@ class Train(commands.Cog):
         seed = int(settings.get("seed", PROOF_SEED))
         # Made once and kept beside the LoRA: a delivery retried after a failure or a restart
         # shows the same picture without generating it again.
-        saved = Path(settings.get("output_dir") or Path(weights).parent) / "before-after.png"
+        saved = Path(settings.get("output_dir") or Path(weights).parent) / PROOF_NAME
         try:
             return prompt, await asyncio.to_thread(saved.read_bytes)
         except OSError:
@@ -423,7 +429,7 @@ class Train(commands.Cog):
             png = await self.bot.executor.run_on_engine(
                 _proof_png, self.bot.generator, prompt, seed, size, weights, name
             )
-            await asyncio.to_thread(_write_atomic, saved, png)
+            await asyncio.to_thread(atomic_write_bytes, saved, png)
         except Exception:
             log.exception("could not make the before/after images of LoRA %s", name)
             return None
@@ -479,13 +485,6 @@ def _queued_text(
     if budget > 40:
         text += head + caption_lines(captions, budget)
     return clip(text, MAX_CONTENT)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)
 
 
 def _read_captions(images: list[Path]) -> list[str]:

@@ -376,3 +376,14 @@ async def test_restart_resumes_training_from_the_newest_checkpoint(
     assert resumed, "the training did not resume from a checkpoint"
     info = json.loads((output / "final" / "training.json").read_text())
     assert info["steps"] == 40 and len(info["loss_curve"]) == 40
+
+
+def test_a_deleted_loras_folder_with_its_proof_picture_is_a_leftover(tmp_path: Path) -> None:
+    from cogs.train import PROOF_NAME, is_training_leftover
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / PROOF_NAME).write_bytes(b"png")
+    assert is_training_leftover(tmp_path)
+    (tmp_path / "notes.txt").write_text("someone else's file")
+    assert not is_training_leftover(tmp_path)
