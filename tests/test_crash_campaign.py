@@ -109,7 +109,7 @@ def is_result_upload(request) -> bool:
     return request.content_type.startswith("multipart/") and request.method in ("PATCH", "POST")
 
 
-@pytest.mark.timeout(600)  # about 70 s alone; six child starts are slow on a loaded machine
+@pytest.mark.timeout(600)  # about 60 s alone; five child starts are slow on a loaded machine
 async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     world: World, child: Child
 ) -> None:
@@ -126,11 +126,10 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
         return it
 
     # 1. Killed right after the acknowledgement: the job was written before the defer.
-    for trial in range(2):
-        it = await imagine(f"acked castle {trial}")
-        assert (await it.wait_callback(timeout=30)).type == 5
-        bot.kill()
-        await bot.start()
+    it = await imagine("acked castle")
+    assert (await it.wait_callback(timeout=30)).type == 5
+    bot.kill()
+    await bot.start()
 
     def all_delivered() -> bool:
         return all(row[2] for row in job_rows(db).values())
@@ -180,7 +179,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     shown = {p: visible_results(world, records, rows[p][0]) for p in prompts}
     duplicated = sum(count - 1 for count in shown.values() if count > 1)
     print(
-        f"\ncrash campaign: {len(prompts)} jobs, 5 SIGKILLs, "
+        f"\ncrash campaign: {len(prompts)} jobs, 4 SIGKILLs, "
         f"delivered {len(prompts) - len(lost)}, duplicated {duplicated}, lost {len(lost)}"
     )
     assert lost == [], f"lost: {lost}"

@@ -37,7 +37,7 @@ NAMED = [
     ("blue", "square", "white"),
     ("orange", "circle", "green"),
 ]
-SEEDS = (0, 1)
+SEEDS = (0, 1)  # consecutive: generated as one batch
 # Filled by tests/test_e2e_train_demo.py: the LoRA trained through /train, by name.
 TRAINED: dict[str, Path] = {}
 
@@ -61,14 +61,19 @@ def _prompt(shape: str, background: str, color: str = TRIGGER) -> str:
     return f"a large {color} {shape} in the center on a {background} background"
 
 
+def _seeded(generator: TextToImageGenerator, prompt: str, lora: str | None) -> list:
+    """The prompt's images at SEEDS, in one batch (image i uses seed SEEDS[0] + i)."""
+    return generator.generate(prompt, seed=SEEDS[0], num_images=len(SEEDS), lora=lora)
+
+
 def _pink_distance(generator: TextToImageGenerator, prompts: list[str], lora: str | None) -> float:
     """Mean centre distance to pink over the prompts and SEEDS."""
     return float(
         np.mean(
             [
-                centre_distance(generator.generate(p, seed=seed, lora=lora)[0], rgb(PINK))
+                centre_distance(image, rgb(PINK))
                 for p in prompts
-                for seed in SEEDS
+                for image in _seeded(generator, p, lora)
             ]
         )
     )
@@ -93,8 +98,7 @@ def test_lora_answers_to_its_trigger_word(demo_generator: TextToImageGenerator) 
     kept = 0
     named_distances: list[float] = []
     for p, (color, _, _) in zip(named, NAMED, strict=True):
-        for seed in SEEDS:
-            image = demo_generator.generate(p, seed=seed, lora=weights)[0]
+        for image in _seeded(demo_generator, p, weights):
             kept += judge(image).color == color
             named_distances.append(centre_distance(image, pink))
     named_distance = float(np.mean(named_distances))

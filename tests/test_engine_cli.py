@@ -67,21 +67,40 @@ def test_cli_with_lora(tiny_model_dir: Path, tiny_lora: Path, tmp_path: Path) ->
 
 
 def test_cli_bad_input_one_line_nonzero(tiny_model_dir: Path, tmp_path: Path) -> None:
-    cases = {
-        ("--width", "100"): "width: must be a multiple of 8",
-        ("--steps", "0"): "num_inference_steps: must be between 1 and 150 (got 0)",
-        ("--scheduler", "nope"): "unknown name 'nope'",
-        ("--lora", str(tmp_path / "missing.safetensors")): "LoRA: file not found",
-        ("--model", str(tmp_path / "nowhere")): "model: path not found",
-    }
-    for extra, message in cases.items():
-        args = ["a dog", "--model", str(tiny_model_dir), *extra]
-        if extra[0] == "--model":
-            args = ["a dog", *extra]
-        proc = run_cli(*args, cwd=tmp_path)
-        assert proc.returncode == 2, (extra, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert lines == [lines[0]] and message in lines[0], proc.stderr
+    """In a real process: exit code 2, one line on stderr, no PNG (the other refusals below)."""
+    proc = run_cli("a dog", "--model", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[0]] and "model: path not found" in lines[0], proc.stderr
+    assert not list(tmp_path.glob("**/*.png"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--width", "100"), "width: must be a multiple of 8"),
+        (("--steps", "0"), "num_inference_steps: must be between 1 and 150 (got 0)"),
+        (("--scheduler", "nope"), "unknown name 'nope'"),
+        (("--lora", "missing.safetensors"), "LoRA: file not found"),
+    ],
+)
+def test_cli_bad_input_refused_with_the_tiny_model(
+    extra: tuple[str, str],
+    message: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Refusals that used to cost a subprocess each: one line, exit code 2, nothing written."""
+    import engine.__main__ as cli
+
+    monkeypatch.setattr(cli, "quiet_libraries", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    args = ["a dog", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), *extra]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
     assert not list(tmp_path.glob("**/*.png"))
 
 

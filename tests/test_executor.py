@@ -234,7 +234,7 @@ async def test_training_without_trainer_fails_cleanly(executor: EngineExecutor) 
 
 async def test_event_loop_stays_responsive_during_generation(executor: EngineExecutor) -> None:
     job = await executor.submit(
-        user_id=1, payload=request(num_inference_steps=60, width=128, height=128)
+        user_id=1, payload=request(num_inference_steps=20, width=128, height=128)
     )
     await executor.rec.wait(Started, job.id)
     lags: list[float] = []
