@@ -1,4 +1,4 @@
-"""/embedding: add textual-inversion embeddings (admins) and list them; loaded at start-up."""
+"""/embedding: add and delete textual-inversion embeddings (admins), list them; loaded at start-up."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from cogs._checks import UserFacingError, admin_only
 from cogs._ui import clip
+from cogs.errors import never_failing
 from engine.embeddings import EmbeddingError, check_embedding_name
 from storage import AlreadyExistsError, atomic_write_bytes
 
@@ -22,6 +23,16 @@ if TYPE_CHECKING:
     from bot import ImageBot
 
 log = logging.getLogger(__name__)
+
+
+@never_failing
+async def _name_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    bot: ImageBot = interaction.client  # type: ignore[assignment]
+    records = await bot.storage.embeddings.list()
+    names = [r.name for r in records if current.lower() in r.name.lower()]
+    return [app_commands.Choice(name=n, value=n) for n in names[:25]]
 
 
 class Embedding(commands.Cog):
@@ -120,6 +131,42 @@ class Embedding(commands.Cog):
             f"Added the embedding **{name}** ({info.vectors} vector"
             f"{'' if info.vectors == 1 else 's'}). Write `{name}` in a prompt or negative prompt "
             "to use it."
+        )
+
+    @group.command(name="delete", description="Delete an embedding (admins)")
+    @app_commands.describe(name="Which embedding")
+    @app_commands.autocomplete(name=_name_autocomplete)
+    @admin_only()
+    async def delete(self, interaction: discord.Interaction, name: str) -> None:
+        """Unload an embedding, forget its record and remove its file; its name is a word again."""
+        bot = self.bot
+        record = await bot.storage.embeddings.get(name)
+        if record is None:
+            raise UserFacingError(
+                f"No embedding named `{clip(name, 64)}`; `/embedding list` shows them."
+            )
+        jobs = await bot.storage.unfinished_jobs()
+        if any(job.kind == "train" and job.status == "running" for job in jobs):
+            # A training shares the text encoder; resizing its token table mid-run is not safe.
+            raise UserFacingError(
+                "A LoRA training is running; delete the embedding once it has finished "
+                "(`/queue` shows it)."
+            )
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        async with self._add_lock:
+            await bot.storage.embeddings.delete(record.name)
+            await bot.executor.run_on_engine(bot.generator.unload_embedding, record.name)
+            path = bot.storage.files.embedding_path(record.name)
+            try:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+                note = ""
+            except OSError as exc:
+                log.warning("could not delete %s: %s", path, exc)
+                note = " Its file was left on disk (see the bot's log)."
+        log.info("embedding %s deleted by %s", record.name, interaction.user.id)
+        await interaction.followup.send(
+            f"Deleted the embedding `{record.name}`; the word is plain text in prompts again.{note}",
+            ephemeral=True,
         )
 
     @group.command(name="list", description="List the embeddings you can write in prompts")

@@ -108,3 +108,14 @@ class EmbeddingSet:
         info = load_embedding(self.pipe, path, name)
         self.loaded[name] = info
         return info
+
+    def unload(self, name: str) -> bool:
+        """Remove `name` (all of its vector tokens) from the tokenizer and text encoder."""
+        info = self.loaded.pop(name, None)
+        if info is None:
+            return False
+        # Multi-vector embeddings are loaded as name, name_1, ..., name_{n-1}.
+        tokens = [name] + [f"{name}_{i}" for i in range(1, info.vectors)]
+        self.pipe.unload_textual_inversion(tokens)
+        log.info("unloaded embedding %s", name)
+        return True

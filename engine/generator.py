@@ -488,6 +488,10 @@ class TextToImageGenerator:
             raise EngineError("no model loaded; call load_model() first")
         return self.embeddings.load(path, name)
 
+    def unload_embedding(self, name: str) -> bool:
+        """Forget a loaded embedding; its name is a plain word again. False if it was not loaded."""
+        return self.embeddings is not None and self.embeddings.unload(name)
+
     def unload_lora_weights(self) -> None:
         """Unload every LoRA and return to the base model."""
         if self.lora is not None:

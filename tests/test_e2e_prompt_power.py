@@ -75,3 +75,18 @@ async def test_embedding_add_list_use_and_restart(world, tiny_model_dir: Path) -
     async with running(world, tiny_model_dir) as bot:
         assert "zzneg" in bot.generator.embeddings.loaded  # loaded again at start-up
         assert "zzneg_1" in bot.generator.pipe.tokenizer.get_vocab()
+        delete = "embedding delete"
+        await refused(
+            await world.slash(world.alice, delete, {"name": "zzneg"}), "Only server admins"
+        )
+        await refused(
+            await world.slash(world.admin, delete, {"name": "nope"}), "No embedding named"
+        )
+        reply = await answer(await world.slash(world.admin, delete, {"name": "zzneg"}))
+        assert ephemeral(reply) and "Deleted the embedding `zzneg`" in reply.data["content"]
+        assert not bot.storage.files.embedding_path("zzneg").exists()
+        assert "zzneg_1" not in bot.generator.pipe.tokenizer.get_vocab()
+        listed = await answer(await world.slash(world.bob, "embedding list"))
+        assert "No embeddings yet" in listed.data["content"]
+    async with running(world, tiny_model_dir) as bot:
+        assert "zzneg" not in bot.generator.embeddings.loaded

@@ -51,6 +51,22 @@ def test_embedding_loads_once_and_is_used_by_name(
     images = tiny_generator.generate("a (red:1.2) castle", negative_prompt="zzneg", seed=1)
     assert images[0].info["parameters"].splitlines()[1] == "Negative prompt: zzneg"
 
+    # Unloaded, the name is a plain word again, to the bit, and the other embedding still works.
+    rows = table.shape[0]
+    zzone_row = table[vocab["zzone"]].clone()
+    assert tiny_generator.unload_embedding("zzneg") is True
+    assert tiny_generator.unload_embedding("zzneg") is False
+    vocab = pipe.tokenizer.get_vocab()
+    assert "zzneg" not in vocab and "zzneg_1" not in vocab and "zzone" in vocab
+    assert pipe.text_encoder.get_input_embeddings().weight.shape[0] == rows - 2
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[vocab["zzone"]], zzone_row)
+    again = pipe.encode_prompt(
+        pipe.maybe_convert_prompt("a red castle zzneg", pipe.tokenizer), CPU, 1, False
+    )[0]
+    assert torch.equal(before, again)
+    tiny_generator.load_embedding(webui, "zzneg")  # and it can be added again
+    assert "zzneg_1" in pipe.tokenizer.get_vocab()
+
 
 def test_wrong_width_and_bad_files_are_refused(
     tiny_generator: TextToImageGenerator, tmp_path: Path
