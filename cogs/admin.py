@@ -201,6 +201,7 @@ def engine_health(bot: ImageBot) -> str:
     folders = {
         "outputs": bot.storage.files.outputs_dir,
         "LoRAs": bot.storage.files.lora_dir,
+        "embeddings": bot.storage.files.embedding_dir,
         "database": bot.storage.db.path.parent,
     }
     for label, folder in folders.items():

@@ -25,6 +25,7 @@ DATA_FOLDERS = (
     ("database", "STORAGE_DB_PATH", "data/bot.sqlite3"),
     ("outputs", "STORAGE_OUTPUTS_DIR", "outputs"),
     ("LoRA folder", "STORAGE_LORA_DIR", "models/lora"),
+    ("embeddings", "STORAGE_EMBEDDING_DIR", "models/embeddings"),
     ("training data", "BOT_TRAIN_DATA_DIR", "data/train"),
 )
 MIN_FREE_MB = 200  # below this the bot cannot save its database or images

@@ -159,7 +159,7 @@ async def test_stats(world, tiny_model_dir: Path) -> None:
         assert "0 waiting (running)" in text
         assert bot.generator.model_name in text and "cpu" in text
         assert f"'VRAM preset', 'value': '{bot.generator.preset}'" in text
-        assert "dispatcher alive" in text and "GB free" in text
+        assert "dispatcher alive" in text and "GB free" in text and "embeddings:" in text
         workers = await answer(await world.slash(world.admin, "admin workers"))
         shown = text_of(workers)
         assert "Workers (1)" in shown and "1 done" in shown and "cpu" in shown

@@ -147,6 +147,7 @@ def test_exit_codes(
     assert good.returncode == 0, good.stdout + good.stderr
     assert "No problems found." in good.stdout and "secret" not in good.stdout
     assert "torch " in good.stdout and "no CUDA GPU" in good.stdout
+    assert "embeddings" in good.stdout and "LoRA folder" in good.stdout
     other = tmp_path / "other.env"
     other.write_text("MODEL_ID=demo\n")
     # The failing case in this process (a second interpreter costs seconds), with the same env.
