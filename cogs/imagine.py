@@ -410,6 +410,13 @@ class Imagine(commands.Cog):
             return
         if action == "del":
             await can_manage_job(bot, interaction, job_id)
+            message = interaction.message
+            if message is not None and message.flags.ephemeral:
+                # A /history Open is ephemeral: not in the channel, so only the interaction's
+                # webhook can remove it (a deferred update makes it the "original" response).
+                await interaction.response.defer()
+                await interaction.delete_original_response()
+                return
             await interaction.response.defer(ephemeral=True, thinking=True)
             text = "Deleted."
             if interaction.message is not None:

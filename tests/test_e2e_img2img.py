@@ -124,5 +124,11 @@ async def test_history_lists_newest_first_and_opens_with_u_and_v(
         assert reply.files and reply.files[0].filename == "job2-0.png"
         buttons = str(reply.data["components"])
         assert "sd:vary:2:0" in buttons and "sd:up:2:0" in buttons
+        # Delete on this ephemeral copy dismisses it (a channel DELETE would get 404).
+        assert reply.message is not None and "sd:del:2" in buttons
+        dismiss = await world.fake.send_component(world.alice, reply.message, "sd:del:2")
+        assert (await dismiss.wait_callback()).type == 6
+        await dismiss.wait_kind("delete_original")
+        assert reply.message.deleted and not message.deleted
         stranger = await world.fake.send_component(world.bob, message, "sdh:open:2")
         assert "not in your history" in (await stranger.wait_callback()).data["content"]
