@@ -520,11 +520,22 @@ class TextToImageGenerator:
         self.lora.activate(adapter, scale)
         return adapter
 
-    def load_embedding(self, path: str | Path, name: str) -> EmbeddingInfo:
-        """Load a textual-inversion embedding once; prompts then use it by writing `name`."""
+    def load_embedding(
+        self, path: str | Path, name: str, remember_unfit: bool = False
+    ) -> EmbeddingInfo:
+        """Load a textual-inversion embedding once; prompts then use it by writing `name`.
+
+        With `remember_unfit`, an embedding refused for its width is still loaded after a
+        switch to a model it fits (the registered ones, at start-up).
+        """
         if self.embeddings is None:
             raise EngineError("no model loaded; call load_model() first")
-        info = self.embeddings.load(path, name)
+        try:
+            info = self.embeddings.load(path, name)
+        except EmbeddingError:
+            if remember_unfit and Path(path).is_file():
+                self._embedding_files[name] = Path(path)
+            raise
         self._embedding_files[name] = Path(path)
         return info
 

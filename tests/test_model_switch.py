@@ -118,3 +118,17 @@ def test_generator_switches_models_and_writes_each_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown model 'three'"):
         gen.prepare(__import__("engine.requests").requests.GenerationRequest("x", model="three"))
     gen.unload()
+
+
+def test_cli_model_takes_a_choice_name_or_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.__main__ import _config, build_parser
+
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("MODEL_CHOICES", "two=models/two,small=segmind/small-sd")
+    config = _config(build_parser().parse_args(["a castle", "--model", "small"]))
+    assert config.model.model_id == "segmind/small-sd"
+    assert ModelCatalog(config.model.model_id, config.model.choices).default == "small"
+    config = _config(build_parser().parse_args(["a castle", "--model", "some/other"]))
+    assert config.model.model_id == "some/other"
