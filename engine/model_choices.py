@@ -126,6 +126,14 @@ class ModelCatalog:
         """The model reference (hub id, folder, file) of an allowed name."""
         return self.choices[self.names().index(self.resolve(name))].source
 
+    def check_sources(self, allow_ckpt: bool = False) -> None:
+        """Raise EngineError naming the first choice whose source is missing or refused."""
+        for choice in self.choices:
+            try:
+                resolve_model_source(choice.source, allow_ckpt)
+            except EngineError as exc:
+                raise EngineError(f"MODEL_CHOICES {choice.name}={choice.source}: {exc}") from None
+
     def defaults(self, name: str, allow_ckpt: bool = False) -> dict[str, Any]:
         """The generation defaults a model folder recommends (engine_defaults.json)."""
         try:

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from engine import affinity
 from engine.config import ModelConfig
+from engine.errors import EngineError
 from engine.jobs import JobRecord
 from engine.model_choices import ModelCatalog, parse_model_choices
 from tests.conftest import tiny_config
@@ -47,6 +48,10 @@ def test_width_is_read_from_config_files_and_checkpoint_headers(tmp_path: Path) 
     catalog = ModelCatalog(str(narrow), f"wide={wide},single={single}")
     assert catalog.default == "narrow"
     assert [catalog.width(n) for n in ("narrow", "wide", "single")] == [32, 48, 1024]
+    catalog.check_sources()
+    missing = ModelCatalog(str(narrow), f"gone={tmp_path / 'gone'}")
+    with pytest.raises(EngineError, match=r"MODEL_CHOICES gone=.*: model: path not found"):
+        missing.check_sources()
 
 
 def _job(job_id: int, model: str | None, kind: str = "generate") -> JobRecord:
@@ -132,3 +137,32 @@ def test_cli_model_takes_a_choice_name_or_a_path(
     assert ModelCatalog(config.model.model_id, config.model.choices).default == "small"
     config = _config(build_parser().parse_args(["a castle", "--model", "some/other"]))
     assert config.model.model_id == "some/other"
+
+
+async def test_between_training_slices_only_jobs_for_the_training_model_run() -> None:
+    from engine.jobs import MemoryJobStore
+    from engine.queue import FairQueue
+    from engine.training_runner import TrainingRunner
+
+    queue = FairQueue(MemoryJobStore())
+    for user, model in ((1, "b"), (2, "a"), (3, None)):
+        payload = {"request": {"prompt": "x", "model": model}}
+        await queue.submit(kind="generate", user_id=user, payload=payload)
+    ran: list[int] = []
+
+    async def run_job(job: JobRecord, worker: object) -> None:
+        ran.append(job.user_id)
+
+    sched = SimpleNamespace(
+        queue=queue, stopping=False, run_job=run_job, set_running=lambda *a: None
+    )
+    trainer = SimpleNamespace(suspend=lambda: None, resume=lambda: None)
+
+    async def call(fn, *args):
+        return fn(*args)
+
+    worker = SimpleNamespace(resident_model="a", held_loras=set(), call=call)
+    runner = TrainingRunner(sched, None)  # type: ignore[arg-type]
+    await runner._serve_between_slices(trainer, None, worker)  # type: ignore[arg-type]
+    assert ran == [2, 3]  # the job for model b waits for the end of the training
+    assert [job.user_id for job in queue.order()] == [1]
