@@ -158,10 +158,16 @@ class TextToImageGenerator:
         """
         if name is None or (self.loaded and self.models.resolve(name) == self.model_name):
             return False
-        wanted = self.models.resolve(name)
+        wanted, previous = self.models.resolve(name), self.model_name
         started = time.perf_counter()
         self.unload()
-        self.load_model(wanted)
+        try:
+            self.load_model(wanted)
+        except Exception:
+            if previous and previous != wanted:  # keep serving the others: load the old one back
+                log.warning("model %s failed to load; loading %s again", wanted, previous)
+                self.ensure_model(previous)
+            raise
         assert self.embeddings is not None
         for token, path in self._embedding_files.items():
             try:
