@@ -168,8 +168,9 @@ async def build(
     """Open storage, load the model on the engine thread's behalf, and assemble the bot."""
     install_token_redaction()
     resolve_model_source(config.model.model_id, config.model.allow_ckpt)  # fail before opening
-    storage = await Storage.open(storage_settings.db_path, settings=storage_settings)
     generator = TextToImageGenerator(config)
+    generator.models.check_sources(config.model.allow_ckpt)
+    storage = await Storage.open(storage_settings.db_path, settings=storage_settings)
     try:
         await asyncio.to_thread(generator.load_model)
     except BaseException:

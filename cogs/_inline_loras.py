@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cogs._checks import UserFacingError
+from cogs._models import check_lora_fits
 from engine.lora_stack import resolve_lora_stack
 from engine.prompt_syntax import find_lora_tags
 
@@ -12,8 +13,14 @@ if TYPE_CHECKING:
     from bot import ImageBot
 
 
-async def inline_lora_entries(bot: ImageBot, user_id: int, prompt: str) -> list[list[Any]]:
-    """The prompt's LoRA stack as [path, weight, name] entries; UserFacingError when one is unusable."""
+async def inline_lora_entries(
+    bot: ImageBot, user_id: int, prompt: str, model: str | None = None
+) -> list[list[Any]]:
+    """The prompt's LoRA stack as [path, weight, name] entries; UserFacingError when one is unusable.
+
+    `model` (default: the resident one) is the job's base model: a LoRA made for another
+    architecture is refused.
+    """
     try:
         tags = find_lora_tags(prompt)
     except ValueError as exc:
@@ -26,11 +33,7 @@ async def inline_lora_entries(bot: ImageBot, user_id: int, prompt: str) -> list[
             raise UserFacingError(
                 f"There is no LoRA named `{tag.name}`; see `/lora list` for the names you can use."
             )
-        model = bot.generator.model_name
-        if record.base_model and model and record.base_model != model:
-            raise UserFacingError(
-                f"The LoRA `{record.name}` was made for {record.base_model}; this bot runs {model}."
-            )
+        check_lora_fits(bot, record, model or bot.generator.model_name)
         paths[tag.name] = record.path
     try:
         stack = resolve_lora_stack(prompt, (), paths.get, bot.config.generation.max_loras)

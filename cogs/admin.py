@@ -6,13 +6,14 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from cogs._checks import UserFacingError, admin_only, is_admin
+from cogs._models import channel_key, check_model_name, model_autocomplete, server_key
 from cogs._ui import clip, info_embed
 
 if TYPE_CHECKING:
@@ -137,6 +138,40 @@ class Admin(commands.Cog):
             return
         embed = info_embed(f"Blocked words ({len(words)})", clip(", ".join(words), 4000))
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    # ----- base models -------------------------------------------------------------------
+    @group.command(name="model", description="Set the default base model of the server or channel")
+    @app_commands.describe(
+        name="A model from MODEL_CHOICES",
+        scope="server (default): everywhere; channel: only images made in this channel",
+    )
+    @app_commands.autocomplete(name=model_autocomplete)
+    @admin_only()
+    async def model(
+        self,
+        interaction: discord.Interaction,
+        name: str,
+        scope: Literal["server", "channel"] = "server",
+    ) -> None:
+        """Store the default; jobs queued from now on use it (waiting ones keep their model)."""
+        bot = self.bot
+        name = check_model_name(bot, name)
+        if scope == "channel":
+            if interaction.channel_id is None:
+                raise UserFacingError("Use this in the channel whose default you want to set.")
+            await bot.storage.kv.set(channel_key(interaction.channel_id), name)
+            where = "Images made in this channel now use"
+        else:
+            await bot.storage.kv.set(server_key(interaction.guild_id), name)
+            where = "The server's default model is now"
+        log.info("default model (%s) set to %s by %s", scope, name, interaction.user.id)
+        waiting = len(bot.executor.queue)
+        await self._reply(
+            interaction,
+            f"{where} **{name}**. Requests from now on use it; the {waiting} already waiting "
+            "keep the model they were queued with, so no image is cut short. Members who picked "
+            "a model in `/settings` keep theirs.",
+        )
 
     # ----- numbers -----------------------------------------------------------------------
     @group.command(name="workers", description="The GPU workers: node, device, state, job, speed")

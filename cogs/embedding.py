@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -50,7 +51,9 @@ class Embedding(commands.Cog):
         for record in await bot.storage.embeddings.list():
             try:
                 await bot.executor.run_on_engine(
-                    bot.generator.load_embedding, Path(record.path), record.name
+                    functools.partial(bot.generator.load_embedding, remember_unfit=True),
+                    Path(record.path),
+                    record.name,
                 )
             except (EmbeddingError, OSError) as exc:
                 log.error("embedding %s not loaded: %s", record.name, exc)

@@ -23,6 +23,7 @@ from cogs._checks import (
 )
 from cogs._delivery import Update, interaction_reference
 from cogs._inline_loras import inline_lora_entries
+from cogs._models import check_embeddings_fit, check_lora_fits, pick_model
 from cogs._sources import check_source, save_source
 from cogs._ui import (
     png_file,
@@ -67,8 +68,12 @@ def sizes(bot: ImageBot) -> dict[str, tuple[int, int]]:
 
 
 async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any) -> dict[str, Any]:
-    """A request dict from the options given, filled from the user's saved defaults."""
+    """A request dict from the options given, filled from the user's saved defaults.
+
+    Options `guild_id` and `channel_id` choose the model: the user's, the channel's, the server's.
+    """
     profile = await bot.storage.users.get_or_create_user(user_id)
+    model = await pick_model(bot, profile.model, options.get("guild_id"), options.get("channel_id"))
     size = options.get("size")
     width = height = None
     if size:
@@ -95,7 +100,9 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
         "num_images": count,
         "scheduler": options.get("sampler") or profile.sampler,
         "fast": fast,
+        "model": model,
     }
+    await check_embeddings_fit(bot, model, prompt, request["negative_prompt"])
     if profile.lora_name:
         lora = await bot.storage.loras.get_lora(profile.lora_name)
         if lora is None or lora.status != "ready":
@@ -103,12 +110,13 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
             raise UserFacingError(
                 f"Your LoRA {profile.lora_name!r} is no longer available; it has been switched off."
             )
+        check_lora_fits(bot, lora, model)
         request.update(
             lora=lora.path,
             lora_name=lora.name,
             lora_scale=1.0 if profile.lora_scale is None else profile.lora_scale,
         )
-    request["loras"] = await inline_lora_entries(bot, user_id, prompt)
+    request["loras"] = await inline_lora_entries(bot, user_id, prompt, model)
     return request
 
 
@@ -367,6 +375,7 @@ class Imagine(commands.Cog):
         request = await build_request(
             bot, user.id, prompt, negative=negative, steps=steps, cfg=cfg, seed=seed,
             size=size, count=count, sampler=sampler, fast=fast,
+            guild_id=interaction.guild_id, channel_id=interaction.channel_id,
         )  # fmt: skip
         if strength is not None and image is None:
             raise UserFacingError("`strength` only applies with an `image` to start from.")

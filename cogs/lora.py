@@ -339,6 +339,7 @@ class Lora(commands.Cog):
                 sha256=digest,
                 rank=info.rank,
                 base_model=bot.generator.model_name,
+                base_width=bot.generator.text_width,
                 status="failed",
                 shared=True,
             )

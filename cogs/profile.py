@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._checks import UserFacingError
+from cogs._models import check_model_name, model_autocomplete
 from cogs._ui import clip, info_embed
 from cogs.imagine import sampler_autocomplete, size_autocomplete, sizes
 from engine.config import MAX_CFG, MAX_STEPS, MIN_CFG, MIN_STEPS
@@ -80,6 +81,8 @@ def settings_embed(bot: ImageBot, profile: UserProfile, title: str) -> discord.E
     embed.add_field(name="Seed", value=seed)
     if profile.lora_name:
         embed.add_field(name="LoRA", value=f"{profile.lora_name} ({profile.lora_scale or 1:g})")
+    model = profile.model or "the channel's or server's"
+    embed.add_field(name="Model", value=model + ("" if profile.model else " *default*"))
     return embed
 
 
@@ -149,8 +152,11 @@ class Profile(commands.Cog):
         size="Image size",
         sampler="Sampler (scheduler)",
         negative="What to avoid in every image",
+        model="Base model for your images (from the server's list)",
     )
-    @app_commands.autocomplete(sampler=sampler_autocomplete, size=size_autocomplete)
+    @app_commands.autocomplete(
+        sampler=sampler_autocomplete, size=size_autocomplete, model=model_autocomplete
+    )
     async def settings_set(
         self,
         interaction: discord.Interaction,
@@ -159,6 +165,7 @@ class Profile(commands.Cog):
         size: str | None = None,
         sampler: str | None = None,
         negative: app_commands.Range[str, 0, 1000] | None = None,
+        model: str | None = None,
     ) -> None:
         """Validate and save the given defaults."""
         changes: dict[str, Any] = {}
@@ -188,6 +195,8 @@ class Profile(commands.Cog):
             if len(negative) > 1000:
                 raise UserFacingError("The negative prompt may have at most 1000 characters.")
             changes["negative_prompt"] = negative.strip()
+        if model is not None:
+            changes["model"] = check_model_name(self.bot, model)
         if not changes:
             raise UserFacingError("Give at least one setting to change (steps, cfg, size, ...).")
         profile = await self.bot.storage.users.update_defaults(interaction.user.id, **changes)

@@ -332,6 +332,7 @@ class Train(commands.Cog):
                 trigger_word=config.trigger_word,
                 rank=config.rank,
                 base_model=bot.generator.model_name or config.model,
+                base_width=bot.generator.text_width,
                 status="training",
             )
         except AlreadyExistsError:

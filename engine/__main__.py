@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="multiple of 8, 64-2048")
     p.add_argument("--num", type=int, default=None, help="number of images, 1-8")
     p.add_argument("--scheduler", default=None, help="sampler: " + ", ".join(SCHEDULER_NAMES))
-    p.add_argument("--model", default=None, help="hub id, folder, .safetensors file, or 'demo'")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a MODEL_CHOICES name, hub id, folder, .safetensors file, or 'demo'",
+    )
     p.add_argument("--lora", default=None, help="LoRA .safetensors file or folder")
     p.add_argument("--lora-scale", type=float, default=0.8, help="LoRA strength, 0-2")
     p.add_argument(
@@ -70,7 +74,11 @@ def build_upscale_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative", default=None, help="negative prompt (default: the image's own)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps, 1-150")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the image's own)")
-    p.add_argument("--model", default=None, help="hub id, folder, .safetensors file, or 'demo'")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a MODEL_CHOICES name, hub id, folder, .safetensors file, or 'demo'",
+    )
     _add_common(p, prefix="upscale")
     return p
 
@@ -123,7 +131,12 @@ def quiet_libraries() -> None:
 def _config(args: argparse.Namespace) -> AppConfig:
     config = load_config()
     if args.model:
-        config.model = config.model.model_copy(update={"model_id": args.model})
+        from engine.model_choices import ModelCatalog
+
+        # A MODEL_CHOICES name stands for its source; anything else is a model reference.
+        choice = ModelCatalog(config.model.model_id, config.model.choices).find(args.model)
+        model_id = choice.source if choice else args.model
+        config.model = config.model.model_copy(update={"model_id": model_id})
     if args.precision:
         config.model = config.model.model_copy(update={"precision": args.precision})
     if args.device:

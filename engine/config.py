@@ -66,6 +66,11 @@ class ModelConfig(BaseSettings):
     single_file_config: str = Field(
         "", description="Folder or hub id with component configs for single-file checkpoints"
     )
+    choices: str = Field(
+        "",
+        description="Models users may pick, name=source,...: hub ids, folders or .safetensors "
+        "files (MODEL_ID is always allowed and is the default)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -76,6 +81,14 @@ class ModelConfig(BaseSettings):
         ):
             return value
         raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
+
+    @field_validator("choices")
+    @classmethod
+    def _check_choices(cls, value: str) -> str:
+        from engine.model_choices import parse_model_choices
+
+        parse_model_choices(value)
+        return value
 
 
 class OptimizationConfig(BaseSettings):

@@ -17,11 +17,12 @@ import torch
 
 from engine import img2img
 from engine.config import AppConfig
-from engine.embeddings import EmbeddingInfo, EmbeddingSet
+from engine.embeddings import EmbeddingError, EmbeddingInfo, EmbeddingSet, text_encoder_width
 from engine.errors import EngineError, GenerationCancelled
 from engine.lora import WEIGHT_NAME, LoraManager, lora_display_name, resolve_lora_file
 from engine.lora_stack import LoraResolver, folder_resolver, resolve_lora_stack
 from engine.metadata import format_parameters, save_png
+from engine.model_choices import ModelCatalog
 from engine.optimizations import (
     AttentionProcessors,
     apply_memory_level,
@@ -90,16 +91,20 @@ class TextToImageGenerator:
         self.memory_rungs = MEMORY_RUNGS
         self._attention: AttentionProcessors = {}
         self._upscale_model: img2img.ModelUpscaler | None = None
+        model = self.config.model
+        self.models = ModelCatalog(model.model_id, model.choices, model.cache_dir)
+        self._embedding_files: dict[str, Path] = {}  # loaded again after a model switch
 
     @property
     def loaded(self) -> bool:
         """Whether a model is loaded."""
         return self.pipe is not None
 
-    def load_model(self) -> None:
-        """Load the configured model and apply the device, precision and memory settings."""
+    def load_model(self, name: str | None = None) -> None:
+        """Load a model (a MODEL_CHOICES name; None: MODEL_ID) with the device and memory settings."""
         cfg = self.config
-        source = resolve_model_source(cfg.model.model_id, cfg.model.allow_ckpt)
+        model_id = self.models.source(name) if name else cfg.model.model_id
+        source = resolve_model_source(model_id, cfg.model.allow_ckpt)
         self.device = resolve_device(cfg.model.device)
         self.dtype = resolve_dtype(cfg.model.precision, self.device)
         opt, self.preset = resolve_optimizations(cfg.optimization, self.device)
@@ -124,9 +129,8 @@ class TextToImageGenerator:
         self.pipe = pipe
         self.source = source
         self.model_defaults = read_model_defaults(source)
-        self.model_name = Path(source.location).stem if source.kind != "hub" else source.location
-        if cfg.model.model_id.strip().lower() == "demo":
-            self.model_name = "demo"
+        self.model_name = self.models.resolve(name)
+        self.models.remember_width(self.model_name, text_encoder_width(pipe))
         self.lora = LoraManager(pipe)
         self.embeddings = EmbeddingSet(pipe)
         self._scheduler_name = ""
@@ -140,6 +144,38 @@ class TextToImageGenerator:
             (", " + ", ".join(self.applied)) if self.applied else "",
             time.perf_counter() - started,
         )
+
+    @property
+    def text_width(self) -> int | None:
+        """The loaded text encoder's width (768 SD 1.x, 1024 SD 2.x): the architecture family."""
+        return None if self.pipe is None else text_encoder_width(self.pipe)
+
+    def ensure_model(self, name: str | None) -> bool:
+        """Make `name` (a MODEL_CHOICES name) the resident model; return whether it was switched.
+
+        Only one model is resident: the old pipeline is freed before the new one loads.
+        Embeddings loaded before are loaded again when they fit the new text encoder.
+        """
+        if name is None or (self.loaded and self.models.resolve(name) == self.model_name):
+            return False
+        wanted, previous = self.models.resolve(name), self.model_name
+        started = time.perf_counter()
+        self.unload()
+        try:
+            self.load_model(wanted)
+        except Exception:
+            if previous and previous != wanted:  # keep serving the others: load the old one back
+                log.warning("model %s failed to load; loading %s again", wanted, previous)
+                self.ensure_model(previous)
+            raise
+        assert self.embeddings is not None
+        for token, path in self._embedding_files.items():
+            try:
+                self.embeddings.load(path, token)
+            except EmbeddingError as exc:
+                log.info("embedding %s is not loaded on %s: %s", token, wanted, exc)
+        log.info("switched model to %s in %.1fs", wanted, time.perf_counter() - started)
+        return True
 
     def _load_tiny_vae(self, opt: Any) -> Any:
         """Load the tiny autoencoder (TAESD) when configured; optionally make it the decoder."""
@@ -190,7 +226,12 @@ class TextToImageGenerator:
                 str(request.prompt), (), self.lora_resolver, self.config.generation.max_loras
             )
             request = replace(request, loras=[use.to_entry() for use in stack])
-        return resolve_request(request, self.config.generation, self.model_defaults)
+        defaults = self.model_defaults
+        if request.model is not None:
+            request = replace(request, model=self.models.resolve(request.model))
+            if request.model != self.model_name:
+                defaults = self.models.defaults(request.model, self.config.model.allow_ckpt)
+        return resolve_request(request, self.config.generation, defaults)
 
     def generate(
         self,
@@ -210,13 +251,14 @@ class TextToImageGenerator:
         cancel: threading.Event | None = None,
         init_image: Any = None,
         strength: float | None = None,
+        model: str | None = None,
     ) -> list[Any]:
         """Generate images (PIL) for a prompt; image i uses seed+i. See `last_result` for details.
 
         `loras` stacks LoRAs by registered name or path with a weight each, with any
         <lora:name:w> tags of the prompt, on top of `lora`. With `init_image` (a PIL image or a
         file path) this is img2img: `strength` (0.05-1, default 0.6) is how much of the picture
-        is repainted.
+        is repainted. `model` (a MODEL_CHOICES name) switches the resident model first.
         """
         stack = resolve_lora_stack(
             prompt, loras or (), self.lora_resolver, self.config.generation.max_loras
@@ -235,6 +277,7 @@ class TextToImageGenerator:
             lora_scale=lora_scale,
             loras=[use.to_entry() for use in stack],
             strength=strength,
+            model=model,
         )
         with img2img.init_path(init_image) as path:
             request.init_image = path
@@ -275,6 +318,7 @@ class TextToImageGenerator:
     ) -> GenerationResult:
         """Run one request and return a GenerationResult (images, seeds, parameters, timings)."""
         resolved = request if isinstance(request, ResolvedRequest) else self.prepare(request)
+        self.ensure_model(resolved.model)
         if not self.loaded:
             raise EngineError("no model loaded; call load_model() first")
         started = time.perf_counter()
@@ -482,11 +526,24 @@ class TextToImageGenerator:
         self.lora.activate(adapter, scale)
         return adapter
 
-    def load_embedding(self, path: str | Path, name: str) -> EmbeddingInfo:
-        """Load a textual-inversion embedding once; prompts then use it by writing `name`."""
+    def load_embedding(
+        self, path: str | Path, name: str, remember_unfit: bool = False
+    ) -> EmbeddingInfo:
+        """Load a textual-inversion embedding once; prompts then use it by writing `name`.
+
+        With `remember_unfit`, an embedding refused for its width is still loaded after a
+        switch to a model it fits (the registered ones, at start-up).
+        """
         if self.embeddings is None:
             raise EngineError("no model loaded; call load_model() first")
-        return self.embeddings.load(path, name)
+        try:
+            info = self.embeddings.load(path, name)
+        except EmbeddingError:
+            if remember_unfit and Path(path).is_file():
+                self._embedding_files[name] = Path(path)
+            raise
+        self._embedding_files[name] = Path(path)
+        return info
 
     def unload_embedding(self, name: str) -> bool:
         """Forget a loaded embedding; its name is a plain word again. False if it was not loaded."""
@@ -505,6 +562,8 @@ class TextToImageGenerator:
         self.embeddings = None
         self._safety = None
         self._default_lora = None
+        self._attention = {}
+        self.tiny_vae = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -212,10 +212,12 @@ class FairQueue:
             self._available.clear()
         return job
 
-    def pop_next(self, kind: JobKind | None = None) -> JobRecord | None:
-        """Take the next job in fair order (optionally only of one kind), or None."""
+    def pop_next(
+        self, kind: JobKind | None = None, accept: Callable[[JobRecord], bool] | None = None
+    ) -> JobRecord | None:
+        """Take the next job in fair order (optionally only of one kind, or accepted), or None."""
         for index, job in enumerate(self._jobs):
-            if kind is None or job.kind == kind:
+            if (kind is None or job.kind == kind) and (accept is None or accept(job)):
                 self._served_tag = max(self._served_tag, self._keys[index][1])
                 return self._take(index)
         return None
@@ -259,6 +261,11 @@ class FairQueue:
         if self._jobs:
             self._available.set()
 
-    def has_waiting(self, kind: JobKind | None = None) -> bool:
-        """Whether a job (of this kind) waits."""
-        return any(kind is None or job.kind == kind for job in self._jobs)
+    def has_waiting(
+        self, kind: JobKind | None = None, accept: Callable[[JobRecord], bool] | None = None
+    ) -> bool:
+        """Whether a job (of this kind, and accepted) waits."""
+        return any(
+            (kind is None or job.kind == kind) and (accept is None or accept(job))
+            for job in self._jobs
+        )

@@ -48,6 +48,7 @@ class GenerationRequest:
     init_image: str | None = None  # img2img: path of the source image (stored, not its pixels)
     strength: float | None = None  # img2img: how much is repainted, 0.05-1 (default 0.6)
     upscale: float | None = None  # upscale the init image by this factor, then img2img
+    model: str | None = None  # a MODEL_CHOICES name; None: the model loaded now
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the request."""
@@ -80,6 +81,7 @@ class ResolvedRequest:
     init_image: str | None = None
     strength: float | None = None
     upscale: float | None = None
+    model: str | None = None
 
     @property
     def num_images(self) -> int:
@@ -205,6 +207,7 @@ def resolve_request(
         init_image=init.get("init_image"),
         strength=init.get("strength"),
         upscale=init.get("upscale"),
+        model=request.model,
     )
 
 

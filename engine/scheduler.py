@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import affinity
 from engine.config import QueueConfig
 from engine.errors import EngineError, GenerationCancelled
 from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progress, Queued, Started
@@ -207,6 +208,8 @@ class Scheduler:
                 "height": resolved.height,
                 "num_images": resolved.num_images,
                 "scheduler": resolved.scheduler,
+                # None: the model loaded when it was queued (the bot always names one)
+                "model": resolved.model or getattr(self.generator, "model_name", None) or None,
             }
             payload = {**payload, "request": filled}
         priority = 1 if admin and self.config.admin_priority else 0
@@ -423,32 +426,14 @@ class Scheduler:
             await asyncio.sleep(0)  # let the job start before the next pick
 
     def _pick(self, free: list[Worker]) -> tuple[JobRecord, Worker]:
-        """The next job in fair order, or one a little later whose LoRA a free worker holds."""
-        window = self.affinity_window
-        head = self.queue.head(window + 1)
-        first = head[0]
-
-        def holder(job: JobRecord) -> Worker | None:
-            key = _lora_key(job)
-            return next((w for w in free if key and key in w.held_loras), None)
-
-        chosen, worker = first, holder(first)
-        if worker is None and len(self.workers) > 1:
-            for index, job in enumerate(head[1:], start=1):
-                if any(self._overtaken.get(j.id, 0) >= window for j in head[:index]):
-                    break  # a job ahead was overtaken enough: fair order wins
-                worker = holder(job)
-                if worker is not None:
-                    chosen = job
-                    for skipped in head[:index]:
-                        self._overtaken[skipped.id] = self._overtaken.get(skipped.id, 0) + 1
-                    break
-        if worker is None:
-            wanted = {_lora_key(job) for job in head[1:]}
-            worker = next((w for w in free if not (w.held_loras & wanted)), free[0])
-        taken = self.queue.take(chosen.id)
+        """The next job in fair order, or one a little later that a free worker suits better."""
+        head = self.queue.head(self.affinity_window + 1)
+        index, worker = affinity.pick(
+            head, free, self._overtaken, self.affinity_window, loras=len(self.workers) > 1
+        )
+        taken = self.queue.take(head[index].id)
         assert taken is not None
-        self._overtaken.pop(chosen.id, None)
+        self._overtaken.pop(taken.id, None)
         return taken, worker
 
     async def _serve(self, job: JobRecord, worker: Worker) -> None:
@@ -600,10 +585,6 @@ class Scheduler:
     # Old private names, kept for callers written against the single-thread executor.
     _finish = finish
     _fail = fail
-
-
-def _lora_key(job: JobRecord) -> str:
-    return str(job.payload.get("request", {}).get("lora") or "")
 
 
 def _pixel_units(payload: dict[str, Any]) -> float:

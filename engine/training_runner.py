@@ -6,6 +6,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine import affinity
 from engine.errors import GenerationCancelled
 from engine.events import Progress
 from engine.jobs import JobRecord
@@ -68,12 +69,20 @@ class TrainingRunner:
         """Run the /imagine jobs that wait, with the adapter under training switched off."""
         sched = self.scheduler
         queue = sched.queue
-        if not queue.has_waiting("generate") or queue.paused:
+        # Jobs for another base model wait for the end of the training: the trainer holds its
+        # model, and a second resident model would not fit a small card.
+        resident = affinity.worker_model(worker)
+
+        def same_model(job: JobRecord) -> bool:
+            wanted = affinity.job_model(job)
+            return wanted is None or resident is None or wanted.lower() == resident.lower()
+
+        if not queue.has_waiting("generate", same_model) or queue.paused:
             return
         await worker.call(trainer.suspend)
         try:
             while not sched.stopping and not queue.paused:
-                job = queue.pop_next("generate")
+                job = queue.pop_next("generate", same_model)
                 if job is None:
                     break
                 await sched.run_job(job, worker)

@@ -32,6 +32,13 @@ def _to_json(name: str, value: dict[str, Any]) -> str:
         raise TypeError(f"job {name} cannot be stored as JSON: {exc}") from exc
 
 
+def _job_model(payload: dict[str, Any]) -> str | None:
+    """The base model a generate job runs on (kept in a column, for queries and /history)."""
+    request = payload.get("request")
+    model = request.get("model") if isinstance(request, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
 def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(
         id=int(row["id"]),
@@ -75,7 +82,7 @@ class JobsRepo:
         async with self._db.transaction() as tx:
             result = await tx.execute(
                 "INSERT INTO jobs (kind, user_id, guild_id, channel_id, reference, payload,"
-                " priority, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " priority, created_at, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     kind,
                     user_id,
@@ -85,6 +92,7 @@ class JobsRepo:
                     payload_json,
                     int(priority),
                     time.time(),
+                    _job_model(payload),
                 ),
             )
             row = await tx.fetchone(

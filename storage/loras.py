@@ -34,6 +34,7 @@ class LoraRecord:
     status: LoraStatus
     shared: bool
     created_at: float
+    base_width: int | None = None  # text-encoder width of the base model (768 SD 1.x, 1024 2.x)
 
 
 _COLUMNS = ", ".join(f.name for f in fields(LoraRecord))
@@ -85,6 +86,7 @@ class LorasRepo:
         base_model: str | None = None,
         status: LoraStatus = "ready",
         shared: bool = True,
+        base_width: int | None = None,
     ) -> LoraRecord:
         """Register a LoRA; raise AlreadyExistsError if the name is taken (in any letter case)."""
         check_lora_name(name)
@@ -95,8 +97,8 @@ class LorasRepo:
             async with self._db.transaction() as tx:
                 result = await tx.execute(
                     "INSERT INTO loras (name, path, owner_id, trigger_word, sha256, rank,"
-                    " base_model, status, shared, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " base_model, status, shared, created_at, base_width)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         str(path),
@@ -108,6 +110,7 @@ class LorasRepo:
                         status,
                         int(bool(shared)),
                         time.time(),
+                        base_width,
                     ),
                 )
                 row = await tx.fetchone(

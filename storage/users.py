@@ -36,6 +36,7 @@ class UserProfile:
     banned: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
+    model: str | None = None  # a MODEL_CHOICES name picked in /settings
 
     def defaults(self) -> dict[str, Any]:
         """The personal defaults this user has set (fields left at the global default omitted)."""
@@ -81,6 +82,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "height": _positive_int,
     "sampler": _non_empty_text,
     "negative_prompt": _text,
+    "model": _non_empty_text,
 }
 DEFAULT_FIELDS: tuple[str, ...] = tuple(_VALIDATORS)
 _COLUMNS = ", ".join(f.name for f in fields(UserProfile))
@@ -157,7 +159,7 @@ class UsersRepo:
         return await self._update(user_id, {"last_seed": _check_seed(seed)}, tx)
 
     async def update_defaults(self, user_id: int, **fields: Any) -> UserProfile:
-        """Set personal defaults (steps, cfg, width, height, sampler, negative_prompt); None resets one."""
+        """Set personal defaults (steps, cfg, size, sampler, negative_prompt, model); None resets one."""
         unknown = sorted(set(fields) - set(_VALIDATORS))
         if unknown:
             raise ValueError(

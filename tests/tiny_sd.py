@@ -150,9 +150,11 @@ def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32):
     )
 
 
-def save_tiny_pipeline(folder: Path, seed: int = 0, safe: bool = True) -> Path:
+def save_tiny_pipeline(
+    folder: Path, seed: int = 0, safe: bool = True, cross_attention_dim: int = 32
+) -> Path:
     """Build a tiny pipeline and save it as a diffusers folder (safetensors, or pickle .bin)."""
-    pipe = build_tiny_pipeline(seed)
+    pipe = build_tiny_pipeline(seed, cross_attention_dim=cross_attention_dim)
     pipe.save_pretrained(folder, safe_serialization=safe)
     return folder
 

@@ -46,8 +46,9 @@ class GenerationCore:
 
     def run(self, run: JobRun, sink: ProgressSink) -> tuple[GenerationResult, int]:
         """Generate the job's images (blocking); return the result and the memory level used."""
-        # 1. resolve the stored request
+        # 1. resolve the stored request and make its model the resident one
         request = GenerationRequest.from_dict(run.job.payload.get("request", {}))
+        self.switch_model(run, sink, request.model)
         resolved = self.generator.prepare(request)
         size = (resolved.width, resolved.height)
         level = self.levels.get(size, 0)
@@ -83,6 +84,19 @@ class GenerationCore:
         if level:
             self.levels[size] = level
         return result, level
+
+    def switch_model(self, run: JobRun, sink: ProgressSink, name: str | None) -> float:
+        """Unload the resident model and load the job's one when they differ; return the seconds."""
+        generator = self.generator
+        if name is None or generator.models.resolve(name) == generator.model_name:
+            return 0.0
+        started = time.perf_counter()
+        sink.notice(run, f"Loading the model {name} (the previous one is unloaded first)…")
+        generator.ensure_model(name)
+        self.levels.clear()  # the rungs that fit were measured on the other model
+        seconds = time.perf_counter() - started
+        log.info("job %s: model %s loaded in %.1fs", run.job.id, name, seconds)
+        return seconds
 
     def result_data(self, result: GenerationResult, level: int) -> dict[str, Any]:
         """The JSON-friendly record of a result (paths are added by whoever saves the images)."""

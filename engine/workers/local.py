@@ -46,6 +46,11 @@ class LocalWorker:
         """A thread in this process is always there."""
         return True
 
+    @property
+    def resident_model(self) -> str:
+        """The model loaded on this worker now (for same-model batching)."""
+        return self.generator.model_name
+
     async def start(self) -> None:
         """Nothing to start: the bot loaded the model already."""
 

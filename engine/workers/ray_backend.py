@@ -90,6 +90,7 @@ class RayWorker:
         self.app_config = app_config
         self.queue_config: QueueConfig = app_config.queue
         self.held_loras: set[str] = set()
+        self.resident_model: str | None = None  # what the actor's last job ran on
         self.jobs_done = 0
         self._alive = False
         self._info: dict[str, Any] = {}
@@ -157,6 +158,10 @@ class RayWorker:
         result, data = await asyncio.to_thread(self._save, job, out, image_path)
         self.jobs_done += 1
         self._info["seconds_per_step"] = data.get("seconds_per_step")
+        if data.get("model") and data["model"] != self.resident_model:
+            # A model switch on the actor dropped every adapter but this job's.
+            self.held_loras = {str(request["lora"])} if request.get("lora") else set()
+            self.resident_model = data["model"]
         return result, data
 
     async def _ship_lora(self, lora: str) -> str:
