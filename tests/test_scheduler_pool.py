@@ -172,6 +172,16 @@ print("no ray")
     assert out.returncode == 0 and "no ray" in out.stdout, out.stderr[-2000:]
 
 
+async def test_one_run_counts_one_attempt_in_the_store_and_the_scheduler() -> None:
+    sched = await _scheduler([FakeWorker("w0")])
+    job = await sched.submit(user_id=1, payload=request("once"))
+    [started] = await sched.rec.wait(Started, job.id)
+    await sched.rec.wait(Finished, job.id)
+    assert sched.store.jobs[job.id].attempts == 1  # type: ignore[attr-defined]
+    assert started.job.attempts == 1
+    await sched.stop()
+
+
 async def test_a_long_queue_hears_its_places_in_rolling_slices(monkeypatch) -> None:
     import engine.scheduler as scheduler_module
     from engine.events import Queued
