@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 Listener = Callable[[JobEvent], Any]
 ImagePath = Callable[[JobRecord, int], Path]
 BASE_PIXELS = 512 * 512
-# Each job start re-announces the places of up to this many waiting jobs at the head, plus as
-# many from a rolling cursor further back: O(1) per start however long the queue.
-ANNOUNCE_HEAD = 50
+# Each job start re-announces every waiting job's place while at most ANNOUNCE_ALL wait (the
+# default global cap); past that, the first ANNOUNCE_SLICE and ANNOUNCE_SLICE more from a cursor
+# sweeping the rest: O(1) per start however long the queue.
+ANNOUNCE_ALL = 100
+ANNOUNCE_SLICE = 20
 
 
 class _StoreFailure(Exception):
@@ -134,7 +136,7 @@ class Scheduler:
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._seconds_per_unit: float | None = None
-        self._announce_cursor = ANNOUNCE_HEAD
+        self._announce_cursor = ANNOUNCE_SLICE
         self._run_units: dict[int, float] = {}
 
     # ----- wiring -----------------------------------------------------------------------
@@ -392,23 +394,23 @@ class Scheduler:
     def _announce_positions(self) -> None:
         """Tell waiting jobs their new place, with a running ETA total.
 
-        Up to 2 * ANNOUNCE_HEAD waiting: every one. Past that: the first ANNOUNCE_HEAD and the
-        next ANNOUNCE_HEAD from a cursor that sweeps the rest, so each job still hears its place
-        every len(queue) / ANNOUNCE_HEAD starts and a start costs the same at any length.
+        Up to ANNOUNCE_ALL waiting: every one. Past that: the first ANNOUNCE_SLICE and the next
+        ANNOUNCE_SLICE from a cursor that sweeps the rest, so each job still hears its place
+        every len(queue) / ANNOUNCE_SLICE starts and a start costs the same at any length.
         """
         rate = self._seconds_per_unit
         base = 0.0 if rate is None else self._running_seconds_left(rate)
         parallel = self._parallel()
         waiting = len(self.queue)
-        if waiting <= 2 * ANNOUNCE_HEAD:
+        if waiting <= ANNOUNCE_ALL:
             self._announce_span(0, waiting, base, rate, parallel)
             return
-        self._announce_span(0, ANNOUNCE_HEAD, base, rate, parallel)
-        if self._announce_cursor >= waiting:
-            self._announce_cursor = ANNOUNCE_HEAD
+        self._announce_span(0, ANNOUNCE_SLICE, base, rate, parallel)
+        if not ANNOUNCE_SLICE <= self._announce_cursor < waiting:
+            self._announce_cursor = ANNOUNCE_SLICE
         start = self._announce_cursor
-        self._announce_cursor += ANNOUNCE_HEAD
-        self._announce_span(start, start + ANNOUNCE_HEAD, base, rate, parallel)
+        self._announce_cursor += ANNOUNCE_SLICE
+        self._announce_span(start, start + ANNOUNCE_SLICE, base, rate, parallel)
 
     def _announce_span(
         self, start: int, stop: int, base: float, rate: float | None, parallel: int
@@ -433,7 +435,9 @@ class Scheduler:
             job_units = units.get(run.job.id)
             if job_units is None:
                 job_units = units[run.job.id] = _pixel_units(run.job.payload)
-            total += max(0, run.total - run.step) * job_units
+            left = run.total - run.step
+            if left > 0:
+                total += left * job_units
         if len(units) > 2 * len(self._active) + 16:
             self._run_units = {r.job.id: units[r.job.id] for r in self._active.values()}
         return total * rate

@@ -186,7 +186,8 @@ async def test_a_long_queue_hears_its_places_in_rolling_slices(monkeypatch) -> N
     import engine.scheduler as scheduler_module
     from engine.events import Queued
 
-    monkeypatch.setattr(scheduler_module, "ANNOUNCE_HEAD", 2)
+    monkeypatch.setattr(scheduler_module, "ANNOUNCE_ALL", 4)
+    monkeypatch.setattr(scheduler_module, "ANNOUNCE_SLICE", 2)
     sched = await _scheduler([FakeWorker("w0")])
     sched.pause()
     for user in range(7):
@@ -202,6 +203,6 @@ async def test_a_long_queue_hears_its_places_in_rolling_slices(monkeypatch) -> N
         for event in announced:
             assert event.job is order[event.position - 1]
             assert event.eta_s == pytest.approx(sched.eta(event.job.id))
-    # 7 waiting > 2 * 2: the head (1, 2) every time, then a slice sweeping places 3..7.
+    # 7 waiting > 4: the head (1, 2) every time, then a slice sweeping places 3..7.
     assert heard == [[1, 2, 3, 4], [1, 2, 5, 6], [1, 2, 7], [1, 2, 3, 4]]
     await sched.stop()
