@@ -183,7 +183,7 @@ class Scheduler:
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)
 
-    # ----- the public queue API (event loop only, all O(waiting jobs)) -----------------------
+    # ----- the public queue API (event loop only, O(log n + sqrt n) per call) ---------------
     async def submit(
         self,
         *,
