@@ -14,7 +14,17 @@ from typing import Any
 
 from bench import RESULTS_JSON, THREADS, load_average, record, set_threads
 
-GROUPS = ("engine", "discord", "looplag", "lora", "memory", "queue", "training", "fastpath")
+GROUPS = (
+    "engine",
+    "discord",
+    "looplag",
+    "lora",
+    "memory",
+    "queue",
+    "training",
+    "fastpath",
+    "rayscale",
+)
 DEFAULT = ("engine", "looplag", "lora", "discord", "memory", "queue")
 
 
@@ -81,6 +91,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
     from bench.memory import peak_memory
     from bench.models import ensure_sd15, tiny_model_dir
     from bench.queue_scale import queue_scale
+    from bench.ray_scale import ray_parts, sim
     from bench.training import training
 
     def discord() -> list[Any]:
@@ -115,6 +126,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
         "queue": queue_scale,
         "training": lambda: training(steps=1 if quick else 2),
         "fastpath": lambda: fast_path(tiny=quick),
+        "rayscale": lambda: (sim(quick), ray_parts(quick, {"throughput", "overhead"})),
     }
 
 

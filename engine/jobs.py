@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 JobKind = Literal["generate", "train"]
@@ -79,6 +79,12 @@ class JobStore(Protocol):
         ...
 
 
+def _copy(job: JobRecord) -> JobRecord:
+    # Callers get their own record, as from a database row: the scheduler's `attempts += 1`
+    # mirrors the store's increment instead of adding to it on a shared object.
+    return replace(job, payload=dict(job.payload), reference=dict(job.reference))
+
+
 class MemoryJobStore:
     """A JobStore kept in memory, for the command line and tests without a database."""
 
@@ -111,7 +117,7 @@ class MemoryJobStore:
         )
         self._next += 1
         self.jobs[job.id] = job
-        return job
+        return _copy(job)
 
     async def set_job_status(
         self,
@@ -147,7 +153,7 @@ class MemoryJobStore:
     async def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs still queued or running, oldest first."""
         return [
-            j
+            _copy(j)
             for j in sorted(self.jobs.values(), key=lambda j: j.id)
             if j.status in ("queued", "running")
         ]
@@ -155,7 +161,7 @@ class MemoryJobStore:
     async def undelivered_jobs(self) -> list[JobRecord]:
         """Finished, failed or cancelled jobs not yet delivered, oldest first."""
         return [
-            j
+            _copy(j)
             for j in sorted(self.jobs.values(), key=lambda j: j.id)
             if j.status in DELIVERABLE_STATUSES and not j.delivered
         ]

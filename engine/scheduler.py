@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 Listener = Callable[[JobEvent], Any]
 ImagePath = Callable[[JobRecord, int], Path]
 BASE_PIXELS = 512 * 512
+# Each job start re-announces every waiting job's place while at most ANNOUNCE_ALL wait (the
+# default global cap); past that, the first ANNOUNCE_SLICE and ANNOUNCE_SLICE more from a cursor
+# sweeping the rest: O(1) per start however long the queue.
+ANNOUNCE_ALL = 100
+ANNOUNCE_SLICE = 20
 
 
 class _StoreFailure(Exception):
@@ -102,7 +107,10 @@ class Scheduler:
         self.store = store
         self.config = config or QueueConfig()
         self.queue = FairQueue(
-            store, per_user_cap=self.config.per_user_cap, global_cap=self.config.global_cap
+            store,
+            per_user_cap=self.config.per_user_cap,
+            global_cap=self.config.global_cap,
+            weight=_job_units,
         )
         self.workers = workers
         self.image_path = image_path
@@ -129,6 +137,8 @@ class Scheduler:
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._seconds_per_unit: float | None = None
+        self._announce_cursor = ANNOUNCE_SLICE
+        self._run_units: dict[int, float] = {}
 
     # ----- wiring -----------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
@@ -174,7 +184,7 @@ class Scheduler:
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)
 
-    # ----- the public queue API (event loop only, all O(waiting jobs)) -----------------------
+    # ----- the public queue API (event loop only, O(log n + sqrt n) per call) ---------------
     async def submit(
         self,
         *,
@@ -302,9 +312,7 @@ class Scheduler:
         rate = self._seconds_per_unit
         if rate is None:
             return None
-        total = self._running_seconds_left(rate)
-        for job in self.queue.jobs_ahead(job_id):
-            total += _job_units(job) * rate
+        total = self._running_seconds_left(rate) + self.queue.weight_ahead(job_id) * rate
         job = self.queue.get_job(job_id)
         if job is not None:
             total += _job_units(job) * rate
@@ -361,7 +369,7 @@ class Scheduler:
             except Exception:
                 log.exception("event listener failed on %s", type(event).__name__)
                 continue
-            if inspect.isawaitable(outcome):
+            if outcome is not None and inspect.isawaitable(outcome):
                 task = asyncio.ensure_future(outcome)
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
@@ -387,19 +395,55 @@ class Scheduler:
         self._emit_threadsafe(Notice(run.job, message))
 
     def _announce_positions(self) -> None:
-        """Tell every waiting job its new place; one pass with a running ETA total."""
+        """Tell waiting jobs their new place, with a running ETA total.
+
+        Up to ANNOUNCE_ALL waiting: every one. Past that: the first ANNOUNCE_SLICE and the next
+        ANNOUNCE_SLICE from a cursor that sweeps the rest, so each job still hears its place
+        every len(queue) / ANNOUNCE_SLICE starts and a start costs the same at any length.
+        """
         rate = self._seconds_per_unit
-        total = 0.0 if rate is None else self._running_seconds_left(rate)
+        base = 0.0 if rate is None else self._running_seconds_left(rate)
         parallel = self._parallel()
-        for index, job in enumerate(self.queue.order(), start=1):
+        waiting = len(self.queue)
+        if waiting <= ANNOUNCE_ALL:
+            self._announce_span(0, waiting, base, rate, parallel)
+            return
+        self._announce_span(0, ANNOUNCE_SLICE, base, rate, parallel)
+        if not ANNOUNCE_SLICE <= self._announce_cursor < waiting:
+            self._announce_cursor = ANNOUNCE_SLICE
+        start = self._announce_cursor
+        self._announce_cursor += ANNOUNCE_SLICE
+        self._announce_span(start, start + ANNOUNCE_SLICE, base, rate, parallel)
+
+    def _announce_span(
+        self, start: int, stop: int, base: float, rate: float | None, parallel: int
+    ) -> None:
+        jobs = self.queue.weighted_slice(start, stop)
+        total = base
+        if rate is not None and jobs and start:
+            total += self.queue.weight_ahead(jobs[0][0].id) * rate
+        for index, (job, units) in enumerate(jobs, start=start + 1):
             eta = None
             if rate is not None:
-                total += _job_units(job) * rate
+                total += units * rate
                 eta = total / parallel
             self._emit(Queued(job, index, eta))
 
     def _running_seconds_left(self, rate: float) -> float:
-        return sum(_seconds_left(run, rate) for run in self._active.values())
+        # Called per submit and per start with up to one run per worker: the pixel units of
+        # each running job are computed once, not per call.
+        units = self._run_units
+        total = 0.0
+        for run in self._active.values():
+            job_units = units.get(run.job.id)
+            if job_units is None:
+                job_units = units[run.job.id] = _pixel_units(run.job.payload)
+            left = run.total - run.step
+            if left > 0:
+                total += left * job_units
+        if len(units) > 2 * len(self._active) + 16:
+            self._run_units = {r.job.id: units[r.job.id] for r in self._active.values()}
+        return total * rate
 
     def _parallel(self) -> int:
         return max(1, sum(1 for worker in self.workers if worker.alive))

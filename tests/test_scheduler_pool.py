@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine.config import GenerationConfig, QueueConfig
 from engine.events import Failed, Finished, Notice, Started
 from engine.jobs import MemoryJobStore
@@ -168,3 +170,39 @@ print("no ray")
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=240
     )
     assert out.returncode == 0 and "no ray" in out.stdout, out.stderr[-2000:]
+
+
+async def test_one_run_counts_one_attempt_in_the_store_and_the_scheduler() -> None:
+    sched = await _scheduler([FakeWorker("w0")])
+    job = await sched.submit(user_id=1, payload=request("once"))
+    [started] = await sched.rec.wait(Started, job.id)
+    await sched.rec.wait(Finished, job.id)
+    assert sched.store.jobs[job.id].attempts == 1  # type: ignore[attr-defined]
+    assert started.job.attempts == 1
+    await sched.stop()
+
+
+async def test_a_long_queue_hears_its_places_in_rolling_slices(monkeypatch) -> None:
+    import engine.scheduler as scheduler_module
+    from engine.events import Queued
+
+    monkeypatch.setattr(scheduler_module, "ANNOUNCE_ALL", 4)
+    monkeypatch.setattr(scheduler_module, "ANNOUNCE_SLICE", 2)
+    sched = await _scheduler([FakeWorker("w0")])
+    sched.pause()
+    for user in range(7):
+        await sched.submit(user_id=user, payload=request(f"u{user}"))
+    sched._seconds_per_unit = 0.5  # as after a first job, so ETAs are announced
+    order = sched.queue.order()
+    heard: list[list[int]] = []
+    for _ in range(4):
+        before = len(sched.rec.events)
+        sched._announce_positions()
+        announced = [e for e in sched.rec.events[before:] if isinstance(e, Queued)]
+        heard.append([e.position for e in announced])
+        for event in announced:
+            assert event.job is order[event.position - 1]
+            assert event.eta_s == pytest.approx(sched.eta(event.job.id))
+    # 7 waiting > 4: the head (1, 2) every time, then a slice sweeping places 3..7.
+    assert heard == [[1, 2, 3, 4], [1, 2, 5, 6], [1, 2, 7], [1, 2, 3, 4]]
+    await sched.stop()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from engine.config import QueueConfig
-from engine.generator import MEMORY_RUNGS, TextToImageGenerator
+from engine.generator import TextToImageGenerator
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest
 from engine.workers.base import JobRun, ProgressSink
 
@@ -53,13 +53,14 @@ class GenerationCore:
         size = (resolved.width, resolved.height)
         level = self.levels.get(size, 0)
         progress = self._throttled_progress(run, sink)
+        rungs = self.generator.memory_rungs
         # 2. walk down the out-of-memory ladder until an attempt fits
         while True:
             try:
                 self.generator.set_memory_level(level)
                 if self.fault_injector is not None:
                     self.fault_injector(level)
-                if level >= len(MEMORY_RUNGS):
+                if level >= len(rungs):
                     result = self._one_by_one(resolved, progress, run.cancel)
                 else:
                     result = self.generator.run(resolved, progress=progress, cancel=run.cancel)
@@ -68,7 +69,7 @@ class GenerationCore:
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                if level >= len(MEMORY_RUNGS):
+                if level >= len(rungs):
                     raise OutOfMemoryExhausted(
                         "The GPU ran out of memory even with every saving turned on. "
                         "Try a smaller size, fewer images, or fewer steps."
@@ -77,7 +78,7 @@ class GenerationCore:
                 log.warning("job %s: out of memory, memory level %d", run.job.id, level)
                 sink.notice(
                     run,
-                    f"The GPU ran out of memory; retrying with {MEMORY_RUNGS[level - 1]} "
+                    f"The GPU ran out of memory; retrying with {rungs[level - 1]} "
                     "(slower, uses less memory).",
                 )
         # 3. remember the rung that worked for this size

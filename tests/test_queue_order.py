@@ -1,0 +1,46 @@
+"""FairQueue's blocked order against a plain sorted list, across block splits and removals."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from engine.jobs import JobRecord, MemoryJobStore
+from engine.queue import TAG_KEY, FairQueue, _SortedJobs
+
+
+def test_blocked_order_matches_a_sorted_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_SortedJobs, "LOAD", 4)  # many splits and emptied blocks in 600 jobs
+    rng = random.Random(3)
+    queue = FairQueue(MemoryJobStore(), weight=lambda job: float(job.payload["w"]))
+    reference: list[JobRecord] = []
+    next_id = 1
+    for _ in range(600):
+        if reference and rng.random() < 0.4:
+            victim = rng.choice(reference)
+            taken = queue.take(victim.id) if rng.random() < 0.5 else queue.remove(victim.id)
+            assert taken is victim
+            reference.remove(victim)
+        else:
+            job = JobRecord(
+                id=next_id,
+                kind="generate",
+                user_id=rng.randrange(20),
+                payload={TAG_KEY: float(rng.randrange(30)), "w": rng.randrange(1, 5)},
+                priority=rng.choice((0, 0, 1)),
+            )
+            next_id += 1
+            queue.push(job)
+            reference.append(job)
+        reference.sort(key=lambda j: (-j.priority, j.payload[TAG_KEY], j.id))
+        assert queue.order() == reference
+    assert len(queue) == len(reference) > 20
+    for index, job in enumerate(reference):
+        assert queue.position(job.id) == index + 1
+        assert queue.weight_ahead(job.id) == sum(j.payload["w"] for j in reference[:index])
+    assert queue.slice(5, 17) == reference[5:17] and queue.head(3) == reference[:3]
+    assert queue.jobs_ahead(reference[9].id) == reference[:9]
+    while reference:
+        assert queue.pop_next() is reference.pop(0)
+    assert len(queue) == 0 and queue.pop_next() is None
