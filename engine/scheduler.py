@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Listener = Callable[[JobEvent], Any]
 ImagePath = Callable[[JobRecord, int], Path]
 BASE_PIXELS = 512 * 512
+NO_WORKER = "No image worker is online right now; your job waits and starts when one is back."
 
 
 class _StoreFailure(Exception):
@@ -119,6 +120,7 @@ class Scheduler:
         self._backoff: dict[str, float] = {}
         self._overtaken: dict[int, int] = {}
         self._kills: dict[int, int] = {}
+        self._told_no_worker: set[int] = set()  # waiting jobs told so in the current outage
         self._listeners: list[Listener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._serving: set[asyncio.Task[None]] = set()
@@ -236,6 +238,7 @@ class Scheduler:
             before_place=before_place,
         )
         self._emit(Queued(job, self.queue.position(job.id) or 1, self.eta(job.id)))
+        self._tell_no_worker()
         return job
 
     @property
@@ -395,6 +398,16 @@ class Scheduler:
                 eta = total / parallel
             self._emit(Queued(job, index, eta))
 
+    def _tell_no_worker(self) -> None:
+        """With no worker alive, tell each waiting job once per outage that it waits for one."""
+        if self._stopping or any(worker.alive for worker in self.workers):
+            self._told_no_worker.clear()
+            return
+        for job in self.queue.order():
+            if job.id not in self._told_no_worker:
+                self._told_no_worker.add(job.id)
+                self._emit(Notice(job, NO_WORKER))
+
     def _running_seconds_left(self, rate: float) -> float:
         return sum(_seconds_left(run, rate) for run in self._active.values())
 
@@ -469,7 +482,9 @@ class Scheduler:
                 self._backoff[worker.name] = min(backoff * 2, 30.0)
                 await asyncio.sleep(backoff)
             if not worker.alive and not self._stopping:
+                self._tell_no_worker()
                 await worker.wait_alive()
+                self._tell_no_worker()  # a worker is back: the next outage tells again
         finally:
             self._busy.discard(worker.name)
             self._worker_freed.set()
