@@ -122,3 +122,42 @@ async def test_sigkilled_worker_job_runs_elsewhere_exactly_once(pool: Scheduler)
         await asyncio.sleep(0.5)
     pids = [ray.get(w.handle.info.remote(), timeout=60)["pid"] for w in pool.workers]
     assert all(w.alive for w in pool.workers) and old_pid not in pids
+
+
+async def test_source_image_reaches_the_worker_by_hash_once(
+    pool: Scheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    first_source, second_source = tmp_path / "source.png", tmp_path / "again.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(first_source)
+    second_source.write_bytes(first_source.read_bytes())
+    worker, other = pool.workers
+    pool._busy.add(other.name)  # both jobs on one worker: the second finds the file there
+    ship = worker._ship
+
+    async def ship_then_hide(file: Path, suffix: str) -> str:
+        name = await ship(file, suffix)
+        if file == first_source:
+            file.unlink()  # the worker must read its own copy, not the bot's path
+        return name
+
+    monkeypatch.setattr(worker, "_ship", ship_then_hide)
+    before = worker.sent_bytes
+    try:
+        job = await pool.submit(
+            user_id=1, payload=request("repaint", init_image=str(first_source), strength=0.5)
+        )
+        [done] = await pool.rec.wait(Finished, job.id, timeout=120)
+        assert done.result.images[0].size == (64, 64) and not first_source.exists()
+        sent = worker.sent_bytes
+        assert sent - before == second_source.stat().st_size
+        again = await pool.submit(
+            user_id=2, payload=request("upscaled", init_image=str(second_source), upscale=2)
+        )
+        [done] = await pool.rec.wait(Finished, again.id, timeout=120)
+        assert done.result.images[0].size == (128, 128)
+        assert worker.sent_bytes == sent  # same bytes, same sha: nothing shipped again
+    finally:
+        pool._busy.discard(other.name)
+        pool._worker_freed.set()

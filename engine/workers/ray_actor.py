@@ -86,30 +86,45 @@ class WorkerActor:
             "running": sorted(self.runs),
         }
 
-    def _lora_path(self, sha: str) -> Path:
-        return self.cache / f"{sha}.safetensors"
+    def _file(self, name: str) -> Path:
+        sha, _, suffix = name.partition(".")
+        if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha) or "/" in suffix:
+            raise ValueError(f"not a cache name (sha256 + suffix): {name!r}")
+        return self.cache / name
 
-    def has_lora(self, sha: str) -> bool:
-        """Whether the LoRA with this sha256 is in the disk cache."""
-        return self._lora_path(sha).is_file()
+    def has_file(self, name: str) -> bool:
+        """Whether the file with this cache name (sha256 + suffix) is on this actor's disk."""
+        return self._file(name).is_file()
 
-    def put_lora(self, sha: str, data: bytes) -> str:
-        """Store a LoRA sent by the scheduler, after checking its hash; return its local path."""
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise ValueError(f"LoRA {sha[:12]}: the bytes received do not match their sha256")
-        path = self._lora_path(sha)
-        tmp = path.with_suffix(".part")
+    def put_file(self, name: str, data: bytes) -> str:
+        """Store a file sent by the scheduler, after checking its hash; return its local path."""
+        path = self._file(name)
+        if hashlib.sha256(data).hexdigest() != name.partition(".")[0]:
+            raise ValueError(f"{name[:12]}: the bytes received do not match their sha256")
+        tmp = path.with_name(f".{name}.part")
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return str(path)
 
-    def generate(self, job: dict[str, Any], lora_sha: str | None) -> dict[str, Any]:
-        """Run one generate job; images come back as PNG bytes, errors as a small dict."""
+    def has_lora(self, sha: str) -> bool:
+        """Whether the LoRA with this sha256 is in the disk cache."""
+        return self.has_file(f"{sha}.safetensors")
+
+    def generate(
+        self, job: dict[str, Any], lora_sha: str | None, init_name: str | None = None
+    ) -> dict[str, Any]:
+        """Run one generate job; images come back as PNG bytes, errors as a small dict.
+
+        The LoRA and the source image are read from this actor's cache, never from the bot's
+        paths in the request (the bot's disk may be on another machine).
+        """
         record = JobRecord(**job)
+        request = dict(record.payload["request"])
         if lora_sha:
-            request = dict(record.payload["request"])
-            request["lora"] = str(self._lora_path(lora_sha))
-            record.payload = {**record.payload, "request": request}
+            request["lora"] = str(self._file(f"{lora_sha}.safetensors"))
+        if init_name:
+            request["init_image"] = str(self._file(init_name))
+        record.payload = {**record.payload, "request": request}
         run = JobRun(record)
         self.runs[record.id] = run
         try:

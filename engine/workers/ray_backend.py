@@ -94,7 +94,8 @@ class RayWorker:
         self._alive = False
         self._info: dict[str, Any] = {}
         self._shas: dict[tuple[str, int, int], str] = {}
-        self._sent: set[str] = set()
+        self._sent: set[str] = set()  # cache names the actor holds (sha256 + suffix)
+        self.sent_bytes = 0  # file bytes shipped to the actor (LoRAs, source images)
 
     @property
     def alive(self) -> bool:
@@ -136,11 +137,15 @@ class RayWorker:
         job = run.job
         request = job.payload.get("request", {})
         try:
-            # 1. the LoRA, once per worker, by sha256
+            # 1. the LoRA and the source image, once per worker, by sha256
             sha = await self._ship_lora(request["lora"]) if request.get("lora") else None
+            init = None
+            if request.get("init_image"):
+                source = Path(request["init_image"])
+                init = await self._ship(source, source.suffix.lower() or ".png")
             # 2. run it, polling progress and forwarding cancel
             job_dict = {"id": job.id, "kind": job.kind, "user_id": job.user_id}
-            ref = self.handle.generate.remote({**job_dict, "payload": job.payload}, sha)
+            ref = self.handle.generate.remote({**job_dict, "payload": job.payload}, sha, init)
             out = await self._follow(ref, run, sink)
         except _LOST as exc:
             self._alive = False
@@ -161,6 +166,12 @@ class RayWorker:
 
     async def _ship_lora(self, lora: str) -> str:
         file = resolve_lora_file(lora)
+        name = await self._ship(file, ".safetensors")
+        self.held_loras.add(str(lora))
+        return name.removesuffix(".safetensors")
+
+    async def _ship(self, file: Path, suffix: str) -> str:
+        """Put a file in the actor's disk cache once, by sha256; return its name there."""
         stat = file.stat()
         key = (str(file), stat.st_mtime_ns, stat.st_size)
         sha = self._shas.get(key)
@@ -168,15 +179,16 @@ class RayWorker:
         if sha is None:
             data = await asyncio.to_thread(file.read_bytes)
             sha = self._shas[key] = hashlib.sha256(data).hexdigest()
-        if sha not in self._sent:
-            if not await _get(self.handle.has_lora.remote(sha)):
+        name = f"{sha}{suffix}"
+        if name not in self._sent:
+            if not await _get(self.handle.has_file.remote(name)):
                 if data is None:
                     data = await asyncio.to_thread(file.read_bytes)
-                log.info("%s: sending LoRA %s (%d bytes)", self.name, sha[:12], len(data))
-                await _get(self.handle.put_lora.remote(sha, ray.put(data)))
-            self._sent.add(sha)
-        self.held_loras.add(str(lora))
-        return sha
+                log.info("%s: sending %s (%d bytes)", self.name, name[:12] + suffix, len(data))
+                await _get(self.handle.put_file.remote(name, ray.put(data)))
+                self.sent_bytes += len(data)
+            self._sent.add(name)
+        return name
 
     async def _follow(self, ref: Any, run: JobRun, sink: ProgressSink) -> dict[str, Any]:
         future = asyncio.wrap_future(ref.future())
@@ -275,4 +287,7 @@ def _resolved(request: dict[str, Any], seeds: list[int]) -> ResolvedRequest:
         lora_name=request.get("lora_name"),
         lora_scale=float(request.get("lora_scale") or 1.0),
         fast=bool(request.get("fast")),
+        init_image=request.get("init_image"),
+        strength=request.get("strength"),
+        upscale=request.get("upscale"),
     )
