@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 
 from engine.events import Cancelled, Finished, Progress, Started  # noqa: E402
 from engine.jobs import MemoryJobStore  # noqa: E402
 from engine.lora import resolve_lora_file  # noqa: E402
+from engine.metadata import parse_parameters  # noqa: E402
 from engine.scheduler import Scheduler  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 from tests.test_executor import Recorder  # noqa: E402
@@ -161,3 +164,43 @@ async def test_source_image_reaches_the_worker_by_hash_once(
     finally:
         pool._busy.discard(other.name)
         pool._worker_freed.set()
+
+
+def test_new_workers_take_names_free_in_the_cluster(ray_pool) -> None:
+    from engine.workers.ray_backend import _free_indexes
+
+    assert _free_indexes(2) == [2, 3]  # the pool holds sd-worker-0 and sd-worker-1
+
+
+async def test_imagine_end_to_end_with_ray_workers(
+    ray_pool, world, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.workers import ray_backend
+    from tests.e2e_harness import running, wait_result
+
+    # The bot joins the module's cluster (Ray is up, so connect() keeps it) and, to save a
+    # model load, gets a handle on the pool's first actor instead of starting its own.
+    made: list[ray_backend.RayWorker] = []
+
+    def create_workers(config, **_: object) -> list[ray_backend.RayWorker]:
+        made.append(ray_backend.RayWorker(ray_pool[0].name, ray_pool[0].handle, config))
+        return made
+
+    closed: list[str] = []
+    monkeypatch.setattr(ray_backend, "create_workers", create_workers)
+    monkeypatch.setattr(ray_backend.RayWorker, "close", lambda self: _closed(closed, self.name))
+    settings = {"backend": "ray", "count": 1, "cache_dir": world.tmp / "worker-cache"}
+    async with running(world, tiny_model_dir, workers=settings) as bot:
+        assert bot.executor.workers == made and bot.executor.local is None
+        it = await world.slash(world.alice, "imagine", {"prompt": "a red castle", "seed": 5})
+        result = await wait_result(it, timeout=120)
+        [upload] = result.files
+        with Image.open(io.BytesIO(upload.data)) as image:
+            assert image.size == (64, 64)
+            assert parse_parameters(image.info["parameters"])["Seed"] == "5"
+        assert made[0].jobs_done == 1 and made[0].pid != os.getpid()
+    assert closed == ["sd-worker-0"]  # the bot closes its workers when it stops
+
+
+async def _closed(closed: list[str], name: str) -> None:
+    closed.append(name)

@@ -58,7 +58,11 @@ def create_workers(
     cache_dir: str | Path | None = None,
     num_cpus: float = 1,
 ) -> list[RayWorker]:
-    """Start the worker actors: `count`, or one per GPU the cluster offers (else one)."""
+    """Start the worker actors: `count`, or one per GPU the cluster offers (else one).
+
+    Each is named ``sd-worker-<N>`` with the lowest N not taken in the cluster already (by
+    another bot, or by a test's own pool).
+    """
     gpus = int(ray.cluster_resources().get("GPU", 0))
     total = count or max(gpus, 1)
     resources: dict[str, float] = {"num_gpus": 1} if gpus else {"num_cpus": num_cpus}
@@ -66,13 +70,26 @@ def create_workers(
     cache = str(cache_dir or Path(tempfile.gettempdir()) / "sd-worker-cache")
     config = app_config.model_dump(mode="json")
     workers = []
-    for index in range(total):
+    for index in _free_indexes(total):
         name = f"{ACTOR_PREFIX}{index}"
         handle = remote.options(name=name, namespace=NAMESPACE, **resources).remote(
             index, config, cache
         )
         workers.append(RayWorker(name, handle, app_config))
     return workers
+
+
+def _free_indexes(count: int) -> list[int]:
+    """The first `count` worker numbers whose actor name nobody in the cluster uses yet."""
+    free: list[int] = []
+    index = 0
+    while len(free) < count:
+        try:
+            ray.get_actor(f"{ACTOR_PREFIX}{index}", namespace=NAMESPACE)
+        except ValueError:
+            free.append(index)
+        index += 1
+    return free
 
 
 async def _get(ref: Any, timeout: float | None = None) -> Any:
