@@ -338,7 +338,7 @@ class Scheduler:
     async def run_on_engine(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn(*args) beside the bot's pipeline, between jobs (e.g. to try loading a LoRA)."""
         for worker in self.workers:
-            if worker.supports_training:
+            if worker.supports_training and not hasattr(worker, "trainer"):  # in this process
                 return await worker.call(fn, *args)
         if self._aside is None:  # remote workers only: the bot's own pipeline, on its own thread
             self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-aside")

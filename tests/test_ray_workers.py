@@ -15,7 +15,7 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
-from engine.events import Cancelled, Finished, Progress, Started  # noqa: E402
+from engine.events import Cancelled, Finished, Notice, Progress, Started  # noqa: E402
 from engine.jobs import MemoryJobStore  # noqa: E402
 from engine.lora import resolve_lora_file  # noqa: E402
 from engine.metadata import parse_parameters  # noqa: E402
@@ -40,6 +40,7 @@ def ray_pool(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     )
     config = tiny_config(tiny_model_dir)
     config.queue.progress_interval_s = 0
+    config.queue.train_slice_steps = 2
     workers = create_workers(config, count=2, cache_dir=tmp_path_factory.mktemp("worker-cache"))
     yield workers
     for worker in workers:
@@ -55,6 +56,7 @@ async def pool(ray_pool, tiny_generator, tmp_path: Path):
         ray_pool[0].queue_config,
         workers=ray_pool,
         image_path=lambda job, i: tmp_path / f"job{job.id}-{i}.png",
+        trainer_factory=_no_local_trainer,
         close_workers=False,
     )
     rec = Recorder()
@@ -63,6 +65,10 @@ async def pool(ray_pool, tiny_generator, tmp_path: Path):
     await sched.start()
     yield sched
     await sched.stop()
+
+
+def _no_local_trainer(job: object) -> None:
+    raise AssertionError("a Ray worker builds its trainer on its actor")
 
 
 def request(prompt: str, steps: int = 4, **extra: object) -> dict:
@@ -204,3 +210,59 @@ async def test_imagine_end_to_end_with_ray_workers(
 
 async def _closed(closed: list[str], name: str) -> None:
     closed.append(name)
+
+
+async def test_training_resumes_on_another_worker_from_the_bots_checkpoint(
+    pool: Scheduler, tmp_path: Path
+) -> None:
+    from PIL import ImageDraw
+
+    from engine.training import files
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for i in range(4):
+        img = Image.new("RGB", (64, 64), (255, 255, 255))
+        ImageDraw.Draw(img).ellipse((6 + 5 * i, 10, 38 + 5 * i, 42), fill=(200, 30, 30))
+        img.save(dataset / f"{i:04d}.png")
+    out = tmp_path / "loras" / "disc"  # the bot's LoRA folder: the single record
+    settings = {
+        "dataset_dir": str(dataset),
+        "output_dir": str(out),
+        "name": "disc",
+        "max_steps": 6,
+        "resolution": 64,
+        "lr": 1e-2,
+        "checkpoint_every": 2,
+        "sample_steps": 0,
+    }
+    ran_on: list[str] = []
+    killed: list[int] = []
+
+    def on_event(event: object) -> None:
+        # Synchronous on the event loop: the kill lands before the runner sends the next slice.
+        if isinstance(event, Started) and event.job.id == job.id:
+            ran_on.append(pool._active_worker(job.id) or "?")
+        if isinstance(event, Progress) and event.job.id == job.id and not killed:
+            assert event.step == 2
+            victim = next(w for w in pool.workers if w.name == ran_on[0])
+            killed.append(victim.pid)
+            os.kill(victim.pid, signal.SIGKILL)
+
+    pool.subscribe(on_event)
+    job = await pool.submit(user_id=1, payload={"train": settings}, kind="train")
+    [done] = await pool.rec.wait(Finished, job.id, timeout=240)
+    await asyncio.sleep(0.3)
+    assert len(pool.rec.of(Finished, job.id)) == 1 and pool.store.jobs[job.id].status == "done"
+    assert killed and len(ran_on) == 2 and ran_on[0] != ran_on[1]  # resumed on the other one
+    notices = [e.message for e in pool.rec.of(Notice, job.id)]
+    assert "Training resumes from its checkpoint at step 2." in notices
+    assert [s for s, _ in files.list_checkpoints(out)] == [2, 4, 6]  # all copied home
+    weights = out / "final" / files.WEIGHT_NAME
+    assert done.result.weights_path == weights and done.result.steps == 6
+    assert done.result.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert done.result.kohya_path.is_file() and done.result.kohya_path.parent == out / "final"
+    deadline = time.monotonic() + 120  # the killed worker rejoins for the next tests
+    while not all(w.alive for w in pool.workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert all(w.alive for w in pool.workers)

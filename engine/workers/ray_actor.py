@@ -20,6 +20,7 @@ from engine.jobs import JobRecord
 from engine.metadata import png_info
 from engine.workers.base import JobRun
 from engine.workers.core import GenerationCore, OutOfMemoryExhausted
+from engine.workers.training_site import TrainingSite
 
 
 def encode_png(image: Any, parameters: str | None = None) -> bytes:
@@ -71,6 +72,7 @@ class WorkerActor:
         self.cache.mkdir(parents=True, exist_ok=True)
         self.reports = _Reports()
         self.runs: dict[int, JobRun] = {}
+        self.training = TrainingSite(self.cache, self.generator)
         self.jobs_done = 0
         self.seconds_per_step: float | None = None
 
@@ -155,3 +157,39 @@ class WorkerActor:
             return False
         run.cancel.set()
         return True
+
+    # ----- training (the bot drives it call by call, see engine.workers.ray_training) -----
+    def train_begin(
+        self,
+        job_id: int,
+        params: dict[str, Any],
+        dataset: dict[str, str],
+        checkpoint: tuple[int, dict[str, str]] | None,
+    ) -> int:
+        """Set up a training from cached files (by cache name); return the step it resumes at."""
+        paths = {name: self._file(cached) for name, cached in dataset.items()}
+        resume = None
+        if checkpoint is not None:
+            step, parts = checkpoint
+            resume = (step, {name: self._file(cached) for name, cached in parts.items()})
+        return self.training.begin(job_id, params, paths, resume)
+
+    def train_call(self, job_id: int, method: str, *args: Any) -> Any:
+        """One call on a training: train_steps, suspend, resume, finish or abort."""
+        return self.training.call(job_id, method, *args)
+
+    def train_cancel(self, job_id: int) -> bool:
+        """Stop the training's current slice at its next step."""
+        return self.training.cancel(job_id)
+
+    def train_checkpoints(self, job_id: int, after: int) -> list[tuple[int, dict[str, bytes]]]:
+        """Checkpoints newer than step `after`, as file bytes."""
+        return self.training.checkpoints(job_id, after)
+
+    def train_final(self, job_id: int) -> dict[str, bytes]:
+        """The finished LoRA's files; the job's folder is removed afterwards by train_clear."""
+        return self.training.final_files(job_id)
+
+    def train_clear(self, job_id: int) -> None:
+        """Drop the job's training folder."""
+        self.training.clear(job_id)

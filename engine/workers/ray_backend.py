@@ -21,17 +21,19 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from engine.config import AppConfig, QueueConfig
 from engine.errors import EngineError, GenerationCancelled
+from engine.jobs import JobRecord
 from engine.lora import resolve_lora_file
 from engine.requests import GenerationResult, ResolvedRequest
 from engine.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
 from engine.workers.core import OutOfMemoryExhausted
 from engine.workers.ray_actor import WorkerActor
+from engine.workers.ray_training import RemoteTrainer
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "sd-discord-bot"
 ACTOR_PREFIX = "sd-worker-"
-_LOST = (RayActorError, ActorUnavailableError)
+LOST = (RayActorError, ActorUnavailableError)
 
 
 def connect(address: str = "") -> bool:
@@ -92,14 +94,15 @@ def _free_indexes(count: int) -> list[int]:
     return free
 
 
-async def _get(ref: Any, timeout: float | None = None) -> Any:
+async def get(ref: Any, timeout: float | None = None) -> Any:
+    """Await a Ray object ref on the event loop (with an optional timeout)."""
     return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
 
 
 class RayWorker:
     """The bot's handle on one worker actor."""
 
-    supports_training = False
+    supports_training = True  # whole trainings, driven by a RemoteTrainer (see trainer())
 
     def __init__(self, name: str, handle: Any, app_config: AppConfig) -> None:
         self.name = name
@@ -132,8 +135,8 @@ class RayWorker:
         """Poll the actor until it answers (Ray restarts it after a crash)."""
         while True:
             try:
-                self._info = await _get(self.handle.info.remote(), timeout=60)
-            except (*_LOST, asyncio.TimeoutError) as exc:
+                self._info = await get(self.handle.info.remote(), timeout=60)
+            except (*LOST, asyncio.TimeoutError) as exc:
                 log.info("%s not ready yet (%s)", self.name, type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
@@ -146,6 +149,18 @@ class RayWorker:
     async def call(self, fn: Any, *args: Any) -> Any:
         """Not offered: remote workers run only whole jobs."""
         raise EngineError("this runs only on a local worker")
+
+    async def trainer(self, job: JobRecord) -> RemoteTrainer:
+        """A training of this job on this actor (set up by its setup())."""
+        return RemoteTrainer(self, job)
+
+    def mark_lost(self) -> None:
+        """The actor died under a call: not alive until wait_alive() hears from it again."""
+        self._alive = False
+
+    async def ship(self, file: Path) -> str:
+        """Put a file in the actor's disk cache once, by sha256; return its cache name."""
+        return await self._ship(file, file.suffix.lower() or ".bin")
 
     async def generate(
         self, run: JobRun, sink: ProgressSink, image_path: Any
@@ -164,7 +179,7 @@ class RayWorker:
             job_dict = {"id": job.id, "kind": job.kind, "user_id": job.user_id}
             ref = self.handle.generate.remote({**job_dict, "payload": job.payload}, sha, init)
             out = await self._follow(ref, run, sink)
-        except _LOST as exc:
+        except LOST as exc:
             self._alive = False
             raise WorkerLost(f"{self.name}: {type(exc).__name__}") from None
         # 3. outcome: errors as the local worker raises them, images saved by the bot
@@ -198,11 +213,11 @@ class RayWorker:
             sha = self._shas[key] = hashlib.sha256(data).hexdigest()
         name = f"{sha}{suffix}"
         if name not in self._sent:
-            if not await _get(self.handle.has_file.remote(name)):
+            if not await get(self.handle.has_file.remote(name)):
                 if data is None:
                     data = await asyncio.to_thread(file.read_bytes)
                 log.info("%s: sending %s (%d bytes)", self.name, name[:12] + suffix, len(data))
-                await _get(self.handle.put_file.remote(name, ray.put(data)))
+                await get(self.handle.put_file.remote(name, ray.put(data)))
                 self.sent_bytes += len(data)
             self._sent.add(name)
         return name
@@ -217,10 +232,10 @@ class RayWorker:
             if done:
                 return future.result()
             if run.cancel.is_set() and not cancel_acked:
-                cancel_acked = await _get(self.handle.cancel.remote(run.job.id), timeout=30)
+                cancel_acked = await get(self.handle.cancel.remote(run.job.id), timeout=30)
             try:
-                report = await _get(self.handle.progress.remote(run.job.id), timeout=30)
-            except (*_LOST, asyncio.TimeoutError):
+                report = await get(self.handle.progress.remote(run.job.id), timeout=30)
+            except (*LOST, asyncio.TimeoutError):
                 continue  # the job's own future says whether the actor died
             for message in report.get("notices", []):
                 sink.notice(run, message)
