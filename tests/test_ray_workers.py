@@ -104,6 +104,18 @@ async def test_unseen_lora_reaches_the_worker_by_hash(pool: Scheduler, tiny_lora
     assert sum(ray.get(w.handle.has_lora.remote(sha)) for w in pool.workers) == 1
 
 
+async def test_a_prompts_lora_stack_reaches_the_worker_by_hash(
+    pool: Scheduler, tiny_lora_b: Path
+) -> None:
+    sha = hashlib.sha256(resolve_lora_file(tiny_lora_b).read_bytes()).hexdigest()
+    assert not any(ray.get(w.handle.has_lora.remote(sha)) for w in pool.workers)
+    stack = [[str(tiny_lora_b), 0.8, "bee"]]
+    job = await pool.submit(user_id=1, payload=request("stacked", loras=stack))
+    [done] = await pool.rec.wait(Finished, job.id, timeout=120)
+    assert 'LoRAs: "bee:0.8"' in done.result_data["parameters"][0]
+    assert sum(ray.get(w.handle.has_lora.remote(sha)) for w in pool.workers) == 1
+
+
 async def test_progress_and_cancel_through_a_ray_worker(pool: Scheduler) -> None:
     job = await pool.submit(user_id=1, payload=request("long", steps=150))
     await pool.rec.wait(Progress, job.id, timeout=120)

@@ -113,11 +113,15 @@ class WorkerActor:
         return self.has_file(f"{sha}.safetensors")
 
     def generate(
-        self, job: dict[str, Any], lora_sha: str | None, init_name: str | None = None
+        self,
+        job: dict[str, Any],
+        lora_sha: str | None,
+        init_name: str | None = None,
+        stack: list[list[Any]] | None = None,
     ) -> dict[str, Any]:
         """Run one generate job; images come back as PNG bytes, errors as a small dict.
 
-        The LoRA and the source image are read from this actor's cache, never from the bot's
+        The LoRAs and the source image are read from this actor's cache, never from the bot's
         paths in the request (the bot's disk may be on another machine).
         """
         record = JobRecord(**job)
@@ -126,6 +130,8 @@ class WorkerActor:
             request["lora"] = str(self._file(f"{lora_sha}.safetensors"))
         if init_name:
             request["init_image"] = str(self._file(init_name))
+        if stack:  # [cache name, weight, display name] for each LoRA of the prompt
+            request["loras"] = [[str(self._file(c)), weight, name] for c, weight, name in stack]
         record.payload = {**record.payload, "request": request}
         run = JobRun(record)
         self.runs[record.id] = run

@@ -22,7 +22,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from engine.config import AppConfig, QueueConfig
 from engine.errors import EngineError, GenerationCancelled
 from engine.jobs import JobRecord
-from engine.lora import resolve_lora_file
+from engine.lora import lora_display_name, resolve_lora_file
 from engine.requests import GenerationResult, ResolvedRequest
 from engine.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
 from engine.workers.core import OutOfMemoryExhausted
@@ -171,13 +171,19 @@ class RayWorker:
         try:
             # 1. the LoRA and the source image, once per worker, by sha256
             sha = await self._ship_lora(request["lora"]) if request.get("lora") else None
+            stack = []
+            for entry in request.get("loras") or []:  # the prompt's <lora:…> tags, resolved
+                name = entry[2] if len(entry) > 2 and entry[2] else lora_display_name(entry[0])
+                cached = await self._ship(resolve_lora_file(entry[0]), ".safetensors")
+                stack.append([cached, entry[1], name])
             init = None
             if request.get("init_image"):
                 source = Path(request["init_image"])
                 init = await self._ship(source, source.suffix.lower() or ".png")
             # 2. run it, polling progress and forwarding cancel
             job_dict = {"id": job.id, "kind": job.kind, "user_id": job.user_id}
-            ref = self.handle.generate.remote({**job_dict, "payload": job.payload}, sha, init)
+            payload = {**job_dict, "payload": job.payload}
+            ref = self.handle.generate.remote(payload, sha, init, stack or None)
             out = await self._follow(ref, run, sink)
         except LOST as exc:
             self._alive = False
