@@ -175,6 +175,16 @@ class Scheduler:
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)
 
+    async def add_worker(self, worker: Worker) -> None:
+        """Start a worker that joined while serving (a new node in the cluster) and use it."""
+        await worker.start()
+        if self._stopping:
+            await worker.close()
+            return
+        self.workers.append(worker)
+        log.info("worker %s joined the pool (%d workers)", worker.name, len(self.workers))
+        self._worker_freed.set()
+
     # ----- the public queue API (event loop only, all O(waiting jobs)) -----------------------
     async def submit(
         self,

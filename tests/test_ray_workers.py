@@ -190,6 +190,24 @@ def test_new_workers_take_names_free_in_the_cluster(ray_pool) -> None:
     assert _free_indexes(2) == [2, 3]  # the pool holds sd-worker-0 and sd-worker-1
 
 
+def test_new_nodes_get_workers_and_dead_nodes_are_not_replaced_twice() -> None:
+    from types import SimpleNamespace as Worker
+
+    from engine.workers.ray_growth import node_capacity, placements
+
+    def node(node_id: str, alive: bool = True, **resources: float) -> dict:
+        return {"NodeID": node_id, "Alive": alive, "Resources": {"CPU": 8.0, **resources}}
+
+    cpu_only = node_capacity([node("a"), node("b"), node("gone", alive=False)])
+    assert cpu_only == {"a": 1, "b": 1}  # no GPUs anywhere: one worker per node
+    assert placements(cpu_only, [Worker(node_id="a")]) == ["b"]
+    gpus = node_capacity([node("a", GPU=2), node("b"), node("c", GPU=1)])
+    assert gpus == {"a": 2, "b": 0, "c": 1}
+    assert placements(gpus, [Worker(node_id="a")]) == ["a", "c"]
+    # the worker of a PC that went away is restarted by Ray where there is room: no second one
+    assert placements(cpu_only, [Worker(node_id="a"), Worker(node_id="gone")]) == []
+
+
 async def test_imagine_end_to_end_with_ray_workers(
     ray_pool, world, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

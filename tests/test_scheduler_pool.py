@@ -191,6 +191,22 @@ async def test_with_no_worker_alive_jobs_wait_and_users_are_told() -> None:
     await sched.stop()
 
 
+async def test_a_worker_added_while_serving_takes_the_waiting_job() -> None:
+    first = FakeWorker("w0")
+    sched = await _scheduler([first])
+    sched._busy.add("w0")  # the only worker is busy for a long time
+    job = await sched.submit(user_id=1, payload=request("waits"))
+    await asyncio.sleep(0.05)
+    assert not sched.rec.of(Started, job.id)
+    joined = FakeWorker("new-node")
+    await sched.add_worker(joined)
+    assert len(await sched.rec.wait(Finished, job.id, timeout=5)) == 1
+    assert joined.ran == [job.id] and sched.workers == [first, joined]
+    assert [i.name for i in sched.workers_info()] == ["w0", "new-node"]
+    sched._busy.discard("w0")
+    await sched.stop()
+
+
 def test_local_backend_does_not_import_ray(tmp_path: Path) -> None:
     code = """
 import asyncio, sys

@@ -78,7 +78,10 @@ class WorkerActor:
 
     def info(self) -> dict[str, Any]:
         """Node, device, preset, process id and counters."""
+        import ray  # only ever called inside a Ray actor
+
         return {
+            "node_id": ray.get_runtime_context().get_node_id(),
             "node": socket.gethostname(),
             "pid": os.getpid(),
             "device": str(self.generator.device),

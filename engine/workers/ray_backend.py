@@ -59,25 +59,31 @@ def create_workers(
     count: int | None = None,
     cache_dir: str | Path | None = None,
     num_cpus: float = 1,
+    node_id: str | None = None,
 ) -> list[RayWorker]:
     """Start the worker actors: `count`, or one per GPU the cluster offers (else one).
 
     Each is named ``sd-worker-<N>`` with the lowest N not taken in the cluster already (by
-    another bot, or by a test's own pool).
+    another bot, or by a test's own pool). With node_id, they are placed on that node if it
+    has room.
     """
     gpus = int(ray.cluster_resources().get("GPU", 0))
     total = count or max(gpus, 1)
-    resources: dict[str, float] = {"num_gpus": 1} if gpus else {"num_cpus": num_cpus}
+    options: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": num_cpus}
+    if node_id is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
     remote = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)(WorkerActor)
     cache = str(cache_dir or Path(tempfile.gettempdir()) / "sd-worker-cache")
     config = app_config.model_dump(mode="json")
     workers = []
     for index in _free_indexes(total):
         name = f"{ACTOR_PREFIX}{index}"
-        handle = remote.options(name=name, namespace=NAMESPACE, **resources).remote(
+        handle = remote.options(name=name, namespace=NAMESPACE, **options).remote(
             index, config, cache
         )
-        workers.append(RayWorker(name, handle, app_config))
+        workers.append(RayWorker(name, handle, app_config, node_id=node_id))
     return workers
 
 
@@ -104,8 +110,11 @@ class RayWorker:
 
     supports_training = True  # whole trainings, driven by a RemoteTrainer (see trainer())
 
-    def __init__(self, name: str, handle: Any, app_config: AppConfig) -> None:
+    def __init__(
+        self, name: str, handle: Any, app_config: AppConfig, node_id: str | None = None
+    ) -> None:
         self.name = name
+        self.node_id = node_id  # the Ray node it runs on (from the actor once it answers)
         self.handle = handle
         self.app_config = app_config
         self.queue_config: QueueConfig = app_config.queue
@@ -143,6 +152,7 @@ class RayWorker:
             if not self._alive:
                 log.info("%s ready on %s (%s)", self.name, self._info["node"], self._info["device"])
             self._alive = True
+            self.node_id = self._info.get("node_id", self.node_id)
             self._sent.clear()  # a restarted actor still has its disk cache; has_lora says so
             return
 
