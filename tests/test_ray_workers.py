@@ -245,27 +245,10 @@ async def _closed(closed: list[str], name: str) -> None:
 async def test_training_resumes_on_another_worker_from_the_bots_checkpoint(
     pool: Scheduler, tmp_path: Path
 ) -> None:
-    from PIL import ImageDraw
-
     from engine.training import files
 
-    dataset = tmp_path / "dataset"
-    dataset.mkdir()
-    for i in range(4):
-        img = Image.new("RGB", (64, 64), (255, 255, 255))
-        ImageDraw.Draw(img).ellipse((6 + 5 * i, 10, 38 + 5 * i, 42), fill=(200, 30, 30))
-        img.save(dataset / f"{i:04d}.png")
     out = tmp_path / "loras" / "disc"  # the bot's LoRA folder: the single record
-    settings = {
-        "dataset_dir": str(dataset),
-        "output_dir": str(out),
-        "name": "disc",
-        "max_steps": 6,
-        "resolution": 64,
-        "lr": 1e-2,
-        "checkpoint_every": 2,
-        "sample_steps": 0,
-    }
+    settings = _train_settings(tmp_path, out, max_steps=6, checkpoint_every=2)
     ran_on: list[str] = []
     killed: list[int] = []
 
@@ -296,3 +279,48 @@ async def test_training_resumes_on_another_worker_from_the_bots_checkpoint(
     while not all(w.alive for w in pool.workers) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     assert all(w.alive for w in pool.workers)
+
+
+def _train_settings(tmp_path: Path, out: Path, **extra: object) -> dict:
+    from PIL import ImageDraw
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for i in range(4):
+        img = Image.new("RGB", (64, 64), (255, 255, 255))
+        ImageDraw.Draw(img).ellipse((6 + 5 * i, 10, 38 + 5 * i, 42), fill=(200, 30, 30))
+        img.save(dataset / f"{i:04d}.png")
+    return {
+        "dataset_dir": str(dataset),
+        "output_dir": str(out),
+        "name": "disc",
+        "resolution": 64,
+        "lr": 1e-2,
+        "sample_steps": 0,
+        **extra,
+    }
+
+
+async def test_imagine_runs_between_slices_of_a_training_on_its_worker(
+    pool: Scheduler, tmp_path: Path
+) -> None:
+    trainer_worker, other = pool.workers
+    pool._busy.add(other.name)  # only the training's worker can serve the /imagine
+    try:
+        out = tmp_path / "loras" / "disc"
+        settings = _train_settings(tmp_path, out, max_steps=4, checkpoint_every=0)
+        train = await pool.submit(user_id=1, payload={"train": settings}, kind="train")
+        await pool.rec.wait(Started, train.id, timeout=60)
+        image = await pool.submit(user_id=2, payload=request("between slices"))
+        [made] = await pool.rec.wait(Finished, image.id, timeout=120)
+        [trained] = await pool.rec.wait(Finished, train.id, timeout=120)
+    finally:
+        pool._busy.discard(other.name)
+        pool._worker_freed.set()
+    assert made.result.images[0].size == (64, 64)
+    steps = [(e.step, pool.rec.events.index(e)) for e in pool.rec.of(Progress, train.id)]
+    ran_at = pool.rec.events.index(pool.rec.of(Started, image.id)[0])
+    assert [step for step, at in steps if at < ran_at] == [2]  # after the first slice
+    assert pool.rec.events.index(made) < pool.rec.events.index(trained)
+    assert trainer_worker.jobs_done and trained.result.steps == 4
+    assert (out / "final" / "pytorch_lora_weights.safetensors").is_file()
