@@ -75,6 +75,7 @@ class ImageBot(commands.Bot):
         self.outbox = Outbox(self, upload_timeout_s=bot_settings.upload_timeout_s)
         self.failed_extensions: list[str] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self.pool_grower: Any = None  # Ray: adds workers on PCs that join the cluster
         executor.subscribe(self._on_engine_event)
         executor.subscribe(self.outbox.on_event)
 
@@ -96,6 +97,8 @@ class ImageBot(commands.Bot):
         # never queued, are answered in the background (REST works before the gateway is up).
         self._spawn(self.outbox.resume(), "resume-deliveries")
         self._spawn(answer_orphaned_acks(self), "answer-orphaned-acks")
+        if self.pool_grower is not None:
+            self._spawn(self.pool_grower.run(self.executor), "grow-worker-pool")
         await self.sync_commands()
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -176,9 +179,10 @@ async def build(
     except BaseException:
         await storage.close()
         raise
-    workers = None
+    workers = grower = None
     if config.workers.backend == "ray":
         from engine.workers.ray_backend import connect, create_workers
+        from engine.workers.ray_growth import PoolGrower
 
         await asyncio.to_thread(connect, config.workers.ray_address)
         workers = await asyncio.to_thread(
@@ -187,6 +191,8 @@ async def build(
             count=config.workers.count,
             cache_dir=config.workers.cache_dir,
         )
+        if config.workers.count is None:  # one per GPU: PCs that join later get workers too
+            grower = PoolGrower(config, cache_dir=config.workers.cache_dir)
     executor = EngineExecutor(
         generator,
         storage,
@@ -197,7 +203,7 @@ async def build(
         workers=workers,
         affinity_window=config.workers.affinity_window,
     )
-    return ImageBot(
+    bot = ImageBot(
         bot_settings=bot_settings,
         discord_settings=discord_settings,
         config=config,
@@ -206,6 +212,8 @@ async def build(
         executor=executor,
         **bot_kwargs,
     )
+    bot.pool_grower = grower
+    return bot
 
 
 async def run() -> int:

@@ -205,13 +205,17 @@ class WorkersConfig(BaseSettings):
         "", description="Empty: a private Ray inside the bot; auto or host:port: join a cluster"
     )
     count: int | None = Field(
-        None, ge=1, le=1024, description="Ray workers; empty: one per GPU in the cluster, else 1"
+        None,
+        ge=1,
+        le=1024,
+        description="Ray workers; empty: one per GPU (else per node), PCs joining later too",
     )
     affinity_window: int = Field(
         3, ge=0, le=100, description="Most times a job is overtaken for a worker holding a LoRA"
     )
     cache_dir: Path = Field(
-        Path("models/worker-cache"), description="Where a Ray worker keeps the LoRAs it was sent"
+        Path("models/worker-cache"),
+        description="Where a Ray worker keeps the LoRAs and source images it was sent",
     )
 
 

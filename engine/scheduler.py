@@ -38,6 +38,7 @@ BASE_PIXELS = 512 * 512
 # sweeping the rest: O(1) per start however long the queue.
 ANNOUNCE_ALL = 100
 ANNOUNCE_SLICE = 20
+NO_WORKER = "No image worker is online right now; your job waits and starts when one is back."
 
 
 class _StoreFailure(Exception):
@@ -128,6 +129,7 @@ class Scheduler:
         self._backoff: dict[str, float] = {}
         self._overtaken: dict[int, int] = {}
         self._kills: dict[int, int] = {}
+        self._told_no_worker: set[int] = set()  # waiting jobs told so in the current outage
         self._listeners: list[Listener] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._serving: set[asyncio.Task[None]] = set()
@@ -183,6 +185,16 @@ class Scheduler:
             self._aside.shutdown(wait=True)
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)
+
+    async def add_worker(self, worker: Worker) -> None:
+        """Start a worker that joined while serving (a new node in the cluster) and use it."""
+        await worker.start()
+        if self._stopping:
+            await worker.close()
+            return
+        self.workers.append(worker)
+        log.info("worker %s joined the pool (%d workers)", worker.name, len(self.workers))
+        self._worker_freed.set()
 
     # ----- the public queue API (event loop only, O(log n + sqrt n) per call) ---------------
     async def submit(
@@ -249,6 +261,7 @@ class Scheduler:
             before_place=before_place,
         )
         self._emit(Queued(job, self.queue.position(job.id) or 1, self.eta(job.id)))
+        self._tell_no_worker()
         return job
 
     @property
@@ -346,7 +359,7 @@ class Scheduler:
     async def run_on_engine(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn(*args) beside the bot's pipeline, between jobs (e.g. to try loading a LoRA)."""
         for worker in self.workers:
-            if worker.supports_training:
+            if worker.supports_training and not hasattr(worker, "trainer"):  # in this process
                 return await worker.call(fn, *args)
         if self._aside is None:  # remote workers only: the bot's own pipeline, on its own thread
             self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-aside")
@@ -429,6 +442,16 @@ class Scheduler:
                 eta = total / parallel
             self._emit(Queued(job, index, eta))
 
+    def _tell_no_worker(self) -> None:
+        """With no worker alive, tell each waiting job once per outage that it waits for one."""
+        if self._stopping or any(worker.alive for worker in self.workers):
+            self._told_no_worker.clear()
+            return
+        for job in self.queue.order():
+            if job.id not in self._told_no_worker:
+                self._told_no_worker.add(job.id)
+                self._emit(Notice(job, NO_WORKER))
+
     def _running_seconds_left(self, rate: float) -> float:
         # Called per submit and per start with up to one run per worker: the pixel units of
         # each running job are computed once, not per call.
@@ -498,7 +521,9 @@ class Scheduler:
                 self._backoff[worker.name] = min(backoff * 2, 30.0)
                 await asyncio.sleep(backoff)
             if not worker.alive and not self._stopping:
+                self._tell_no_worker()
                 await worker.wait_alive()
+                self._tell_no_worker()  # a worker is back: the next outage tells again
         finally:
             self._busy.discard(worker.name)
             self._worker_freed.set()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import affinity
 from engine.errors import GenerationCancelled
-from engine.events import Progress
+from engine.events import Notice, Progress
 from engine.jobs import JobRecord
 from engine.workers.base import JobRun, Worker
 
@@ -32,20 +33,25 @@ class TrainingRunner:
             await sched.fail(job, "Training is not available yet.")
             return
         if not worker.supports_training:
-            await sched.fail(job, "Training runs only on the local worker (WORKERS_BACKEND=local).")
+            await sched.fail(job, "This worker cannot run trainings.")
             return
-        # 2. build the trainer on the worker's thread
-        trainer = await worker.call(self.trainer_factory, job)
+        # 2. build the trainer: on the worker's thread, or on its actor (a remote worker)
+        if hasattr(worker, "trainer"):
+            trainer: Any = await worker.trainer(job)
+        else:
+            trainer = _OnThread(worker, await worker.call(self.trainer_factory, job))
         self.current = run
         try:
-            await worker.call(trainer.setup)
+            await trainer.setup()
+            if trainer.step:
+                sched.emit(
+                    Notice(job, f"Training resumes from its checkpoint at step {trainer.step}.")
+                )
             # 3. slices of steps, waiting /imagine jobs served in between
             while True:
                 if sched.stopping:  # shutdown while /imagine jobs ran between slices
                     raise GenerationCancelled("training interrupted by shutdown")
-                status = await worker.call(
-                    trainer.train_steps, sched.config.train_slice_steps, run.cancel
-                )
+                status = await trainer.train_steps(sched.config.train_slice_steps, run.cancel)
                 run.step, run.total = status.step, status.max_steps
                 eta = None
                 if status.seconds_per_step is not None:
@@ -56,9 +62,9 @@ class TrainingRunner:
                 if status.done:
                     break
                 await self._serve_between_slices(trainer, run, worker)
-            output = await worker.call(trainer.finish)
+            output = await trainer.finish()
         except BaseException:
-            await worker.call(trainer.abort)
+            await trainer.abort()
             raise
         finally:
             self.current = None
@@ -79,7 +85,7 @@ class TrainingRunner:
 
         if not queue.has_waiting("generate", same_model) or queue.paused:
             return
-        await worker.call(trainer.suspend)
+        await trainer.suspend()
         try:
             while not sched.stopping and not queue.paused:
                 job = queue.pop_next("generate", same_model)
@@ -88,7 +94,44 @@ class TrainingRunner:
                 await sched.run_job(job, worker)
         finally:
             sched.set_running(worker, training)
-            await worker.call(trainer.resume)
+            await trainer.resume()
+
+
+class _OnThread:
+    """A trainer of this process, each call run on its worker's engine thread."""
+
+    def __init__(self, worker: Worker, trainer: Any) -> None:
+        self.worker = worker
+        self.trainer = trainer
+
+    @property
+    def step(self) -> int:
+        """The step setup resumed from (0: from scratch)."""
+        return int(getattr(self.trainer, "step", 0) or 0)
+
+    async def setup(self) -> None:
+        """Load data and model parts, resume from the newest checkpoint."""
+        await self.worker.call(self.trainer.setup)
+
+    async def train_steps(self, n: int, cancel: threading.Event) -> Any:
+        """Run up to n steps."""
+        return await self.worker.call(self.trainer.train_steps, n, cancel)
+
+    async def suspend(self) -> None:
+        """Hand the pipeline back to generations."""
+        await self.worker.call(self.trainer.suspend)
+
+    async def resume(self) -> None:
+        """Make the training adapter active again."""
+        await self.worker.call(self.trainer.resume)
+
+    async def finish(self) -> Any:
+        """Write the final LoRA."""
+        return await self.worker.call(self.trainer.finish)
+
+    async def abort(self) -> None:
+        """Stop, keeping the checkpoints."""
+        await self.worker.call(self.trainer.abort)
 
 
 def train_output_data(output: Any) -> dict[str, Any]:

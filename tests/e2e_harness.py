@@ -67,6 +67,7 @@ async def start_bot(
     *,
     generation: dict[str, Any] | None = None,
     queue: dict[str, Any] | None = None,
+    workers: dict[str, Any] | None = None,
     **bot_settings: Any,
 ) -> ImageBot:
     """Build the real bot with settings pointing at the temp folder and the fake server."""
@@ -76,6 +77,8 @@ async def start_bot(
     gen.update(generation or {})
     config = tiny_config(model_dir, **gen)
     config.queue = config.queue.model_copy(update={"progress_interval_s": 0.2, **(queue or {})})
+    if workers:
+        config.workers = config.workers.model_copy(update=workers)
     return await build(
         config,
         BotSettings(**settings),

@@ -14,7 +14,7 @@ from engine.config import GenerationConfig, QueueConfig
 from engine.events import Failed, Finished, Notice, Started
 from engine.jobs import MemoryJobStore
 from engine.requests import GenerationResult, resolve_request
-from engine.scheduler import Scheduler
+from engine.scheduler import NO_WORKER, Scheduler
 from engine.workers.base import JobRun, WorkerInfo, WorkerLost
 from tests.test_executor import Recorder
 
@@ -147,6 +147,65 @@ async def test_a_job_that_kills_its_worker_three_times_fails_and_others_run() ->
             break
         await asyncio.sleep(0.01)
     assert all(w.alive for w in workers) and sched.dispatcher_alive
+    await sched.stop()
+
+
+class GatedWorker(FakeWorker):
+    """A fake worker that, once dead, comes back only when the test opens its gate."""
+
+    def __init__(self, name: str, deadly: set[str]) -> None:
+        super().__init__(name, deadly=deadly)
+        self.gate = asyncio.Event()
+
+    async def wait_alive(self) -> None:
+        await self.gate.wait()
+        self.deadly = set()
+        self.alive = True
+
+
+def _no_worker_notices(sched: Scheduler, job_id: int) -> int:
+    return sum(1 for e in sched.rec.of(Notice, job_id) if e.message == NO_WORKER)
+
+
+async def test_with_no_worker_alive_jobs_wait_and_users_are_told() -> None:
+    workers = [GatedWorker("w0", {"boom"}), GatedWorker("w1", {"boom"})]
+    sched = await _scheduler(workers)
+    sched._busy.add("w1")  # w1 runs something long: one death leaves a worker alive
+    first = await sched.submit(user_id=1, payload=request("boom"))
+    await sched.rec.wait(Notice, first.id)  # w0 died under it; w1 is still alive
+    assert _no_worker_notices(sched, first.id) == 0
+    sched._busy.discard("w1")
+    sched._worker_freed.set()
+    for _ in range(500):  # w1 takes the job and dies too: now nobody is alive
+        if not any(w.alive for w in workers) and _no_worker_notices(sched, first.id):
+            break
+        await asyncio.sleep(0.01)
+    assert not any(w.alive for w in workers)
+    later = await sched.submit(user_id=2, payload=request("later"))
+    await asyncio.sleep(0.1)
+    assert _no_worker_notices(sched, first.id) == 1 and _no_worker_notices(sched, later.id) == 1
+    assert not sched.rec.of(Started, later.id)  # it waits
+    workers[0].gate.set()
+    for job in (first, later):
+        assert len(await sched.rec.wait(Finished, job.id)) == 1
+    assert _no_worker_notices(sched, later.id) == 1  # told once, not on every pass
+    workers[1].gate.set()
+    await sched.stop()
+
+
+async def test_a_worker_added_while_serving_takes_the_waiting_job() -> None:
+    first = FakeWorker("w0")
+    sched = await _scheduler([first])
+    sched._busy.add("w0")  # the only worker is busy for a long time
+    job = await sched.submit(user_id=1, payload=request("waits"))
+    await asyncio.sleep(0.05)
+    assert not sched.rec.of(Started, job.id)
+    joined = FakeWorker("new-node")
+    await sched.add_worker(joined)
+    assert len(await sched.rec.wait(Finished, job.id, timeout=5)) == 1
+    assert joined.ran == [job.id] and sched.workers == [first, joined]
+    assert [i.name for i in sched.workers_info()] == ["w0", "new-node"]
+    sched._busy.discard("w0")
     await sched.stop()
 
 

@@ -20,6 +20,7 @@ from engine.jobs import JobRecord
 from engine.metadata import png_info
 from engine.workers.base import JobRun
 from engine.workers.core import GenerationCore, OutOfMemoryExhausted
+from engine.workers.training_site import TrainingSite
 
 
 def encode_png(image: Any, parameters: str | None = None) -> bytes:
@@ -71,12 +72,16 @@ class WorkerActor:
         self.cache.mkdir(parents=True, exist_ok=True)
         self.reports = _Reports()
         self.runs: dict[int, JobRun] = {}
+        self.training = TrainingSite(self.cache, self.generator)
         self.jobs_done = 0
         self.seconds_per_step: float | None = None
 
     def info(self) -> dict[str, Any]:
         """Node, device, preset, process id and counters."""
+        import ray  # only ever called inside a Ray actor
+
         return {
+            "node_id": ray.get_runtime_context().get_node_id(),
             "node": socket.gethostname(),
             "pid": os.getpid(),
             "device": str(self.generator.device),
@@ -86,30 +91,51 @@ class WorkerActor:
             "running": sorted(self.runs),
         }
 
-    def _lora_path(self, sha: str) -> Path:
-        return self.cache / f"{sha}.safetensors"
+    def _file(self, name: str) -> Path:
+        sha, _, suffix = name.partition(".")
+        if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha) or "/" in suffix:
+            raise ValueError(f"not a cache name (sha256 + suffix): {name!r}")
+        return self.cache / name
 
-    def has_lora(self, sha: str) -> bool:
-        """Whether the LoRA with this sha256 is in the disk cache."""
-        return self._lora_path(sha).is_file()
+    def has_file(self, name: str) -> bool:
+        """Whether the file with this cache name (sha256 + suffix) is on this actor's disk."""
+        return self._file(name).is_file()
 
-    def put_lora(self, sha: str, data: bytes) -> str:
-        """Store a LoRA sent by the scheduler, after checking its hash; return its local path."""
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise ValueError(f"LoRA {sha[:12]}: the bytes received do not match their sha256")
-        path = self._lora_path(sha)
-        tmp = path.with_suffix(".part")
+    def put_file(self, name: str, data: bytes) -> str:
+        """Store a file sent by the scheduler, after checking its hash; return its local path."""
+        path = self._file(name)
+        if hashlib.sha256(data).hexdigest() != name.partition(".")[0]:
+            raise ValueError(f"{name[:12]}: the bytes received do not match their sha256")
+        tmp = path.with_name(f".{name}.part")
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return str(path)
 
-    def generate(self, job: dict[str, Any], lora_sha: str | None) -> dict[str, Any]:
-        """Run one generate job; images come back as PNG bytes, errors as a small dict."""
+    def has_lora(self, sha: str) -> bool:
+        """Whether the LoRA with this sha256 is in the disk cache."""
+        return self.has_file(f"{sha}.safetensors")
+
+    def generate(
+        self,
+        job: dict[str, Any],
+        lora_sha: str | None,
+        init_name: str | None = None,
+        stack: list[list[Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Run one generate job; images come back as PNG bytes, errors as a small dict.
+
+        The LoRAs and the source image are read from this actor's cache, never from the bot's
+        paths in the request (the bot's disk may be on another machine).
+        """
         record = JobRecord(**job)
+        request = dict(record.payload["request"])
         if lora_sha:
-            request = dict(record.payload["request"])
-            request["lora"] = str(self._lora_path(lora_sha))
-            record.payload = {**record.payload, "request": request}
+            request["lora"] = str(self._file(f"{lora_sha}.safetensors"))
+        if init_name:
+            request["init_image"] = str(self._file(init_name))
+        if stack:  # [cache name, weight, display name] for each LoRA of the prompt
+            request["loras"] = [[str(self._file(c)), weight, name] for c, weight, name in stack]
+        record.payload = {**record.payload, "request": request}
         run = JobRun(record)
         self.runs[record.id] = run
         try:
@@ -140,3 +166,39 @@ class WorkerActor:
             return False
         run.cancel.set()
         return True
+
+    # ----- training (the bot drives it call by call, see engine.workers.ray_training) -----
+    def train_begin(
+        self,
+        job_id: int,
+        params: dict[str, Any],
+        dataset: dict[str, str],
+        checkpoint: tuple[int, dict[str, str]] | None,
+    ) -> int:
+        """Set up a training from cached files (by cache name); return the step it resumes at."""
+        paths = {name: self._file(cached) for name, cached in dataset.items()}
+        resume = None
+        if checkpoint is not None:
+            step, parts = checkpoint
+            resume = (step, {name: self._file(cached) for name, cached in parts.items()})
+        return self.training.begin(job_id, params, paths, resume)
+
+    def train_call(self, job_id: int, method: str, *args: Any) -> Any:
+        """One call on a training: train_steps, suspend, resume, finish or abort."""
+        return self.training.call(job_id, method, *args)
+
+    def train_cancel(self, job_id: int) -> bool:
+        """Stop the training's current slice at its next step."""
+        return self.training.cancel(job_id)
+
+    def train_checkpoints(self, job_id: int, after: int) -> list[tuple[int, dict[str, bytes]]]:
+        """Checkpoints newer than step `after`, as file bytes."""
+        return self.training.checkpoints(job_id, after)
+
+    def train_final(self, job_id: int) -> dict[str, bytes]:
+        """The finished LoRA's files; the job's folder is removed afterwards by train_clear."""
+        return self.training.final_files(job_id)
+
+    def train_clear(self, job_id: int) -> None:
+        """Drop the job's training folder."""
+        self.training.clear(job_id)

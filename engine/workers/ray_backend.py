@@ -21,17 +21,19 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from engine.config import AppConfig, QueueConfig
 from engine.errors import EngineError, GenerationCancelled
-from engine.lora import resolve_lora_file
+from engine.jobs import JobRecord
+from engine.lora import lora_display_name, resolve_lora_file
 from engine.requests import GenerationResult, ResolvedRequest
 from engine.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
 from engine.workers.core import OutOfMemoryExhausted
 from engine.workers.ray_actor import WorkerActor
+from engine.workers.ray_training import RemoteTrainer
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "sd-discord-bot"
 ACTOR_PREFIX = "sd-worker-"
-_LOST = (RayActorError, ActorUnavailableError)
+LOST = (RayActorError, ActorUnavailableError)
 
 
 def connect(address: str = "") -> bool:
@@ -57,35 +59,62 @@ def create_workers(
     count: int | None = None,
     cache_dir: str | Path | None = None,
     num_cpus: float = 1,
+    node_id: str | None = None,
 ) -> list[RayWorker]:
-    """Start the worker actors: `count`, or one per GPU the cluster offers (else one)."""
+    """Start the worker actors: `count`, or one per GPU the cluster offers (else one).
+
+    Each is named ``sd-worker-<N>`` with the lowest N not taken in the cluster already (by
+    another bot, or by a test's own pool). With node_id, they are placed on that node if it
+    has room.
+    """
     gpus = int(ray.cluster_resources().get("GPU", 0))
     total = count or max(gpus, 1)
-    resources: dict[str, float] = {"num_gpus": 1} if gpus else {"num_cpus": num_cpus}
+    options: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": num_cpus}
+    if node_id is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
     remote = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=4)(WorkerActor)
     cache = str(cache_dir or Path(tempfile.gettempdir()) / "sd-worker-cache")
     config = app_config.model_dump(mode="json")
     workers = []
-    for index in range(total):
+    for index in _free_indexes(total):
         name = f"{ACTOR_PREFIX}{index}"
-        handle = remote.options(name=name, namespace=NAMESPACE, **resources).remote(
+        handle = remote.options(name=name, namespace=NAMESPACE, **options).remote(
             index, config, cache
         )
-        workers.append(RayWorker(name, handle, app_config))
+        workers.append(RayWorker(name, handle, app_config, node_id=node_id))
     return workers
 
 
-async def _get(ref: Any, timeout: float | None = None) -> Any:
+def _free_indexes(count: int) -> list[int]:
+    """The first `count` worker numbers whose actor name nobody in the cluster uses yet."""
+    free: list[int] = []
+    index = 0
+    while len(free) < count:
+        try:
+            ray.get_actor(f"{ACTOR_PREFIX}{index}", namespace=NAMESPACE)
+        except ValueError:
+            free.append(index)
+        index += 1
+    return free
+
+
+async def get(ref: Any, timeout: float | None = None) -> Any:
+    """Await a Ray object ref on the event loop (with an optional timeout)."""
     return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
 
 
 class RayWorker:
     """The bot's handle on one worker actor."""
 
-    supports_training = False
+    supports_training = True  # whole trainings, driven by a RemoteTrainer (see trainer())
 
-    def __init__(self, name: str, handle: Any, app_config: AppConfig) -> None:
+    def __init__(
+        self, name: str, handle: Any, app_config: AppConfig, node_id: str | None = None
+    ) -> None:
         self.name = name
+        self.node_id = node_id  # the Ray node it runs on (from the actor once it answers)
         self.handle = handle
         self.app_config = app_config
         self.queue_config: QueueConfig = app_config.queue
@@ -95,7 +124,8 @@ class RayWorker:
         self._alive = False
         self._info: dict[str, Any] = {}
         self._shas: dict[tuple[str, int, int], str] = {}
-        self._sent: set[str] = set()
+        self._sent: set[str] = set()  # cache names the actor holds (sha256 + suffix)
+        self.sent_bytes = 0  # file bytes shipped to the actor (LoRAs, source images)
 
     @property
     def alive(self) -> bool:
@@ -115,20 +145,33 @@ class RayWorker:
         """Poll the actor until it answers (Ray restarts it after a crash)."""
         while True:
             try:
-                self._info = await _get(self.handle.info.remote(), timeout=60)
-            except (*_LOST, asyncio.TimeoutError) as exc:
+                self._info = await get(self.handle.info.remote(), timeout=60)
+            except (*LOST, asyncio.TimeoutError) as exc:
                 log.info("%s not ready yet (%s)", self.name, type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
             if not self._alive:
                 log.info("%s ready on %s (%s)", self.name, self._info["node"], self._info["device"])
             self._alive = True
+            self.node_id = self._info.get("node_id", self.node_id)
             self._sent.clear()  # a restarted actor still has its disk cache; has_lora says so
             return
 
     async def call(self, fn: Any, *args: Any) -> Any:
         """Not offered: remote workers run only whole jobs."""
         raise EngineError("this runs only on a local worker")
+
+    async def trainer(self, job: JobRecord) -> RemoteTrainer:
+        """A training of this job on this actor (set up by its setup())."""
+        return RemoteTrainer(self, job)
+
+    def mark_lost(self) -> None:
+        """The actor died under a call: not alive until wait_alive() hears from it again."""
+        self._alive = False
+
+    async def ship(self, file: Path) -> str:
+        """Put a file in the actor's disk cache once, by sha256; return its cache name."""
+        return await self._ship(file, file.suffix.lower() or ".bin")
 
     async def generate(
         self, run: JobRun, sink: ProgressSink, image_path: Any
@@ -137,13 +180,23 @@ class RayWorker:
         job = run.job
         request = job.payload.get("request", {})
         try:
-            # 1. the LoRA, once per worker, by sha256
+            # 1. the LoRA and the source image, once per worker, by sha256
             sha = await self._ship_lora(request["lora"]) if request.get("lora") else None
+            stack = []
+            for entry in request.get("loras") or []:  # the prompt's <lora:…> tags, resolved
+                name = entry[2] if len(entry) > 2 and entry[2] else lora_display_name(entry[0])
+                cached = await self._ship(resolve_lora_file(entry[0]), ".safetensors")
+                stack.append([cached, entry[1], name])
+            init = None
+            if request.get("init_image"):
+                source = Path(request["init_image"])
+                init = await self._ship(source, source.suffix.lower() or ".png")
             # 2. run it, polling progress and forwarding cancel
             job_dict = {"id": job.id, "kind": job.kind, "user_id": job.user_id}
-            ref = self.handle.generate.remote({**job_dict, "payload": job.payload}, sha)
+            payload = {**job_dict, "payload": job.payload}
+            ref = self.handle.generate.remote(payload, sha, init, stack or None)
             out = await self._follow(ref, run, sink)
-        except _LOST as exc:
+        except LOST as exc:
             self._alive = False
             raise WorkerLost(f"{self.name}: {type(exc).__name__}") from None
         # 3. outcome: errors as the local worker raises them, images saved by the bot
@@ -166,6 +219,12 @@ class RayWorker:
 
     async def _ship_lora(self, lora: str) -> str:
         file = resolve_lora_file(lora)
+        name = await self._ship(file, ".safetensors")
+        self.held_loras.add(str(lora))
+        return name.removesuffix(".safetensors")
+
+    async def _ship(self, file: Path, suffix: str) -> str:
+        """Put a file in the actor's disk cache once, by sha256; return its name there."""
         stat = file.stat()
         key = (str(file), stat.st_mtime_ns, stat.st_size)
         sha = self._shas.get(key)
@@ -173,15 +232,16 @@ class RayWorker:
         if sha is None:
             data = await asyncio.to_thread(file.read_bytes)
             sha = self._shas[key] = hashlib.sha256(data).hexdigest()
-        if sha not in self._sent:
-            if not await _get(self.handle.has_lora.remote(sha)):
+        name = f"{sha}{suffix}"
+        if name not in self._sent:
+            if not await get(self.handle.has_file.remote(name)):
                 if data is None:
                     data = await asyncio.to_thread(file.read_bytes)
-                log.info("%s: sending LoRA %s (%d bytes)", self.name, sha[:12], len(data))
-                await _get(self.handle.put_lora.remote(sha, ray.put(data)))
-            self._sent.add(sha)
-        self.held_loras.add(str(lora))
-        return sha
+                log.info("%s: sending %s (%d bytes)", self.name, name[:12] + suffix, len(data))
+                await get(self.handle.put_file.remote(name, ray.put(data)))
+                self.sent_bytes += len(data)
+            self._sent.add(name)
+        return name
 
     async def _follow(self, ref: Any, run: JobRun, sink: ProgressSink) -> dict[str, Any]:
         future = asyncio.wrap_future(ref.future())
@@ -193,10 +253,10 @@ class RayWorker:
             if done:
                 return future.result()
             if run.cancel.is_set() and not cancel_acked:
-                cancel_acked = await _get(self.handle.cancel.remote(run.job.id), timeout=30)
+                cancel_acked = await get(self.handle.cancel.remote(run.job.id), timeout=30)
             try:
-                report = await _get(self.handle.progress.remote(run.job.id), timeout=30)
-            except (*_LOST, asyncio.TimeoutError):
+                report = await get(self.handle.progress.remote(run.job.id), timeout=30)
+            except (*LOST, asyncio.TimeoutError):
                 continue  # the job's own future says whether the actor died
             for message in report.get("notices", []):
                 sink.notice(run, message)
@@ -280,4 +340,7 @@ def _resolved(request: dict[str, Any], seeds: list[int]) -> ResolvedRequest:
         lora_name=request.get("lora_name"),
         lora_scale=float(request.get("lora_scale") or 1.0),
         fast=bool(request.get("fast")),
+        init_image=request.get("init_image"),
+        strength=request.get("strength"),
+        upscale=request.get("upscale"),
     )
