@@ -160,12 +160,11 @@ async def test_between_training_slices_only_jobs_for_the_training_model_run() ->
     sched = SimpleNamespace(
         queue=queue, stopping=False, run_job=run_job, set_running=lambda *a: None
     )
-    trainer = SimpleNamespace(suspend=lambda: None, resume=lambda: None)
+    async def nothing() -> None:
+        return None
 
-    async def call(fn, *args):
-        return fn(*args)
-
-    worker = SimpleNamespace(resident_model="a", held_loras=set(), call=call)
+    trainer = SimpleNamespace(suspend=nothing, resume=nothing)
+    worker = SimpleNamespace(resident_model="a", held_loras=set())
     runner = TrainingRunner(sched, None)  # type: ignore[arg-type]
     await runner._serve_between_slices(trainer, None, worker)  # type: ignore[arg-type]
     assert ran == [2, 3]  # the job for model b waits for the end of the training
