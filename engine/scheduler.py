@@ -1,13 +1,14 @@
 """The scheduler: the durable fair queue on the event loop, handing jobs to free workers.
 
-It owns the caps, positions and ETAs, events, cancel and pause; workers own devices. With one
-local worker it behaves exactly like the single engine thread it replaced.
+It owns the caps, the dispatcher, cancel and pause; workers own devices. Events, places and
+ETAs go out through its Announcer (engine/announcer.py); each picked job runs through its
+JobRunner (engine/job_runner.py). With one local worker it behaves exactly like the single
+engine thread it replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,32 +18,40 @@ from pathlib import Path
 from typing import Any
 
 from engine import affinity
+from engine.announcer import (
+    ANNOUNCE_ALL,
+    ANNOUNCE_SLICE,
+    BASE_PIXELS,
+    NO_WORKER,
+    Announcer,
+    Listener,
+    job_units,
+)
 from engine.config import QueueConfig
-from engine.errors import EngineError, GenerationCancelled
-from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progress, Queued, Started
+from engine.events import Cancelled, JobEvent, Queued
 from engine.generator import TextToImageGenerator
+from engine.job_runner import JobRunner, StoreFailure
 from engine.jobs import JobKind, JobRecord, JobStore
 from engine.queue import TAG_KEY, FairQueue, QueueFullError
-from engine.requests import GenerationRequest, GenerationResult
+from engine.requests import GenerationRequest
 from engine.training_runner import TrainingRunner
-from engine.workers.base import JobRun, Worker, WorkerInfo, WorkerLost
-from engine.workers.core import OutOfMemoryExhausted
+from engine.workers.base import JobRun, Worker, WorkerInfo
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[JobEvent], Any]
 ImagePath = Callable[[JobRecord, int], Path]
-BASE_PIXELS = 512 * 512
-# Each job start re-announces every waiting job's place while at most ANNOUNCE_ALL wait (the
-# default global cap); past that, the first ANNOUNCE_SLICE and ANNOUNCE_SLICE more from a cursor
-# sweeping the rest: O(1) per start however long the queue.
-ANNOUNCE_ALL = 100
-ANNOUNCE_SLICE = 20
-NO_WORKER = "No image worker is online right now; your job waits and starts when one is back."
-
-
-class _StoreFailure(Exception):
-    """Recording an outcome failed (its cause is the store's error)."""
+__all__ = [
+    "ANNOUNCE_ALL",
+    "ANNOUNCE_SLICE",
+    "BASE_PIXELS",
+    "NO_WORKER",
+    "EngineHealth",
+    "ImagePath",
+    "Listener",
+    "QueueSnapshot",
+    "RunningJob",
+    "Scheduler",
+]
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,7 @@ class Scheduler:
             store,
             per_user_cap=self.config.per_user_cap,
             global_cap=self.config.global_cap,
-            weight=_job_units,
+            weight=job_units,
         )
         self.workers = workers
         self.image_path = image_path
@@ -121,35 +130,26 @@ class Scheduler:
         self.kill_limit = kill_limit
         self.close_workers = close_workers
         self.health = EngineHealth()
-        self.served = 0
-        self.images_made = 0
-        self.seconds_generating = 0.0
         self._active: dict[str, JobRun] = {}  # worker name -> the job it runs now
         self._busy: set[str] = set()
         self._backoff: dict[str, float] = {}
         self._overtaken: dict[int, int] = {}
-        self._kills: dict[int, int] = {}
-        self._told_no_worker: set[int] = set()  # waiting jobs told so in the current outage
-        self._listeners: list[Listener] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._serving: set[asyncio.Task[None]] = set()
         self._worker_freed = asyncio.Event()
         self._aside: ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
-        self._seconds_per_unit: float | None = None
-        self._announce_cursor = ANNOUNCE_SLICE
-        self._run_units: dict[int, float] = {}
+        self.announcer = Announcer(self.queue, workers, self._active, lambda: self._stopping)
+        self.job_runner = JobRunner(self, self._active)
 
     # ----- wiring -----------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
         """Call listener(event) on the event loop for every job event (sync or async)."""
-        self._listeners.append(listener)
+        self.announcer.subscribe(listener)
 
     async def start(self) -> int:
         """Put unfinished jobs back in the queue (original order) and start serving; return count."""
-        self._loop = asyncio.get_running_loop()
+        self.announcer.loop = asyncio.get_running_loop()
         for worker in self.workers:
             await worker.start()
         jobs = await self.store.unfinished_jobs()
@@ -183,8 +183,7 @@ class Scheduler:
                 await worker.close()
         if self._aside is not None:
             self._aside.shutdown(wait=True)
-        for task in list(self._tasks):
-            await asyncio.gather(task, return_exceptions=True)
+        await self.announcer.wait_listeners()
 
     async def add_worker(self, worker: Worker) -> None:
         """Start a worker that joined while serving (a new node in the cluster) and use it."""
@@ -260,8 +259,8 @@ class Scheduler:
             check_caps=not admin,
             before_place=before_place,
         )
-        self._emit(Queued(job, self.queue.position(job.id) or 1, self.eta(job.id)))
-        self._tell_no_worker()
+        self.announcer.emit(Queued(job, self.queue.position(job.id) or 1, self.eta(job.id)))
+        self.announcer.tell_no_worker()
         return job
 
     @property
@@ -322,25 +321,20 @@ class Scheduler:
 
     def eta(self, job_id: int) -> float | None:
         """Seconds until a waiting job finishes, from the measured speed; None before any job ran."""
-        rate = self._seconds_per_unit
-        if rate is None:
-            return None
-        total = self._running_seconds_left(rate) + self.queue.weight_ahead(job_id) * rate
-        job = self.queue.get_job(job_id)
-        if job is not None:
-            total += _job_units(job) * rate
-        return total / self._parallel()
+        return self.announcer.eta(job_id)
 
     async def cancel(self, job_id: int) -> str | None:
         """Cancel a job: 'queued' (removed at once), 'running' (stops at next step) or None."""
         job = self.queue.remove(job_id)
         if job is not None:
             try:
-                await self._outcome(job, "cancelled", result={"was_running": False, "step": 0})
-            except _StoreFailure as exc:
+                await self.job_runner.record_outcome(
+                    job, "cancelled", result={"was_running": False, "step": 0}
+                )
+            except StoreFailure as exc:
                 self.queue.push(job)
                 raise exc.__cause__ from None  # type: ignore[misc]
-            self._emit(Cancelled(job, was_running=False))
+            self.announcer.emit(Cancelled(job, was_running=False))
             return "queued"
         for run in self._runs():
             if run.job.id == job_id:
@@ -365,111 +359,61 @@ class Scheduler:
             self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-aside")
         return await asyncio.get_running_loop().run_in_executor(self._aside, fn, *args)
 
+    # ----- counters and speed (kept by the announcer) -------------------------------------
+    @property
+    def served(self) -> int:
+        """Generate jobs finished since start."""
+        return self.announcer.served
+
+    @property
+    def images_made(self) -> int:
+        """Images generated since start."""
+        return self.announcer.images_made
+
+    @property
+    def seconds_generating(self) -> float:
+        """Seconds spent generating since start."""
+        return self.announcer.seconds_generating
+
     @property
     def seconds_per_image(self) -> float | None:
         """Average seconds per generated image since start."""
         return self.seconds_generating / self.images_made if self.images_made else None
 
-    # ----- events (also called by the training runner) --------------------------------------
+    @property
+    def _seconds_per_unit(self) -> float | None:
+        """The measured seconds per pixel unit and step (tests and benches set it)."""
+        return self.announcer.seconds_per_unit
+
+    @_seconds_per_unit.setter
+    def _seconds_per_unit(self, value: float | None) -> None:
+        self.announcer.seconds_per_unit = value
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop that workers' progress reports cross to."""
+        return self.announcer.loop
+
+    @_loop.setter
+    def _loop(self, value: asyncio.AbstractEventLoop | None) -> None:
+        self.announcer.loop = value
+
+    # ----- events (also called by the training runner and workers) ------------------------
     def emit(self, event: JobEvent) -> None:
         """Deliver an event to every listener on the event loop."""
-        self._emit(event)
+        self.announcer.emit(event)
 
-    def _emit(self, event: JobEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                outcome = listener(event)
-            except Exception:
-                log.exception("event listener failed on %s", type(event).__name__)
-                continue
-            if outcome is not None and inspect.isawaitable(outcome):
-                task = asyncio.ensure_future(outcome)
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("event listener task failed", exc_info=task.exception())
-
-    def _emit_threadsafe(self, event: JobEvent) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._emit, event)
-
-    # The ProgressSink that workers report to (from any thread).
     def progress(self, run: JobRun, step: int, total: int, preview: Any) -> None:
         """A worker finished step `step` of `total`."""
-        rate = self._seconds_per_unit
-        eta = None if rate is None else _seconds_left(run, rate)
-        self._emit_threadsafe(Progress(run.job, step, total, eta, preview))
+        self.announcer.progress(run, step, total, preview)
 
     def notice(self, run: JobRun, message: str) -> None:
         """A worker has something to tell the user."""
-        self._emit_threadsafe(Notice(run.job, message))
+        self.announcer.notice(run, message)
 
     def _announce_positions(self) -> None:
-        """Tell waiting jobs their new place, with a running ETA total.
-
-        Up to ANNOUNCE_ALL waiting: every one. Past that: the first ANNOUNCE_SLICE and the next
-        ANNOUNCE_SLICE from a cursor that sweeps the rest, so each job still hears its place
-        every len(queue) / ANNOUNCE_SLICE starts and a start costs the same at any length.
-        """
-        rate = self._seconds_per_unit
-        base = 0.0 if rate is None else self._running_seconds_left(rate)
-        parallel = self._parallel()
-        waiting = len(self.queue)
-        if waiting <= ANNOUNCE_ALL:
-            self._announce_span(0, waiting, base, rate, parallel)
-            return
-        self._announce_span(0, ANNOUNCE_SLICE, base, rate, parallel)
-        if not ANNOUNCE_SLICE <= self._announce_cursor < waiting:
-            self._announce_cursor = ANNOUNCE_SLICE
-        start = self._announce_cursor
-        self._announce_cursor += ANNOUNCE_SLICE
-        self._announce_span(start, start + ANNOUNCE_SLICE, base, rate, parallel)
-
-    def _announce_span(
-        self, start: int, stop: int, base: float, rate: float | None, parallel: int
-    ) -> None:
-        jobs = self.queue.weighted_slice(start, stop)
-        total = base
-        if rate is not None and jobs and start:
-            total += self.queue.weight_ahead(jobs[0][0].id) * rate
-        for index, (job, units) in enumerate(jobs, start=start + 1):
-            eta = None
-            if rate is not None:
-                total += units * rate
-                eta = total / parallel
-            self._emit(Queued(job, index, eta))
-
-    def _tell_no_worker(self) -> None:
-        """With no worker alive, tell each waiting job once per outage that it waits for one."""
-        if self._stopping or any(worker.alive for worker in self.workers):
-            self._told_no_worker.clear()
-            return
-        for job in self.queue.order():
-            if job.id not in self._told_no_worker:
-                self._told_no_worker.add(job.id)
-                self._emit(Notice(job, NO_WORKER))
-
-    def _running_seconds_left(self, rate: float) -> float:
-        # Called per submit and per start with up to one run per worker: the pixel units of
-        # each running job are computed once, not per call.
-        units = self._run_units
-        total = 0.0
-        for run in self._active.values():
-            job_units = units.get(run.job.id)
-            if job_units is None:
-                job_units = units[run.job.id] = _pixel_units(run.job.payload)
-            left = run.total - run.step
-            if left > 0:
-                total += left * job_units
-        if len(units) > 2 * len(self._active) + 16:
-            self._run_units = {r.job.id: units[r.job.id] for r in self._active.values()}
-        return total * rate
-
-    def _parallel(self) -> int:
-        return max(1, sum(1 for worker in self.workers if worker.alive))
+        """Tell waiting jobs their new place, with a running ETA total."""
+        self.announcer.announce_positions()
 
     # ----- the dispatcher ---------------------------------------------------------------
     def _free_workers(self) -> list[Worker]:
@@ -521,9 +465,9 @@ class Scheduler:
                 self._backoff[worker.name] = min(backoff * 2, 30.0)
                 await asyncio.sleep(backoff)
             if not worker.alive and not self._stopping:
-                self._tell_no_worker()
+                self.announcer.tell_no_worker()
                 await worker.wait_alive()
-                self._tell_no_worker()  # a worker is back: the next outage tells again
+                self.announcer.tell_no_worker()  # a worker is back: the next outage tells again
         finally:
             self._busy.discard(worker.name)
             self._worker_freed.set()
@@ -536,143 +480,19 @@ class Scheduler:
         """Mark run as the job on this worker (the training runner restores its training)."""
         self._active[worker.name] = run
 
+    # ----- running one job (the job runner; also called by the training runner) -----------
     async def run_job(self, job: JobRecord, worker: Worker) -> None:
         """Run one job on a worker and record its outcome."""
-        # 1. give up a job that never finished (worker deaths count apart, see kill_limit)
-        if job.attempts - self._kills.get(job.id, 0) >= self.config.max_attempts:
-            await self.fail(job, f"This job was tried {job.attempts} times and never finished.")
-            return
-        # 2. mark it running and tell everyone
-        await self.store.set_job_status(job.id, "running")
-        job.attempts += 1
-        job.status = "running"
-        run = JobRun(job, worker=worker.name)
-        self._active[worker.name] = run
-        log.info(
-            "job %s (%s) started for user %s on %s", job.id, job.kind, job.user_id, worker.name
-        )
-        self._emit(Started(job))
-        self._announce_positions()
-        # 3. run it and record the outcome
-        try:
-            if job.kind == "train":
-                await self.training_runner.run(job, run, worker)
-            else:
-                result, data = await worker.generate(run, self, self.image_path)
-                self._record_speed(job, result)
-                await self.finish(job, result, data)
-        except WorkerLost as exc:
-            await self._worker_lost(job, worker, exc)
-        except GenerationCancelled:
-            if self._stopping:
-                await self.store.set_job_status(job.id, "queued")
-                log.info("job %s interrupted by shutdown; it will run again after restart", job.id)
-            else:
-                await self._outcome(
-                    job, "cancelled", result={"was_running": True, "step": run.step}
-                )
-                self._emit(Cancelled(job, was_running=True, step=run.step))
-        except _StoreFailure as exc:
-            raise exc.__cause__ from None  # type: ignore[misc]
-        except (OutOfMemoryExhausted, EngineError, ValueError) as exc:
-            await self.fail(job, str(exc))
-        except Exception as exc:
-            log.exception("job %s failed", job.id)
-            await self.fail(
-                job,
-                "Something went wrong while making this image; the error was logged.",
-                repr(exc),
-            )
-        finally:
-            self._active.pop(worker.name, None)
-
-    async def _worker_lost(self, job: JobRecord, worker: Worker, exc: WorkerLost) -> None:
-        """The worker died under the job: back to the front of its fair place, or give up."""
-        kills = self._kills[job.id] = self._kills.get(job.id, 0) + 1
-        self.health.record(job, exc)
-        log.warning(
-            "job %s: worker %s died under it (%d time(s)): %s", job.id, worker.name, kills, exc
-        )
-        if kills >= self.kill_limit:
-            await self.fail(
-                job,
-                f"This job stopped its worker {kills} times, so it was given up; try a smaller "
-                "size, fewer images or fewer steps.",
-                str(exc),
-            )
-            return
-        if self._stopping:
-            await self.store.set_job_status(job.id, "queued")
-            return
-        await self.store.set_job_status(job.id, "queued")
-        job.status = "queued"
-        self.health.requeued.append(job.id)
-        self.queue.push(job)  # its tag puts it back at the front of its fair place
-        self._emit(Notice(job, "The worker running this job stopped; it will run again shortly."))
-
-    def _record_speed(self, job: JobRecord, result: GenerationResult) -> None:
-        units = _pixel_units(job.payload) * result.request.num_inference_steps
-        per_unit = result.seconds / max(units, 1e-9)
-        old = self._seconds_per_unit
-        self._seconds_per_unit = per_unit if old is None else 0.7 * old + 0.3 * per_unit
-        self.served += 1
-        self.images_made += len(result.images)
-        self.seconds_generating += result.seconds
-
-    async def _outcome(
-        self,
-        job: JobRecord,
-        status: Any,
-        *,
-        error: str | None = None,
-        result: dict[str, Any] | None = None,
-    ) -> None:
-        """Record a job's outcome; a store error here goes to the dispatcher, not to the user."""
-        if status == "finished" and not self.deliver:
-            status = "done"
-        try:
-            await self.store.set_job_status(job.id, status, error=error, result=result)
-            if not self.deliver and status != "done":
-                await self.store.mark_delivered(job.id)
-        except Exception as exc:
-            raise _StoreFailure from exc
-        job.status = status
+        await self.job_runner.run_job(job, worker)
 
     async def finish(self, job: JobRecord, output: Any, data: dict[str, Any]) -> None:
         """Record a finished job and emit Finished."""
-        await self._outcome(job, "finished", result=data)
-        self._kills.pop(job.id, None)
-        self._emit(Finished(job, output, data))
+        await self.job_runner.finish(job, output, data)
 
     async def fail(self, job: JobRecord, message: str, detail: str = "") -> None:
         """Record a failed job and emit Failed."""
-        # The user's words go with the result, so a delivery after a restart can show them.
-        await self._outcome(job, "failed", error=detail or message, result={"message": message})
-        self._kills.pop(job.id, None)
-        self._emit(Failed(job, message, detail))
+        await self.job_runner.fail(job, message, detail)
 
     # Old private names, kept for callers written against the single-thread executor.
     _finish = finish
     _fail = fail
-
-
-def _pixel_units(payload: dict[str, Any]) -> float:
-    request = payload.get("request", {})
-    width = request.get("width") or 512
-    height = request.get("height") or 512
-    count = request.get("num_images") or 1
-    return width * height * count / BASE_PIXELS
-
-
-def _seconds_left(run: JobRun | None, rate: float) -> float:
-    """Estimated seconds until the running generation is done (0 when nothing runs)."""
-    if run is None:
-        return 0.0
-    return max(0, run.total - run.step) * rate * _pixel_units(run.job.payload)
-
-
-def _job_units(job: JobRecord) -> float:
-    if job.kind != "generate":
-        return 0.0
-    steps = job.payload.get("request", {}).get("num_inference_steps") or 25
-    return _pixel_units(job.payload) * steps

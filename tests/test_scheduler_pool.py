@@ -242,11 +242,11 @@ async def test_one_run_counts_one_attempt_in_the_store_and_the_scheduler() -> No
 
 
 async def test_a_long_queue_hears_its_places_in_rolling_slices(monkeypatch) -> None:
-    import engine.scheduler as scheduler_module
+    import engine.announcer as announcer_module
     from engine.events import Queued
 
-    monkeypatch.setattr(scheduler_module, "ANNOUNCE_ALL", 4)
-    monkeypatch.setattr(scheduler_module, "ANNOUNCE_SLICE", 2)
+    monkeypatch.setattr(announcer_module, "ANNOUNCE_ALL", 4)
+    monkeypatch.setattr(announcer_module, "ANNOUNCE_SLICE", 2)
     sched = await _scheduler([FakeWorker("w0")])
     sched.pause()
     for user in range(7):
