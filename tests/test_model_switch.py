@@ -160,6 +160,7 @@ async def test_between_training_slices_only_jobs_for_the_training_model_run() ->
     sched = SimpleNamespace(
         queue=queue, stopping=False, run_job=run_job, set_running=lambda *a: None
     )
+
     async def nothing() -> None:
         return None
 
