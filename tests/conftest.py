@@ -9,8 +9,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist the workers share the cores, so each takes its share of torch threads (its
+# child processes inherit it): oversubscribed OpenMP threads spin and slow everything down.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
-from tests.tiny_sd import make_tiny_lora, save_tiny_pipeline
+from tests.tiny_sd import make_tiny_lora, save_tiny_pipeline  # noqa: E402 (after the env)
 
 
 @pytest.fixture(autouse=True)
