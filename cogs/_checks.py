@@ -41,6 +41,12 @@ def admin_only():
     return app_commands.check(predicate)
 
 
+async def training_running(bot: ImageBot) -> bool:
+    """Whether a LoRA training is running now (it shares the engine's pipeline)."""
+    jobs = await bot.storage.unfinished_jobs()
+    return any(job.kind == "train" and job.status == "running" for job in jobs)
+
+
 async def ensure_not_banned(bot: ImageBot, user_id: int) -> None:
     """Raise UserFacingError for a banned user."""
     profile = await bot.storage.users.get_user(user_id)

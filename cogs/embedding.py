@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs._checks import UserFacingError, admin_only
+from cogs._checks import UserFacingError, admin_only, training_running
 from cogs._ui import clip
 from cogs.errors import never_failing
 from engine.embeddings import EmbeddingError, check_embedding_name
@@ -148,8 +148,7 @@ class Embedding(commands.Cog):
             raise UserFacingError(
                 f"No embedding named `{clip(name, 64)}`; `/embedding list` shows them."
             )
-        jobs = await bot.storage.unfinished_jobs()
-        if any(job.kind == "train" and job.status == "running" for job in jobs):
+        if await training_running(bot):
             # A training shares the text encoder; resizing its token table mid-run is not safe.
             raise UserFacingError(
                 "A LoRA training is running; delete the embedding once it has finished "

@@ -16,7 +16,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs._checks import UserFacingError, admin_only, ensure_not_banned, is_admin
+from cogs._checks import (
+    UserFacingError,
+    admin_only,
+    ensure_not_banned,
+    is_admin,
+    training_running,
+)
 from cogs._ui import clip, info_embed
 from cogs.errors import never_failing
 from engine.errors import EngineError, LoraError
@@ -150,10 +156,6 @@ class Lora(commands.Cog):
             raise UserFacingError(f"There is no LoRA named `{name}`; see `/lora list`.")
         return lora
 
-    async def _training_running(self) -> bool:
-        jobs = await self.bot.storage.unfinished_jobs()
-        return any(job.kind == "train" and job.status == "running" for job in jobs)
-
     @group.command(name="use", description="Use a LoRA style for your next images")
     @app_commands.describe(name="Which LoRA", scale="How strongly to apply it (0-2, default 1)")
     @app_commands.autocomplete(name=_visible_autocomplete)
@@ -250,7 +252,7 @@ class Lora(commands.Cog):
         except OSError as exc:
             log.warning("could not delete the files of LoRA %s: %s", lora.name, exc)
             removed = False
-        if not await self._training_running():
+        if not await training_running(self.bot):
             # A later LoRA of the same name must not reuse the old weights still in memory.
             await bot.executor.run_on_engine(forget_adapter, bot.generator, lora.name)
         log.info("LoRA %s deleted by %s (files removed: %s)", lora.name, user.id, removed)
@@ -286,7 +288,7 @@ class Lora(commands.Cog):
             )
         if await bot.storage.loras.get_lora(name) is not None:
             raise UserFacingError(f"A LoRA named `{name}` already exists; choose another name.")
-        if await self._training_running():
+        if await training_running(self.bot):
             raise UserFacingError("A LoRA is being trained right now; add this one afterwards.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         async with self._add_lock:
