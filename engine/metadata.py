@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -97,14 +100,20 @@ def read_parameters(path: str | Path) -> str | None:
 
 def save_png(image: Image.Image, path: str | Path, parameters: str | None) -> Path:
     """Write a PNG with its parameters chunk atomically (temporary name, then rename)."""
-    import os
-    import tempfile
+    info = png_info(parameters) if parameters else None
+    return _write_atomically(Path(path), lambda handle: image.save(handle, "PNG", pnginfo=info))
 
-    target = Path(path)
+
+def save_png_bytes(png: bytes, path: str | Path) -> Path:
+    """Write PNG bytes made elsewhere (a remote worker's) the same way: fsynced, then renamed."""
+    return _write_atomically(Path(path), lambda handle: handle.write(png))
+
+
+def _write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=png_info(parameters) if parameters else None)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import io
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from engine.config import AppConfig, QueueConfig
 from engine.errors import EngineError, GenerationCancelled
 from engine.jobs import JobRecord
 from engine.lora import lora_display_name, resolve_lora_file
+from engine.metadata import save_png_bytes
 from engine.requests import GenerationResult, ResolvedRequest
 from engine.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
 from engine.workers.core import OutOfMemoryExhausted
@@ -165,9 +165,10 @@ class RayWorker:
         """A training of this job on this actor (set up by its setup())."""
         return RemoteTrainer(self, job)
 
-    def mark_lost(self) -> None:
-        """The actor died under a call: not alive until wait_alive() hears from it again."""
+    def lost(self, exc: BaseException) -> WorkerLost:
+        """The actor died under a call: not alive until wait_alive() hears from it; the error."""
         self._alive = False
+        return WorkerLost(f"{self.name}: {type(exc).__name__}")
 
     async def ship(self, file: Path) -> str:
         """Put a file in the actor's disk cache once, by sha256; return its cache name."""
@@ -197,8 +198,7 @@ class RayWorker:
             ref = self.handle.generate.remote(payload, sha, init, stack or None)
             out = await self._follow(ref, run, sink)
         except LOST as exc:
-            self._alive = False
-            raise WorkerLost(f"{self.name}: {type(exc).__name__}") from None
+            raise self.lost(exc) from None
         # 3. outcome: errors as the local worker raises them, images saved by the bot
         error = out.get("error")
         if error == "cancelled":
@@ -278,10 +278,7 @@ class RayWorker:
             else:
                 path = Path(self.app_config.generation.output_dir) / f"job{job.id}-{index}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".tmp-{path.name}")
-            tmp.write_bytes(png)
-            os.replace(tmp, path)
-            paths.append(path)
+            paths.append(save_png_bytes(png, path))
         data["paths"] = [str(p) for p in paths]
         resolved = _resolved(job.payload.get("request", {}), data["seeds"])
         result = GenerationResult(
