@@ -41,8 +41,7 @@ class RemoteTrainer:
         try:
             return await get(getattr(self.worker.handle, method).remote(*args), timeout)
         except LOST as exc:
-            self.worker.mark_lost()
-            raise WorkerLost(f"{self.worker.name}: {type(exc).__name__}") from None
+            raise self.worker.lost(exc) from None
 
     async def setup(self) -> None:
         """Ship the dataset and the newest checkpoint, then build the trainer on the actor."""
@@ -80,8 +79,7 @@ class RemoteTrainer:
                 if cancel.is_set() and not cancel_sent:
                     cancel_sent = await self._remote("train_cancel", self.job.id, timeout=30)
         except LOST as exc:
-            self.worker.mark_lost()
-            raise WorkerLost(f"{self.worker.name}: {type(exc).__name__}") from None
+            raise self.worker.lost(exc) from None
         await self._copy_checkpoints()
         return status
 
