@@ -547,6 +547,7 @@ class TextToImageGenerator:
 
     def unload_embedding(self, name: str) -> bool:
         """Forget a loaded embedding; its name is a plain word again. False if it was not loaded."""
+        self._embedding_files.pop(name, None)  # nor is it loaded again after a model switch
         return self.embeddings is not None and self.embeddings.unload(name)
 
     def unload_lora_weights(self) -> None:

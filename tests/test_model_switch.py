@@ -120,10 +120,13 @@ def test_generator_switches_models_and_writes_each_name(tmp_path: Path) -> None:
     assert gen.text_width == 48 and "zzneg" not in gen.embeddings.loaded  # 32 wide: left out
     back = gen.generate("a red castle", seed=3, num_images=1, model="one")[0]
     assert back.tobytes() == first.tobytes() and "zzneg" in gen.embeddings.loaded
+    assert gen.unload_embedding("zzneg")  # /embedding delete: gone after the next switch too
+    gen.generate("a red castle", seed=3, num_images=1, model="two")
+    assert "zzneg" not in gen.embeddings.loaded and "zzneg" not in gen.pipe.tokenizer.get_vocab()
     (wide / "unet" / "config.json").unlink()  # a broken folder: the switch fails, one stays
     with pytest.raises(EngineError):
         gen.generate("a red castle", seed=3, num_images=1, model="wide")
-    assert gen.loaded and gen.model_name == "one"
+    assert gen.loaded and gen.model_name == "two"
     with pytest.raises(ValueError, match="unknown model 'three'"):
         gen.prepare(__import__("engine.requests").requests.GenerationRequest("x", model="three"))
     gen.unload()
