@@ -44,7 +44,8 @@ async def server_model(bot: ImageBot, guild_id: int | None) -> str:
     """The server's default model: what /admin model set, else MODEL_ID."""
     catalog = bot.generator.models
     stored = await bot.storage.kv.get(server_key(guild_id))
-    return catalog.find(stored).name if stored and catalog.find(stored) else catalog.default
+    choice = catalog.find(stored) if stored else None
+    return choice.name if choice is not None else catalog.default
 
 
 async def pick_model(
@@ -58,11 +59,11 @@ async def pick_model(
     candidates = [user_model]
     if channel_id is not None:
         candidates.append(await bot.storage.kv.get(channel_key(channel_id)))
-    for name in candidates:
-        if name and catalog.find(name) is not None:
-            return catalog.find(name).name  # type: ignore[union-attr]
-        if name:
-            log.info("model %r is no longer in MODEL_CHOICES; using the next default", name)
+    for name in filter(None, candidates):
+        choice = catalog.find(name)
+        if choice is not None:
+            return choice.name
+        log.info("model %r is no longer in MODEL_CHOICES; using the next default", name)
     return await server_model(bot, guild_id)
 
 
