@@ -19,11 +19,11 @@ from cogs._outbox import Outbox
 from cogs._redact import install_token_redaction
 from engine.config import AppConfig, ConfigError, build_section, load_config
 from engine.errors import EngineError
-from engine.events import JobEvent
-from engine.executor import EngineExecutor
 from engine.generator import TextToImageGenerator
-from engine.jobs import JobRecord
 from engine.pipeline import resolve_model_source
+from scheduling.events import JobEvent
+from scheduling.executor import EngineExecutor
+from scheduling.jobs import JobRecord
 from storage import Storage, StorageError, StorageSettings
 
 log = logging.getLogger("bot")
@@ -181,8 +181,8 @@ async def build(
         raise
     workers = grower = None
     if config.workers.backend == "ray":
-        from engine.workers.ray_backend import connect, create_workers
-        from engine.workers.ray_growth import PoolGrower
+        from scheduling.workers.ray_backend import connect, create_workers
+        from scheduling.workers.ray_growth import PoolGrower
 
         await asyncio.to_thread(connect, config.workers.ray_address)
         workers = await asyncio.to_thread(

@@ -77,9 +77,9 @@ def engine_overhead(pairs: int = 3, steps: int = STEPS) -> dict[str, Any]:
 
 
 async def _loop_lag(gen: Any, steps: int, idle_s: float) -> dict[str, Any]:
-    from engine.events import Failed, Finished
-    from engine.executor import EngineExecutor
-    from engine.jobs import MemoryJobStore
+    from scheduling.events import Failed, Finished
+    from scheduling.executor import EngineExecutor
+    from scheduling.jobs import MemoryJobStore
 
     out = WORK / "loop-lag"
     executor = EngineExecutor(

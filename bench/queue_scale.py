@@ -38,9 +38,9 @@ def jain(counts: list[int]) -> float:
 
 async def _run(users: int, per_user: int) -> dict[str, Any]:
     from engine.config import QueueConfig
-    from engine.executor import EngineExecutor
     from engine.generator import TextToImageGenerator
-    from engine.jobs import MemoryJobStore
+    from scheduling.executor import EngineExecutor
+    from scheduling.jobs import MemoryJobStore
 
     gen = TextToImageGenerator(app_config(tiny_model_dir(), width=64, height=64))
     config = QueueConfig(per_user_cap=per_user, global_cap=max(users * per_user, 1))

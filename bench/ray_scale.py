@@ -64,7 +64,7 @@ class _Done:
         self.changed = asyncio.Event()
 
     def __call__(self, event: Any) -> None:
-        from engine.events import Failed, Finished
+        from scheduling.events import Failed, Finished
 
         if isinstance(event, Finished | Failed):
             self.at[event.job.id] = time.perf_counter()
@@ -82,8 +82,8 @@ class _Done:
 
 
 async def _scheduler(generator: Any, workers: list[Any], out: Path) -> tuple[Any, _Done]:
-    from engine.jobs import MemoryJobStore
-    from engine.scheduler import Scheduler
+    from scheduling.jobs import MemoryJobStore
+    from scheduling.scheduler import Scheduler
 
     sched = Scheduler(
         generator,
@@ -122,8 +122,8 @@ async def _ray_measurements(quick: bool, only: set[str]) -> dict[str, Any]:
 
     from bench.models import app_config, tiny_model_dir
     from engine.generator import TextToImageGenerator
-    from engine.workers.local import LocalWorker
-    from engine.workers.ray_backend import NAMESPACE, create_workers
+    from scheduling.workers.local import LocalWorker
+    from scheduling.workers.ray_backend import NAMESPACE, create_workers
 
     size, steps = (128, 8) if quick else (256, 20)
     batch = 6 if quick else 20

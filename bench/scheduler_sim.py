@@ -18,12 +18,12 @@ import time
 from typing import Any
 
 from engine.config import GenerationConfig, QueueConfig
-from engine.events import JobEvent, Queued, Started
-from engine.jobs import MemoryJobStore
-from engine.queue import TAG_KEY
 from engine.requests import GenerationRequest, GenerationResult, resolve_request
-from engine.scheduler import Scheduler
-from engine.workers.base import JobRun, WorkerInfo
+from scheduling.events import JobEvent, Queued, Started
+from scheduling.jobs import MemoryJobStore
+from scheduling.queue import TAG_KEY
+from scheduling.scheduler import Scheduler
+from scheduling.workers.base import JobRun, WorkerInfo
 
 
 class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]

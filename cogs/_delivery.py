@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import discord
 
-from engine.jobs import JobRecord
+from scheduling.jobs import JobRecord
 
 if TYPE_CHECKING:
     from bot import ImageBot

@@ -26,8 +26,8 @@ from discord import utils
 from discord.http import handle_message_parameters
 
 from cogs._delivery import Update, token_fresh
-from engine.events import Cancelled, Failed, Finished, JobEvent
-from engine.jobs import JobRecord
+from scheduling.events import Cancelled, Failed, Finished, JobEvent
+from scheduling.jobs import JobRecord
 
 if TYPE_CHECKING:
     from bot import ImageBot

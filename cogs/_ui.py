@@ -7,7 +7,7 @@ from typing import Any
 
 import discord
 
-from engine.jobs import JobRecord
+from scheduling.jobs import JobRecord
 
 COLOR_OK = discord.Color.green()
 COLOR_INFO = discord.Color.blurple()

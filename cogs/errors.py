@@ -22,7 +22,7 @@ from discord.ext import commands
 
 from cogs._checks import UserFacingError
 from engine.errors import EngineError
-from engine.queue import QueueFullError
+from scheduling.queue import QueueFullError
 
 if TYPE_CHECKING:
     from bot import ImageBot

@@ -35,11 +35,11 @@ from cogs._ui import (
 )
 from cogs.errors import never_failing
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
-from engine.events import JobEvent, Notice, Progress, Queued, Started
 from engine.img2img import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
-from engine.jobs import JobRecord
 from engine.requests import MAX_SEED, random_seed
 from engine.schedulers import SCHEDULER_NAMES
+from scheduling.events import JobEvent, Notice, Progress, Queued, Started
+from scheduling.jobs import JobRecord
 
 if TYPE_CHECKING:
     from bot import ImageBot

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._ui import clip, format_eta, info_embed
-from engine.jobs import JobRecord
+from scheduling.jobs import JobRecord
 
 if TYPE_CHECKING:
     from bot import ImageBot

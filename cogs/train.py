@@ -33,12 +33,12 @@ from cogs._uploads import (
     shown_name,
     with_reasons,
 )
-from engine.events import JobEvent, Progress, Queued, Started
-from engine.jobs import JobRecord
 from engine.prepare_dataset import prepare_dataset
 from engine.train_lora import TrainConfig
 from engine.training.compare import before_after_png
 from engine.training.recipe import read_recipe
+from scheduling.events import JobEvent, Progress, Queued, Started
+from scheduling.jobs import JobRecord
 from storage import AlreadyExistsError, safe_name
 from storage.files import atomic_write_bytes
 from storage.loras import check_lora_name

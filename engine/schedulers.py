@@ -6,8 +6,6 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-import diffusers
-
 
 @dataclass(frozen=True)
 class SchedulerSpec:
@@ -67,6 +65,8 @@ def canonical_scheduler_name(name: str) -> str:
 def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
     """Build the named scheduler from a model's scheduler config (keeps betas and prediction type)."""
     spec = SCHEDULERS[canonical_scheduler_name(name)]
+    import diffusers  # here, not at import: requests and settings stay importable without torch
+
     cls = getattr(diffusers, spec.class_name)
     accepted = set(inspect.signature(cls.__init__).parameters)
     config = {k: v for k, v in dict(base_config).items() if k in accepted}

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from typing import Any, cast, get_args
 
-from engine.jobs import DELIVERABLE_STATUSES, FINAL_STATUSES, JobKind, JobRecord, JobStatus
+from scheduling.jobs import DELIVERABLE_STATUSES, FINAL_STATUSES, JobKind, JobRecord, JobStatus
 from storage.db import Database, Transaction
 from storage.errors import NotFoundError
 

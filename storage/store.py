@@ -8,7 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from engine.jobs import JobKind, JobRecord, JobStatus
+from scheduling.jobs import JobKind, JobRecord, JobStatus
 from storage.db import Database, Transaction
 from storage.embeddings import EmbeddingsRepo
 from storage.errors import NotFoundError
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class Storage:
-    """The bot's durable state (one SQLite file plus file roots); satisfies engine.jobs.JobStore."""
+    """The bot's durable state (one SQLite file plus file roots); satisfies scheduling.jobs.JobStore."""
 
     def __init__(self, db: Database, files: FileRoots) -> None:
         self.db = db
@@ -73,7 +73,7 @@ class Storage:
         """Close on leaving the block."""
         await self.close()
 
-    # --- engine.jobs.JobStore -------------------------------------------------------------
+    # --- scheduling.jobs.JobStore -------------------------------------------------------------
 
     async def create_job(
         self,

@@ -15,8 +15,8 @@ JOBS_PER_USER = 10
 def build_executor(storage: Any, model: Path, out: Path) -> Any:
     """The worker's engine; the test that recovers the killed worker's jobs builds the same one."""
     from engine.config import QueueConfig
-    from engine.executor import EngineExecutor
     from engine.generator import TextToImageGenerator
+    from scheduling.executor import EngineExecutor
     from tests.conftest import tiny_config
 
     generator = TextToImageGenerator(tiny_config(model, num_inference_steps=2))
@@ -31,7 +31,7 @@ def build_executor(storage: Any, model: Path, out: Path) -> Any:
 
 async def serve(db: Path, model: Path, out: Path, submit: bool) -> None:
     """Open the store, optionally submit 50 jobs from 5 users, then serve until killed."""
-    from engine.events import Finished
+    from scheduling.events import Finished
     from storage import Storage
 
     storage = await Storage.open(db)

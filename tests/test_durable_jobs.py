@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from engine.config import QueueConfig
-from engine.events import Cancelled, Finished, Progress
-from engine.executor import EngineExecutor
 from engine.generator import TextToImageGenerator
-from engine.jobs import MemoryJobStore
-from engine.queue import FairQueue, QueueFullError
+from scheduling.events import Cancelled, Finished, Progress
+from scheduling.executor import EngineExecutor
+from scheduling.jobs import MemoryJobStore
+from scheduling.queue import FairQueue, QueueFullError
 from storage import Storage
 from storage.errors import StorageError
 from tests.test_executor import Recorder, request

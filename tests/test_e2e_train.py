@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.events import Finished, JobEvent, Progress, Started
 from engine.lora import resolve_lora_file
+from scheduling.events import Finished, JobEvent, Progress, Started
 from tests.e2e_harness import World, running, wait_result
 from tests.fake_discord import RecordedEvent
 

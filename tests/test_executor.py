@@ -11,11 +11,20 @@ import pytest
 import torch
 
 from engine.config import QueueConfig
-from engine.events import Cancelled, Failed, Finished, JobEvent, Notice, Progress, Queued, Started
-from engine.executor import EngineExecutor
 from engine.generator import MEMORY_RUNGS, TextToImageGenerator
-from engine.jobs import MemoryJobStore
-from engine.queue import FairQueue, QueueFullError
+from scheduling.events import (
+    Cancelled,
+    Failed,
+    Finished,
+    JobEvent,
+    Notice,
+    Progress,
+    Queued,
+    Started,
+)
+from scheduling.executor import EngineExecutor
+from scheduling.jobs import MemoryJobStore
+from scheduling.queue import FairQueue, QueueFullError
 
 
 def request(prompt: str = "a red castle", **extra: object) -> dict:

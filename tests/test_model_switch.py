@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine import affinity
 from engine.config import ModelConfig
 from engine.errors import EngineError
-from engine.jobs import JobRecord
 from engine.model_choices import ModelCatalog, parse_model_choices
+from scheduling import affinity
+from scheduling.jobs import JobRecord
 from tests.conftest import tiny_config
 from tests.tiny_sd import save_tiny_pipeline
 
@@ -147,9 +147,9 @@ def test_cli_model_takes_a_choice_name_or_a_path(
 
 
 async def test_between_training_slices_only_jobs_for_the_training_model_run() -> None:
-    from engine.jobs import MemoryJobStore
-    from engine.queue import FairQueue
-    from engine.training_runner import TrainingRunner
+    from scheduling.jobs import MemoryJobStore
+    from scheduling.queue import FairQueue
+    from scheduling.training_runner import TrainingRunner
 
     queue = FairQueue(MemoryJobStore())
     for user, model in ((1, "b"), (2, "a"), (3, None)):

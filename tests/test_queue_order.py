@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from engine.jobs import JobRecord, MemoryJobStore
-from engine.queue import TAG_KEY, FairQueue, _SortedJobs
+from scheduling.jobs import JobRecord, MemoryJobStore
+from scheduling.queue import TAG_KEY, FairQueue, _SortedJobs
 
 
 def test_blocked_order_matches_a_sorted_list(monkeypatch: pytest.MonkeyPatch) -> None:

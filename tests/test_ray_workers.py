@@ -15,11 +15,11 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 
-from engine.events import Cancelled, Finished, Notice, Progress, Started  # noqa: E402
-from engine.jobs import MemoryJobStore  # noqa: E402
 from engine.lora import resolve_lora_file  # noqa: E402
 from engine.metadata import parse_parameters  # noqa: E402
-from engine.scheduler import Scheduler  # noqa: E402
+from scheduling.events import Cancelled, Finished, Notice, Progress, Started  # noqa: E402
+from scheduling.jobs import MemoryJobStore  # noqa: E402
+from scheduling.scheduler import Scheduler  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 from tests.test_executor import Recorder  # noqa: E402
 
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(400)]
 @pytest.fixture(scope="module")
 def ray_pool(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """One private Ray cluster and two worker actors for the whole module."""
-    from engine.workers.ray_backend import NAMESPACE, create_workers
+    from scheduling.workers.ray_backend import NAMESPACE, create_workers
 
     ray.init(
         _node_ip_address="127.0.0.1",
@@ -185,7 +185,7 @@ async def test_source_image_reaches_the_worker_by_hash_once(
 
 
 def test_new_workers_take_names_free_in_the_cluster(ray_pool) -> None:
-    from engine.workers.ray_backend import _free_indexes
+    from scheduling.workers.ray_backend import _free_indexes
 
     assert _free_indexes(2) == [2, 3]  # the pool holds sd-worker-0 and sd-worker-1
 
@@ -193,7 +193,7 @@ def test_new_workers_take_names_free_in_the_cluster(ray_pool) -> None:
 def test_new_nodes_get_workers_and_dead_nodes_are_not_replaced_twice() -> None:
     from types import SimpleNamespace as Worker
 
-    from engine.workers.ray_growth import node_capacity, placements
+    from scheduling.workers.ray_growth import node_capacity, placements
 
     def node(node_id: str, alive: bool = True, **resources: float) -> dict:
         return {"NodeID": node_id, "Alive": alive, "Resources": {"CPU": 8.0, **resources}}
@@ -211,7 +211,7 @@ def test_new_nodes_get_workers_and_dead_nodes_are_not_replaced_twice() -> None:
 async def test_imagine_end_to_end_with_ray_workers(
     ray_pool, world, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.workers import ray_backend
+    from scheduling.workers import ray_backend
     from tests.e2e_harness import running, wait_result
 
     # The bot joins the module's cluster (Ray is up, so connect() keeps it) and, to save a

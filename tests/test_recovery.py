@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from engine.config import QueueConfig
-from engine.events import Finished, Progress
-from engine.executor import EngineExecutor
 from engine.generator import TextToImageGenerator
+from scheduling.events import Finished, Progress
+from scheduling.executor import EngineExecutor
 from storage import Storage
 from tests.recovery_worker import JOBS_PER_USER, USERS, build_executor
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from engine.config import GenerationConfig, QueueConfig
-from engine.events import Failed, Finished, Notice, Started
-from engine.jobs import MemoryJobStore
 from engine.requests import GenerationResult, resolve_request
-from engine.scheduler import NO_WORKER, Scheduler
-from engine.workers.base import JobRun, WorkerInfo, WorkerLost
+from scheduling.events import Failed, Finished, Notice, Started
+from scheduling.jobs import MemoryJobStore
+from scheduling.scheduler import NO_WORKER, Scheduler
+from scheduling.workers.base import JobRun, WorkerInfo, WorkerLost
 from tests.test_executor import Recorder
 
 
@@ -212,9 +212,9 @@ async def test_a_worker_added_while_serving_takes_the_waiting_job() -> None:
 def test_local_backend_does_not_import_ray(tmp_path: Path) -> None:
     code = """
 import asyncio, sys
-import bot, engine.executor, engine.workers
-from engine.executor import EngineExecutor
-from engine.jobs import MemoryJobStore
+import bot, scheduling.executor, scheduling.workers
+from scheduling.executor import EngineExecutor
+from scheduling.jobs import MemoryJobStore
 from tests.test_scheduler_pool import StubGenerator
 async def main():
     ex = EngineExecutor(StubGenerator(), MemoryJobStore())
@@ -242,8 +242,8 @@ async def test_one_run_counts_one_attempt_in_the_store_and_the_scheduler() -> No
 
 
 async def test_a_long_queue_hears_its_places_in_rolling_slices(monkeypatch) -> None:
-    import engine.announcer as announcer_module
-    from engine.events import Queued
+    import scheduling.announcer as announcer_module
+    from scheduling.events import Queued
 
     monkeypatch.setattr(announcer_module, "ANNOUNCE_ALL", 4)
     monkeypatch.setattr(announcer_module, "ANNOUNCE_SLICE", 2)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs import JobStore
+from scheduling.jobs import JobStore
 from storage import AlreadyExistsError, NotFoundError, Storage, StorageSettings
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from engine.config import GenerationConfig, QueueConfig
-from engine.jobs import JobRecord
 from engine.requests import GenerationRequest, resolve_request
-from engine.workers.base import JobRun
-from engine.workers.core import GenerationCore, OutOfMemoryExhausted
+from scheduling.jobs import JobRecord
+from scheduling.workers.base import JobRun
+from scheduling.workers.core import GenerationCore, OutOfMemoryExhausted
 
 
 class OneRungGenerator:

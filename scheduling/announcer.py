@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from engine.events import JobEvent, Notice, Progress, Queued
-from engine.jobs import JobRecord
-from engine.queue import FairQueue
 from engine.requests import GenerationResult
-from engine.workers.base import JobRun, Worker
+from scheduling.events import JobEvent, Notice, Progress, Queued
+from scheduling.jobs import JobRecord
+from scheduling.queue import FairQueue
+from scheduling.workers.base import JobRun, Worker
 
 log = logging.getLogger(__name__)
 

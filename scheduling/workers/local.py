@@ -11,11 +11,11 @@ from typing import Any
 
 from engine.config import QueueConfig
 from engine.generator import TextToImageGenerator
-from engine.jobs import JobRecord
 from engine.metadata import save_png
 from engine.requests import GenerationResult
-from engine.workers.base import JobRun, ProgressSink, WorkerInfo
-from engine.workers.core import FaultInjector, GenerationCore
+from scheduling.jobs import JobRecord
+from scheduling.workers.base import JobRun, ProgressSink, WorkerInfo
+from scheduling.workers.core import FaultInjector, GenerationCore
 
 ImagePath = Callable[[JobRecord, int], Path]
 

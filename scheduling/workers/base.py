@@ -6,8 +6,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine.jobs import JobRecord
 from engine.requests import GenerationResult
+from scheduling.jobs import JobRecord
 
 
 class WorkerLost(Exception):

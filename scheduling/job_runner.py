@@ -10,13 +10,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import EngineError, GenerationCancelled
-from engine.events import Cancelled, Failed, Finished, Notice, Started
-from engine.jobs import JobRecord
-from engine.workers.base import JobRun, Worker, WorkerLost
-from engine.workers.core import OutOfMemoryExhausted
+from scheduling.events import Cancelled, Failed, Finished, Notice, Started
+from scheduling.jobs import JobRecord
+from scheduling.workers.base import JobRun, Worker, WorkerLost
+from scheduling.workers.core import OutOfMemoryExhausted
 
 if TYPE_CHECKING:
-    from engine.scheduler import Scheduler
+    from scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

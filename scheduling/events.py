@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.jobs import JobRecord
+from scheduling.jobs import JobRecord
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 from engine.config import QueueConfig
 from engine.generator import TextToImageGenerator
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest
-from engine.workers.base import JobRun, ProgressSink
+from scheduling.workers.base import JobRun, ProgressSink
 
 log = logging.getLogger(__name__)
 

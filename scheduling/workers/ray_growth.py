@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from engine.config import AppConfig
-from engine.workers.ray_backend import RayWorker, create_workers
+from scheduling.workers.ray_backend import RayWorker, create_workers
 
 if TYPE_CHECKING:
-    from engine.scheduler import Scheduler
+    from scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,14 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import affinity
 from engine.errors import GenerationCancelled
-from engine.events import Notice, Progress
-from engine.jobs import JobRecord
-from engine.workers.base import JobRun, Worker
+from scheduling import affinity
+from scheduling.events import Notice, Progress
+from scheduling.jobs import JobRecord
+from scheduling.workers.base import JobRun, Worker
 
 if TYPE_CHECKING:
-    from engine.scheduler import Scheduler
+    from scheduling.scheduler import Scheduler
 
 
 class TrainingRunner:

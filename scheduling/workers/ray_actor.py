@@ -16,11 +16,11 @@ from typing import Any
 from engine.config import AppConfig, QueueConfig
 from engine.errors import EngineError, GenerationCancelled
 from engine.generator import TextToImageGenerator
-from engine.jobs import JobRecord
 from engine.metadata import png_info
-from engine.workers.base import JobRun
-from engine.workers.core import GenerationCore, OutOfMemoryExhausted
-from engine.workers.training_site import TrainingSite
+from scheduling.jobs import JobRecord
+from scheduling.workers.base import JobRun
+from scheduling.workers.core import GenerationCore, OutOfMemoryExhausted
+from scheduling.workers.training_site import TrainingSite
 
 
 def encode_png(image: Any, parameters: str | None = None) -> bytes:
@@ -167,7 +167,7 @@ class WorkerActor:
         run.cancel.set()
         return True
 
-    # ----- training (the bot drives it call by call, see engine.workers.ray_training) -----
+    # ----- training (the bot drives it call by call, see scheduling.workers.ray_training) -----
     def train_begin(
         self,
         job_id: int,

@@ -8,18 +8,18 @@ from typing import Any
 
 from engine.config import QueueConfig
 from engine.generator import TextToImageGenerator
-from engine.jobs import JobRecord, JobStore
-from engine.queue import QueueFullError
-from engine.scheduler import (
+from scheduling.jobs import JobRecord, JobStore
+from scheduling.queue import QueueFullError
+from scheduling.scheduler import (
     EngineHealth,
     ImagePath,
     QueueSnapshot,
     RunningJob,
     Scheduler,
 )
-from engine.workers.base import JobRun, Worker
-from engine.workers.core import FaultInjector, OutOfMemoryExhausted
-from engine.workers.local import LocalWorker
+from scheduling.workers.base import JobRun, Worker
+from scheduling.workers.core import FaultInjector, OutOfMemoryExhausted
+from scheduling.workers.local import LocalWorker
 
 __all__ = [
     "EngineExecutor",

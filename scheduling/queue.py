@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.jobs import JobKind, JobRecord, JobStore
+from scheduling.jobs import JobKind, JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 

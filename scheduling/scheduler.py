@@ -1,8 +1,8 @@
 """The scheduler: the durable fair queue on the event loop, handing jobs to free workers.
 
 It owns the caps, the dispatcher, cancel and pause; workers own devices. Events, places and
-ETAs go out through its Announcer (engine/announcer.py); each picked job runs through its
-JobRunner (engine/job_runner.py). With one local worker it behaves exactly like the single
+ETAs go out through its Announcer (scheduling/announcer.py); each picked job runs through its
+JobRunner (scheduling/job_runner.py). With one local worker it behaves exactly like the single
 engine thread it replaced.
 """
 
@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import affinity
-from engine.announcer import (
+from engine.config import QueueConfig
+from engine.generator import TextToImageGenerator
+from engine.requests import GenerationRequest
+from scheduling import affinity
+from scheduling.announcer import (
     ANNOUNCE_ALL,
     ANNOUNCE_SLICE,
     BASE_PIXELS,
@@ -27,15 +30,12 @@ from engine.announcer import (
     Listener,
     job_units,
 )
-from engine.config import QueueConfig
-from engine.events import Cancelled, JobEvent, Queued
-from engine.generator import TextToImageGenerator
-from engine.job_runner import JobRunner, StoreFailure
-from engine.jobs import JobKind, JobRecord, JobStore
-from engine.queue import TAG_KEY, FairQueue, QueueFullError
-from engine.requests import GenerationRequest
-from engine.training_runner import TrainingRunner
-from engine.workers.base import JobRun, Worker, WorkerInfo
+from scheduling.events import Cancelled, JobEvent, Queued
+from scheduling.job_runner import JobRunner, StoreFailure
+from scheduling.jobs import JobKind, JobRecord, JobStore
+from scheduling.queue import TAG_KEY, FairQueue, QueueFullError
+from scheduling.training_runner import TrainingRunner
+from scheduling.workers.base import JobRun, Worker, WorkerInfo
 
 log = logging.getLogger(__name__)
 

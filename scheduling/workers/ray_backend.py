@@ -20,14 +20,14 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from engine.config import AppConfig, QueueConfig
 from engine.errors import EngineError, GenerationCancelled
-from engine.jobs import JobRecord
 from engine.lora import lora_display_name, resolve_lora_file
 from engine.metadata import save_png_bytes
 from engine.requests import GenerationResult, ResolvedRequest
-from engine.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
-from engine.workers.core import OutOfMemoryExhausted
-from engine.workers.ray_actor import WorkerActor
-from engine.workers.ray_training import RemoteTrainer
+from scheduling.jobs import JobRecord
+from scheduling.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
+from scheduling.workers.core import OutOfMemoryExhausted
+from scheduling.workers.ray_actor import WorkerActor
+from scheduling.workers.ray_training import RemoteTrainer
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engine.jobs import JobRecord
+from scheduling.jobs import JobRecord
 
 NEEDS_SWITCH, FITS, HOLDS_LORA = 0, 1, 2
 

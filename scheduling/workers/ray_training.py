@@ -13,13 +13,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.jobs import JobRecord
 from engine.training import files
-from engine.workers.base import WorkerLost
+from scheduling.jobs import JobRecord
+from scheduling.workers.base import WorkerLost
 
 if TYPE_CHECKING:
     from engine.train_lora import TrainOutput, TrainProgress
-    from engine.workers.ray_backend import RayWorker
+    from scheduling.workers.ray_backend import RayWorker
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class RemoteTrainer:
         self._copied = -1  # the newest checkpoint step the bot's folder holds
 
     async def _remote(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        from engine.workers.ray_backend import LOST, get
+        from scheduling.workers.ray_backend import LOST, get
 
         try:
             return await get(getattr(self.worker.handle, method).remote(*args), timeout)
@@ -65,7 +65,7 @@ class RemoteTrainer:
 
     async def train_steps(self, n: int, cancel: threading.Event) -> TrainProgress:
         """Run a slice on the actor (forwarding cancel), then copy its checkpoints home."""
-        from engine.workers.ray_backend import LOST
+        from scheduling.workers.ray_backend import LOST
 
         ref = self.worker.handle.train_call.remote(self.job.id, "train_steps", n)
         future = asyncio.wrap_future(ref.future())
