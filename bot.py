@@ -22,8 +22,9 @@ from engine.errors import EngineError
 from engine.generator import TextToImageGenerator
 from engine.pipeline import resolve_model_source
 from scheduling.events import JobEvent
-from scheduling.executor import EngineExecutor
+from scheduling.executor import build_scheduler
 from scheduling.jobs import JobRecord
+from scheduling.scheduler import Scheduler
 from storage import Storage, StorageError, StorageSettings
 
 log = logging.getLogger("bot")
@@ -57,7 +58,7 @@ class ImageBot(commands.Bot):
         config: AppConfig,
         storage: Storage,
         generator: TextToImageGenerator,
-        executor: EngineExecutor,
+        executor: Scheduler,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("intents", discord.Intents.default())
@@ -143,10 +144,6 @@ class ImageBot(commands.Bot):
             task.cancel()
         await super().close()
 
-    def job_owner(self, job: JobRecord) -> int:
-        """The Discord user id of a job."""
-        return job.user_id
-
 
 def trainer_factory_for(generator: TextToImageGenerator):
     """A function that builds a slice-wise LoRA trainer for a train job, sharing the pipeline."""
@@ -154,8 +151,8 @@ def trainer_factory_for(generator: TextToImageGenerator):
     def factory(job: JobRecord) -> Any:
         from engine.train_lora import LoraTrainer, TrainConfig
 
-        params = dict(job.payload.get("train", {}))
-        config = TrainConfig(model=generator.config.model.model_id, **params)
+        settings = job.train.trainer_settings()
+        config = TrainConfig(model=generator.config.model.model_id, **settings)
         return LoraTrainer(config, pipe=generator.pipe, device=generator.device)
 
     return factory
@@ -193,7 +190,7 @@ async def build(
         )
         if config.workers.count is None:  # one per GPU: PCs that join later get workers too
             grower = PoolGrower(config, cache_dir=config.workers.cache_dir)
-    executor = EngineExecutor(
+    executor = build_scheduler(
         generator,
         storage,
         config.queue,

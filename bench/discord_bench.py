@@ -20,7 +20,6 @@ def _is_result(event: Any) -> bool:
 
 
 async def _run(model_dir: Path, pairs: int, generation: dict[str, Any], timeout: float) -> Any:
-    from engine.requests import GenerationRequest
     from tests.e2e_harness import make_world, running
     from tests.fake_discord import FakeDiscord
 
@@ -28,7 +27,7 @@ async def _run(model_dir: Path, pairs: int, generation: dict[str, Any], timeout:
         async with FakeDiscord() as fake:
             world = make_world(fake, Path(tmp))
             async with running(world, model_dir, generation=generation) as bot:
-                gen = bot.executor.generator
+                gen = bot.generator
                 seed = 5
                 user = world.alice
 
@@ -42,7 +41,7 @@ async def _run(model_dir: Path, pairs: int, generation: dict[str, Any], timeout:
 
                 warm = await discord_side()  # warm-up, and the request the cog built
                 job = await bot.storage.get_job(1)
-                request = GenerationRequest.from_dict(job.payload["request"])
+                request = job.request
 
                 async def engine_side() -> float:
                     started = time.monotonic()
@@ -67,7 +66,7 @@ async def _run(model_dir: Path, pairs: int, generation: dict[str, Any], timeout:
                         )
                 return {
                     "warmup_discord_s": warm,
-                    "request": job.payload["request"],
+                    "request": job.request.to_dict(),
                     **summarize_pairs(times_engine, times_discord),
                 }
 

@@ -13,6 +13,7 @@ import torch
 
 from bench import WORK, alternate, load_average, median, record
 from bench.models import app_config, ensure_sd15, full_loras
+from scheduling.jobs import NewJob
 
 PROMPT = "a photo of the red castle at dusk"
 SEED = 1234
@@ -77,12 +78,13 @@ def engine_overhead(pairs: int = 3, steps: int = STEPS) -> dict[str, Any]:
 
 
 async def _loop_lag(gen: Any, steps: int, idle_s: float) -> dict[str, Any]:
+    from engine.requests import GenerationRequest
     from scheduling.events import Failed, Finished
-    from scheduling.executor import EngineExecutor
+    from scheduling.executor import build_scheduler
     from scheduling.jobs import MemoryJobStore
 
     out = WORK / "loop-lag"
-    executor = EngineExecutor(
+    executor = build_scheduler(
         gen, MemoryJobStore(), image_path=lambda job, i: out / f"job{job.id}-{i}.png"
     )
     done = asyncio.Event()
@@ -107,10 +109,12 @@ async def _loop_lag(gen: Any, steps: int, idle_s: float) -> dict[str, Any]:
     busy_task = asyncio.create_task(sample(busy_stop))
     started = time.perf_counter()
     await executor.submit(
-        user_id=1,
-        payload={
-            "request": {"prompt": PROMPT, "seed": SEED, "num_inference_steps": steps},
-        },
+        NewJob(
+            user_id=1,
+            work=GenerationRequest.from_dict(
+                {"prompt": PROMPT, "seed": SEED, "num_inference_steps": steps}
+            ),
+        )
     )
     await done.wait()
     seconds = time.perf_counter() - started

@@ -9,6 +9,7 @@ from typing import Any
 
 from bench import load_average, median, record
 from bench.models import app_config, tiny_model_dir
+from scheduling.jobs import NewJob
 
 USERS = 100
 PER_USER = 10
@@ -39,21 +40,23 @@ def jain(counts: list[int]) -> float:
 async def _run(users: int, per_user: int) -> dict[str, Any]:
     from engine.config import QueueConfig
     from engine.generator import TextToImageGenerator
-    from scheduling.executor import EngineExecutor
+    from engine.requests import GenerationRequest
+    from scheduling.executor import build_scheduler
     from scheduling.jobs import MemoryJobStore
+    from scheduling.workers.local import LocalWorker
 
     gen = TextToImageGenerator(app_config(tiny_model_dir(), width=64, height=64))
     config = QueueConfig(per_user_cap=per_user, global_cap=max(users * per_user, 1))
-    executor = EngineExecutor(gen, MemoryJobStore(), config)
-    executor._loop = asyncio.get_running_loop()  # not started: every job stays waiting
+    executor = build_scheduler(gen, MemoryJobStore(), config)
+    executor.announcer.loop = asyncio.get_running_loop()  # not started: every job stays waiting
     submits: list[float] = []
     jobs: dict[int, int] = {}
     # Worst case for a FIFO queue: each user submits all their jobs in one burst, user by user.
     for user in range(users):
         for i in range(per_user):
-            payload = {"request": {"prompt": f"a red castle {i}", "seed": user * 100 + i}}
+            request = GenerationRequest(f"a red castle {i}", seed=user * 100 + i)
             started = time.perf_counter()
-            job = await executor.submit(user_id=user, payload=payload)
+            job = await executor.submit(NewJob(user_id=user, work=request))
             submits.append(time.perf_counter() - started)
             jobs[job.id] = user
     waiting = len(executor.queue)
@@ -65,13 +68,13 @@ async def _run(users: int, per_user: int) -> dict[str, Any]:
         executor.position(job_id)
         positions.append(time.perf_counter() - started)
     etas: list[float] = []
-    executor._seconds_per_unit = 0.1  # as after the first job ran, so eta() does its work
+    executor.announcer.seconds_per_unit = 0.1  # as after the first job ran, so eta() does its work
     for job_id in rng.sample(ids, 100):
         started = time.perf_counter()
         executor.eta(job_id)
         etas.append(time.perf_counter() - started)
     started = time.perf_counter()
-    executor._announce_positions()  # what every job start does on the event loop
+    executor.announcer.announce_positions()  # what every job start does on the event loop
     announce = time.perf_counter() - started
     order = [job.user_id for job in executor.queue.order()]
     before_first: dict[int, int] = {}
@@ -85,7 +88,9 @@ async def _run(users: int, per_user: int) -> dict[str, Any]:
         await executor.cancel(job_id)
         cancels.append(time.perf_counter() - started)
     await asyncio.sleep(0)
-    executor._thread.shutdown(wait=False)
+    for worker in executor.workers:
+        if isinstance(worker, LocalWorker):
+            worker.thread.shutdown(wait=False)
     return {
         "waiting": waiting,
         "submit": _stats(submits),

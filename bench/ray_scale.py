@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import load_average, median, record, set_threads
+from engine.requests import GenerationRequest
+from scheduling.jobs import NewJob
 
 SIM_FULL = {"workers": 200, "users": 20_000, "jobs": 100_000}
 SIM_QUICK = {"workers": 200, "users": 2_000, "jobs": 10_000}
@@ -43,16 +45,10 @@ def sim(quick: bool) -> dict[str, Any]:
     return data
 
 
-def _request(index: int, size: int, steps: int) -> dict[str, Any]:
-    return {
-        "request": {
-            "prompt": f"a red castle {index}",
-            "seed": index,
-            "width": size,
-            "height": size,
-            "num_inference_steps": steps,
-        }
-    }
+def _request(index: int, size: int, steps: int) -> GenerationRequest:
+    return GenerationRequest(
+        f"a red castle {index}", seed=index, width=size, height=size, num_inference_steps=steps
+    )
 
 
 class _Done:
@@ -104,7 +100,7 @@ async def _batch(sched: Any, done: _Done, jobs: int, size: int, steps: int) -> f
     started = time.perf_counter()
     ids = []
     for index in range(jobs):
-        job = await sched.submit(user_id=index, payload=_request(index, size, steps))
+        job = await sched.submit(NewJob(user_id=index, work=_request(index, size, steps)))
         ids.append(job.id)
     await done.wait(ids)
     return max(done.at[i] for i in ids) - started
@@ -112,7 +108,7 @@ async def _batch(sched: Any, done: _Done, jobs: int, size: int, steps: int) -> f
 
 async def _one(sched: Any, done: _Done, index: int, size: int, steps: int) -> float:
     started = time.perf_counter()
-    job = await sched.submit(user_id=1, payload=_request(index, size, steps))
+    job = await sched.submit(NewJob(user_id=1, work=_request(index, size, steps)))
     await done.wait([job.id])
     return done.at[job.id] - started
 

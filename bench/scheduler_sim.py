@@ -20,8 +20,7 @@ from typing import Any
 from engine.config import GenerationConfig, QueueConfig
 from engine.requests import GenerationRequest, GenerationResult, resolve_request
 from scheduling.events import JobEvent, Queued, Started
-from scheduling.jobs import MemoryJobStore
-from scheduling.queue import TAG_KEY
+from scheduling.jobs import MemoryJobStore, NewJob
 from scheduling.scheduler import Scheduler
 from scheduling.workers.base import JobRun, WorkerInfo
 
@@ -70,9 +69,14 @@ class SimWorker:
     """A worker whose job is a sleep of the job's simulated duration on the virtual clock."""
 
     supports_training = False
+    shares_process = True
 
-    def __init__(self, name: str, busy: list[tuple[float, float]]) -> None:
+    def __init__(
+        self, name: str, busy: list[tuple[float, float]], durations: dict[str, float], resolved: Any
+    ) -> None:
         self.name = name
+        self.durations = durations  # prompt -> simulated seconds
+        self.resolved = resolved
         self.held_loras: set[str] = set()
         self.jobs_done = 0
         self.alive = True
@@ -92,11 +96,11 @@ class SimWorker:
         """Sleep for the job's duration; return an empty result with that duration."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        seconds = run.job.payload["sim_seconds"]
+        seconds = self.durations[run.job.request.prompt]
         await asyncio.sleep(seconds)
         self._busy.append((started, loop.time()))
         self.jobs_done += 1
-        resolved = run.job.payload["_resolved"]
+        resolved = self.resolved
         return GenerationResult([], list(resolved.seeds), [], resolved, seconds, 0.1), {}
 
     def info(self, current: JobRun | None) -> WorkerInfo:
@@ -143,7 +147,9 @@ async def _simulate(
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
     busy: list[tuple[float, float]] = []
-    pool = [SimWorker(f"sim-{i}", busy) for i in range(workers)]
+    durations: dict[str, float] = {}
+    resolved = _Generator().prepare(GenerationRequest(prompt="x", seed=1))
+    pool = [SimWorker(f"sim-{i}", busy, durations, resolved) for i in range(workers)]
     per_user = -(-jobs // users)
     # Past the settings' upper bound of 10,000 waiting: the simulation holds the whole day.
     config = QueueConfig().model_copy(update={"per_user_cap": per_user, "global_cap": jobs})
@@ -160,7 +166,6 @@ async def _simulate(
 
     sched.subscribe(listener)
     await sched.start()
-    resolved = _Generator().prepare(GenerationRequest(prompt="x", seed=1))
     # Users arrive one after another and each submits all their jobs at once: the order in
     # which a FIFO queue would starve the late users. All arrive within the first 1 % of the
     # time the pool needs for the whole backlog (a flash crowd), so nearly every user then
@@ -179,15 +184,12 @@ async def _simulate(
         if user != previous and previous is not None:
             await asyncio.sleep(gap)
         previous = user
-        payload = {
-            "request": {"prompt": f"user {user}", "seed": user},
-            "sim_seconds": rng.uniform(0.5 * mean_s, 1.5 * mean_s),
-            "_resolved": resolved,
-        }
-        job = await sched.submit(user_id=user, payload=payload)
+        prompt = f"user {user} job {len(submitted)}"
+        durations[prompt] = rng.uniform(0.5 * mean_s, 1.5 * mean_s)
+        job = await sched.submit(NewJob(user_id=user, work=GenerationRequest(prompt, seed=user)))
         submitted[job.id] = loop.time()
         user_of[job.id] = user
-        tags[job.id] = job.payload[TAG_KEY]
+        tags[job.id] = job.tag
     last_submit = loop.time()
     while len(busy) < jobs:
         await asyncio.sleep(mean_s)

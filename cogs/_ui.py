@@ -64,7 +64,7 @@ def size_choices(base_width: int, base_height: int, preset: str) -> dict[str, tu
 
 def result_embed(job: JobRecord, data: dict[str, Any]) -> discord.Embed:
     """The embed under finished images: prompt, parameters and the seed of each image."""
-    request = job.payload.get("request", {})
+    request = job.request.to_dict()
     embed = discord.Embed(description=clip(request.get("prompt", ""), 4000), color=COLOR_OK)
     if request.get("negative_prompt"):
         embed.add_field(name="Negative", value=clip(request["negative_prompt"]), inline=False)

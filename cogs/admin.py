@@ -197,10 +197,11 @@ class Admin(commands.Cog):
         bot = self.bot
         executor = bot.executor
         totals = await bot.storage.generations.stats()
-        speed = executor.seconds_per_image or totals.avg_seconds_per_image
+        stats = executor.stats()
+        speed = stats.seconds_per_image or totals.avg_seconds_per_image
         embed = info_embed("Bot stats")
         embed.add_field(
-            name="Jobs served", value=f"{totals.jobs_served} ({executor.served} since start)"
+            name="Jobs served", value=f"{totals.jobs_served} ({stats.served} since start)"
         )
         embed.add_field(name="Images made", value=str(totals.images))
         embed.add_field(name="Seconds per image", value="-" if speed is None else f"{speed:.2f} s")

@@ -177,7 +177,7 @@ class History(commands.Cog):
             files.append(saved_png_file(data, f"job{job_id}-{index}.png"))
         if not files:
             raise UserFacingError("The images of that generation are no longer on the bot's disk.")
-        request = job.payload.get("request", {})
+        request = job.request.to_dict()
         view = result_view(
             job_id,
             count=len(generation.image_paths),

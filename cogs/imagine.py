@@ -36,10 +36,10 @@ from cogs._ui import (
 from cogs.errors import never_failing
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
 from engine.img2img import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
-from engine.requests import MAX_SEED, random_seed
+from engine.requests import MAX_SEED, GenerationRequest, random_seed
 from engine.schedulers import SCHEDULER_NAMES
 from scheduling.events import JobEvent, Notice, Progress, Queued, Started
-from scheduling.jobs import JobRecord
+from scheduling.jobs import JobRecord, NewJob
 
 if TYPE_CHECKING:
     from bot import ImageBot
@@ -146,20 +146,17 @@ async def submit_for(
     async def acknowledge(job: JobRecord) -> None:
         await interaction.response.defer(thinking=True)
 
-    return await executor.submit(
+    new = NewJob(
         user_id=user.id,
-        payload={"request": request},
+        work=_as_request(request),
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id,
         reference=interaction_reference(interaction),
-        admin=admin,
-        acknowledge=None if deferred else acknowledge,
     )
+    return await executor.submit(new, admin=admin, acknowledge=None if deferred else acknowledge)
 
 
-def _as_request(data: dict[str, Any]):
-    from engine.requests import GenerationRequest
-
+def _as_request(data: dict[str, Any]) -> GenerationRequest:
     return GenerationRequest.from_dict(data)
 
 
@@ -439,7 +436,7 @@ class Imagine(commands.Cog):
         if job is None or job.kind != "generate":
             raise UserFacingError("That job no longer exists.")
         generation = await bot.storage.generations.get_generation_by_job(job_id)
-        seeds = list(generation.seeds) if generation else [job.payload["request"].get("seed", 0)]
+        seeds = list(generation.seeds) if generation else [job.request.seed or 0]
         if action == "seed":
             profile = await bot.storage.users.set_fixed_seed(interaction.user.id, seeds[0])
             await interaction.response.send_message(
@@ -448,7 +445,7 @@ class Imagine(commands.Cog):
             )
             return
         await ensure_not_banned(bot, interaction.user.id)
-        request = dict(job.payload["request"])
+        request = job.request.to_dict()
         if action in ("up", "vary"):
             await submit_for(
                 bot, interaction, from_image(request, generation, seeds, action, index)
@@ -515,7 +512,7 @@ class Imagine(commands.Cog):
 
     async def _result_update(self, job: JobRecord, data: dict[str, Any]) -> Update:
         settings = self.bot.bot_settings
-        request = job.payload.get("request", {})
+        request = job.request.to_dict()
         flagged = any(data.get("nsfw", [])) or prompt_is_nsfw(
             settings.nsfw_words, request.get("prompt"), request.get("negative_prompt")
         )

@@ -23,12 +23,12 @@ MAX_LISTED = 10
 def job_summary(job: JobRecord) -> str:
     """A short description of a job: its id, owner and what it makes."""
     if job.kind == "train":
-        name = job.payload.get("train", {}).get("name") or job.payload.get("lora_name") or "?"
+        name = job.train.name or "?"
         what = f"training LoRA `{name}`"
     else:
-        request = job.payload.get("request", {})
-        count = request.get("num_images") or 1
-        prompt = clip(str(request.get("prompt", "")).replace("\n", " "), 60)
+        request = job.request
+        count = request.num_images or 1
+        prompt = clip(request.prompt.replace("\n", " "), 60)
         what = f"{count} image{'s' if count != 1 else ''}: “{prompt}”"
     return f"job {job.id} · <@{job.user_id}> · {what}"
 

@@ -38,7 +38,7 @@ from engine.train_lora import TrainConfig
 from engine.training.compare import before_after_png
 from engine.training.recipe import read_recipe
 from scheduling.events import JobEvent, Progress, Queued, Started
-from scheduling.jobs import JobRecord
+from scheduling.jobs import JobRecord, NewJob, TrainSpec
 from storage import AlreadyExistsError, safe_name
 from storage.files import atomic_write_bytes
 from storage.loras import check_lora_name
@@ -74,7 +74,7 @@ def is_training_leftover(folder: Path) -> bool:
 
 def train_name(job: JobRecord) -> str:
     """The LoRA name a train job produces."""
-    return str(job.payload.get("train", {}).get("name", "?"))
+    return job.train.name or "?"
 
 
 class Train(commands.Cog):
@@ -339,21 +339,19 @@ class Train(commands.Cog):
             raise UserFacingError(
                 f"A LoRA named `{name}` already exists; choose another name."
             ) from None
-        payload = {"train": _job_settings(config)}
         reference = {
             "channel_id": interaction.channel_id,
             "nsfw_channel": bool(getattr(interaction.channel, "is_nsfw", lambda: False)()),
         }
         try:
-            return await bot.executor.submit(
-                kind="train",
+            new = NewJob(
                 user_id=interaction.user.id,
-                payload=payload,
+                work=_train_spec(config),
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 reference=reference,
-                admin=True,
             )
+            return await bot.executor.submit(new, admin=True)
         except BaseException:
             await bot.storage.loras.delete_lora(name)
             raise
@@ -412,16 +410,16 @@ class Train(commands.Cog):
         self, job: JobRecord, name: str, data: dict[str, Any]
     ) -> tuple[str, bytes] | None:
         """The sample prompt and a PNG of it without and with the new LoRA (None on failure)."""
-        settings = job.payload.get("train", {})
-        prompt = settings.get("sample_prompt") or ""
+        spec = job.train
+        prompt = spec.sample_prompt or ""
         weights = data.get("weights_path")
         if not prompt or not weights:
             return None
-        size = int(settings.get("resolution") or 512)
-        seed = int(settings.get("seed", PROOF_SEED))
+        size = spec.resolution or 512
+        seed = proof_seed(spec)
         # Made once and kept beside the LoRA: a delivery retried after a failure or a restart
         # shows the same picture without generating it again.
-        saved = Path(settings.get("output_dir") or Path(weights).parent) / PROOF_NAME
+        saved = Path(spec.output_dir or Path(weights).parent) / PROOF_NAME
         try:
             return prompt, await asyncio.to_thread(saved.read_bytes)
         except OSError:
@@ -437,7 +435,7 @@ class Train(commands.Cog):
         return prompt, png
 
     async def _finished_update(self, job: JobRecord, name: str, data: dict[str, Any]) -> Update:
-        trigger = data.get("trigger_word") or job.payload.get("train", {}).get("trigger_word", "")
+        trigger = data.get("trigger_word") or job.train.trigger_word or ""
         content = (
             f"<@{job.user_id}> ✅ LoRA `{name}` is ready. Try it with `/lora use {name}` "
             f"and put `{trigger}` in your prompt."
@@ -457,7 +455,7 @@ class Train(commands.Cog):
             shown = clip(prompt.replace("`", "'"), 300)
             content += (
                 f"\nLeft: without the LoRA · right: with it — `{shown}`, seed "
-                f"{job.payload.get('train', {}).get('seed', PROOF_SEED)}."
+                f"{proof_seed(job.train)}."
             )
             files.append(discord.File(io.BytesIO(png), filename=filename))
             embed.set_image(url=f"attachment://{filename}")
@@ -500,23 +498,28 @@ def _proof_png(generator: Any, prompt: str, seed: int, size: int, weights: str, 
     )
 
 
-def _job_settings(config: TrainConfig) -> dict[str, Any]:
-    """The TrainConfig arguments of the job payload (JSON; the model comes from the engine)."""
-    return {
-        "dataset_dir": str(config.dataset_dir),
-        "output_dir": str(config.output_dir),
-        "name": config.name,
-        "trigger_word": config.trigger_word,
-        "max_steps": config.max_steps,
-        "rank": config.rank,
-        "lr": config.lr,
-        "resolution": config.resolution,
-        "caption_template": config.caption_template,
-        "sample_prompt": config.sample_prompt,
-        "seed": config.seed,
-        "checkpoint_every": config.checkpoint_every,
-        "sample_steps": config.sample_steps,
-    }
+def _train_spec(config: TrainConfig) -> TrainSpec:
+    """The job's training spec (the base model comes from the engine when it runs)."""
+    return TrainSpec(
+        name=config.name,
+        dataset_dir=str(config.dataset_dir),
+        output_dir=str(config.output_dir),
+        trigger_word=config.trigger_word,
+        max_steps=config.max_steps,
+        rank=config.rank,
+        lr=config.lr,
+        resolution=config.resolution,
+        caption_template=config.caption_template,
+        sample_prompt=config.sample_prompt,
+        seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
+        sample_steps=config.sample_steps,
+    )
+
+
+def proof_seed(spec: TrainSpec) -> int:
+    """The seed of the before/after picture: the training's own seed."""
+    return PROOF_SEED if spec.seed is None else spec.seed
 
 
 def _cancel_view(job_id: int) -> discord.ui.View:

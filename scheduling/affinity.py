@@ -20,7 +20,7 @@ def job_model(job: JobRecord) -> str | None:
     """The model name a generate job runs on (None: any model, e.g. a training)."""
     if job.kind != "generate":
         return None
-    return job.payload.get("request", {}).get("model") or None
+    return job.request.model or None
 
 
 def worker_model(worker: Any) -> str | None:
@@ -30,7 +30,9 @@ def worker_model(worker: Any) -> str | None:
 
 def lora_key(job: JobRecord) -> str:
     """The LoRA a job applies through /lora use (affinity key across workers)."""
-    return str(job.payload.get("request", {}).get("lora") or "")
+    if job.kind != "generate":
+        return ""
+    return job.request.lora or ""
 
 
 def score(job: JobRecord, worker: Any, loras: bool) -> int:

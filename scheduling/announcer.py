@@ -1,7 +1,7 @@
 """What the scheduler tells the outside: job events, queue places with ETAs, the no-worker notice.
 
 The Announcer also keeps the measured speed the ETAs come from. The scheduler owns one and
-shares its queue, its workers and its worker name → running job map with it.
+hands it the queue, the workers and the running jobs (ActiveRuns) it reads.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.requests import GenerationResult
+from scheduling.active import ActiveRuns
 from scheduling.events import JobEvent, Notice, Progress, Queued
 from scheduling.jobs import JobRecord
 from scheduling.queue import FairQueue
@@ -37,10 +38,10 @@ class Announcer:
         self,
         queue: FairQueue,
         workers: list[Worker],
-        active: dict[str, JobRun],
+        active: ActiveRuns,
         stopping: Callable[[], bool],
     ) -> None:
-        """``active`` is the scheduler's worker name → running job map (read, never changed)."""
+        """``workers`` is the scheduler's pool (it grows); ``stopping()`` says whether it stops."""
         self.queue = queue
         self.workers = workers
         self.active = active
@@ -161,15 +162,15 @@ class Announcer:
         # each running job are computed once, not per call.
         units = self._run_units
         total = 0.0
-        for run in self.active.values():
+        for run in self.active:
             job_units = units.get(run.job.id)
             if job_units is None:
-                job_units = units[run.job.id] = _pixel_units(run.job.payload)
+                job_units = units[run.job.id] = _pixel_units(run.job)
             left = run.total - run.step
             if left > 0:
                 total += left * job_units
         if len(units) > 2 * len(self.active) + 16:
-            self._run_units = {r.job.id: units[r.job.id] for r in self.active.values()}
+            self._run_units = {r.job.id: units[r.job.id] for r in self.active}
         return total * rate
 
     def _parallel(self) -> int:
@@ -178,7 +179,7 @@ class Announcer:
     # ----- the speed record -----------------------------------------------------------------
     def record_speed(self, job: JobRecord, result: GenerationResult) -> None:
         """Fold a finished generation into the measured speed and the counters."""
-        units = _pixel_units(job.payload) * result.request.num_inference_steps
+        units = _pixel_units(job) * result.request.num_inference_steps
         per_unit = result.seconds / max(units, 1e-9)
         old = self.seconds_per_unit
         self.seconds_per_unit = per_unit if old is None else 0.7 * old + 0.3 * per_unit
@@ -191,20 +192,20 @@ def job_units(job: JobRecord) -> float:
     """A job's weight in the queue: pixel units times steps (0 for a training)."""
     if job.kind != "generate":
         return 0.0
-    steps = job.payload.get("request", {}).get("num_inference_steps") or 25
-    return _pixel_units(job.payload) * steps
+    return _pixel_units(job) * (job.request.num_inference_steps or 25)
 
 
-def _pixel_units(payload: dict[str, Any]) -> float:
-    request = payload.get("request", {})
-    width = request.get("width") or 512
-    height = request.get("height") or 512
-    count = request.get("num_images") or 1
-    return width * height * count / BASE_PIXELS
+def _pixel_units(job: JobRecord) -> float:
+    if job.kind != "generate":
+        return 1.0  # a training step counts as one step of a 512 px image
+    request = job.request
+    width = request.width or 512
+    height = request.height or 512
+    return width * height * (request.num_images or 1) / BASE_PIXELS
 
 
 def _seconds_left(run: JobRun | None, rate: float) -> float:
     """Estimated seconds until the running generation is done (0 when nothing runs)."""
     if run is None:
         return 0.0
-    return max(0, run.total - run.step) * rate * _pixel_units(run.job.payload)
+    return max(0, run.total - run.step) * rate * _pixel_units(run.job)

@@ -3,8 +3,8 @@
 Each job gets a tag when it is submitted: one more than the last tag among its user's waiting
 jobs, or than the tag of the job served last, whichever is larger. Jobs run in (priority, tag,
 id) order, which is round-robin across users: a user's tenth request has tag 10 and never holds
-back another user's first (tag 1). The tag is stored in the job's payload, so after a restart
-the recovered jobs run in exactly their original order.
+back another user's first (tag 1). The tag is stored with the job, so after a restart the
+recovered jobs run in exactly their original order.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ import asyncio
 import bisect
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
-from scheduling.jobs import JobKind, JobRecord, JobStore
+from scheduling.jobs import JobKind, JobRecord, JobStore, NewJob
 
 log = logging.getLogger(__name__)
 
-TAG_KEY = "queue_tag"
 SortKey = tuple[int, float, int]
 
 
@@ -38,7 +36,7 @@ class Reservation:
 
 
 def _key(job: JobRecord) -> SortKey:
-    return (-job.priority, float(job.payload.get(TAG_KEY, 0.0)), job.id)
+    return (-job.priority, job.tag or 0.0, job.id)
 
 
 class _SortedJobs:
@@ -207,14 +205,8 @@ class FairQueue:
 
     async def submit(
         self,
+        new: NewJob,
         *,
-        kind: JobKind,
-        user_id: int,
-        payload: dict[str, Any],
-        guild_id: int | None = None,
-        channel_id: int | None = None,
-        reference: dict[str, Any] | None = None,
-        priority: int = 0,
         check_caps: bool = True,
         before_place: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> JobRecord:
@@ -224,17 +216,9 @@ class FairQueue:
         acknowledges the interaction there, so no acknowledged command exists without a
         record); if it raises, the job is not placed and the error propagates.
         """
-        reservation = self.reserve(user_id, check_caps=check_caps)
+        reservation = self.reserve(new.user_id, check_caps=check_caps)
         try:
-            job = await self.store.create_job(
-                kind=kind,
-                user_id=user_id,
-                payload={**payload, TAG_KEY: reservation.tag},
-                guild_id=guild_id,
-                channel_id=channel_id,
-                reference=reference,
-                priority=priority,
-            )
+            job = await self.store.create_job(replace(new, tag=reservation.tag))
             if before_place is not None:
                 await before_place(job)
         except BaseException:
@@ -277,8 +261,8 @@ class FairQueue:
 
     def push(self, job: JobRecord) -> None:
         """Place a stored job in fair order (a job without a tag, e.g. recovered, gets one)."""
-        if TAG_KEY not in job.payload:
-            job.payload[TAG_KEY] = self.next_tag(job.user_id)
+        if job.tag is None:
+            job.tag = self.next_tag(job.user_id)
         self._per_user.setdefault(job.user_id, []).append(_key(job)[1])
         self._insert(job)
 

@@ -1,57 +1,46 @@
 """The scheduler: the durable fair queue on the event loop, handing jobs to free workers.
 
-It owns the caps, the dispatcher, cancel and pause; workers own devices. Events, places and
-ETAs go out through its Announcer (scheduling/announcer.py); each picked job runs through its
-JobRunner (scheduling/job_runner.py). With one local worker it behaves exactly like the single
-engine thread it replaced.
+It owns the caps, the dispatcher, cancel and pause; workers own devices. It builds its
+collaborators once and hands each what it needs: the Announcer (events, places, ETAs, speed),
+Outcomes (how a job ends, in the store), the JobRunner (one job on one worker) and the
+TrainingRunner (a training in slices). None of them calls back into the scheduler. With one
+local worker it behaves exactly like the single engine thread it replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from engine.config import QueueConfig
-from engine.generator import TextToImageGenerator
-from engine.requests import GenerationRequest
+from engine.requests import GenerationRequest, ResolvedRequest
 from scheduling import affinity
-from scheduling.announcer import (
-    ANNOUNCE_ALL,
-    ANNOUNCE_SLICE,
-    BASE_PIXELS,
-    NO_WORKER,
-    Announcer,
-    Listener,
-    job_units,
-)
-from scheduling.events import Cancelled, JobEvent, Queued
-from scheduling.job_runner import JobRunner, StoreFailure
-from scheduling.jobs import JobKind, JobRecord, JobStore
-from scheduling.queue import TAG_KEY, FairQueue, QueueFullError
-from scheduling.training_runner import TrainingRunner
-from scheduling.workers.base import JobRun, Worker, WorkerInfo
+from scheduling.active import ActiveRuns
+from scheduling.announcer import Announcer, Listener, job_units
+from scheduling.events import Cancelled, Queued
+from scheduling.health import EngineHealth
+from scheduling.job_runner import ImagePath, JobRunner
+from scheduling.jobs import JobRecord, JobStore, NewJob
+from scheduling.outcomes import Outcomes, StoreFailure
+from scheduling.queue import FairQueue, QueueFullError
+from scheduling.training_runner import TrainerFactory, TrainingRunner
+from scheduling.workers.base import Worker, WorkerInfo
 
 log = logging.getLogger(__name__)
 
-ImagePath = Callable[[JobRecord, int], Path]
-__all__ = [
-    "ANNOUNCE_ALL",
-    "ANNOUNCE_SLICE",
-    "BASE_PIXELS",
-    "NO_WORKER",
-    "EngineHealth",
-    "ImagePath",
-    "Listener",
-    "QueueSnapshot",
-    "RunningJob",
-    "Scheduler",
-]
+SHUTTING_DOWN = "The bot is shutting down; try again in a minute."
+
+
+class RequestChecker(Protocol):
+    """What submit needs of the engine: a request's decided form (raises ValueError if bad)."""
+
+    def prepare(self, request: GenerationRequest) -> ResolvedRequest:
+        """Decide every field of a request and validate it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -76,20 +65,18 @@ class QueueSnapshot:
         return {r.job.id for r in self.running}
 
 
-@dataclass
-class EngineHealth:
-    """The dispatcher's state for /admin stats: errors it survived and the last one."""
+@dataclass(frozen=True)
+class SchedulerStats:
+    """Counters since start, for /admin stats."""
 
-    errors: int = 0
-    last_error: str | None = None
-    last_error_at: float | None = None
-    requeued: list[int] = field(default_factory=list)
+    served: int
+    images_made: int
+    seconds_generating: float
 
-    def record(self, job: JobRecord, exc: BaseException) -> None:
-        """Remember an error the dispatcher survived."""
-        self.errors += 1
-        self.last_error = f"job {job.id}: {type(exc).__name__}: {exc}"[:300]
-        self.last_error_at = time.time()
+    @property
+    def seconds_per_image(self) -> float | None:
+        """Average seconds per generated image since start."""
+        return self.seconds_generating / self.images_made if self.images_made else None
 
 
 class Scheduler:
@@ -97,23 +84,24 @@ class Scheduler:
 
     def __init__(
         self,
-        generator: TextToImageGenerator,
+        checker: RequestChecker,
         store: JobStore,
         config: QueueConfig | None = None,
         *,
         workers: list[Worker],
         image_path: ImagePath | None = None,
-        trainer_factory: Callable[[JobRecord], Any] | None = None,
+        trainer_factory: TrainerFactory | None = None,
         deliver: bool = False,
         affinity_window: int = 3,
         kill_limit: int = 3,
         close_workers: bool = True,
     ) -> None:
-        """``deliver=True``: a front end delivers outcomes and marks them delivered itself
-        (jobs stay 'finished' until then); otherwise outcomes count as delivered at once."""
+        """``checker`` validates requests at submit (the bot's generator); ``deliver=True``: a
+        front end delivers outcomes and marks them delivered itself (jobs stay 'finished' until
+        then); otherwise outcomes count as delivered at once."""
         if not workers:
             raise ValueError("the scheduler needs at least one worker")
-        self.generator = generator  # validates requests at submit
+        self.checker = checker
         self.store = store
         self.config = config or QueueConfig()
         self.queue = FairQueue(
@@ -123,14 +111,34 @@ class Scheduler:
             weight=job_units,
         )
         self.workers = workers
-        self.image_path = image_path
-        self.training_runner = TrainingRunner(self, trainer_factory)
-        self.deliver = deliver
         self.affinity_window = affinity_window
-        self.kill_limit = kill_limit
         self.close_workers = close_workers
         self.health = EngineHealth()
-        self._active: dict[str, JobRun] = {}  # worker name -> the job it runs now
+        self.active = ActiveRuns()
+        self.announcer = Announcer(self.queue, workers, self.active, lambda: self._stopping)
+        self.outcomes = Outcomes(store, self.announcer, deliver=deliver)
+        training = TrainingRunner(
+            outcomes=self.outcomes,
+            announcer=self.announcer,
+            queue=self.queue,
+            active=self.active,
+            config=self.config,
+            trainer_factory=trainer_factory,
+            stopping=lambda: self._stopping,
+        )
+        self.runner = JobRunner(
+            store=store,
+            queue=self.queue,
+            announcer=self.announcer,
+            outcomes=self.outcomes,
+            active=self.active,
+            training=training,
+            health=self.health,
+            config=self.config,
+            kill_limit=kill_limit,
+            image_path=image_path,
+            stopping=lambda: self._stopping,
+        )
         self._busy: set[str] = set()
         self._backoff: dict[str, float] = {}
         self._overtaken: dict[int, int] = {}
@@ -139,8 +147,6 @@ class Scheduler:
         self._aside: ThreadPoolExecutor | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
-        self.announcer = Announcer(self.queue, workers, self._active, lambda: self._stopping)
-        self.job_runner = JobRunner(self, self._active)
 
     # ----- wiring -----------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
@@ -159,16 +165,17 @@ class Scheduler:
                 job.status = "queued"
             self.queue.push(job)
         if jobs:
-            first = min(float(job.payload.get(TAG_KEY, 1.0)) for job in jobs)
+            first = min(job.tag if job.tag is not None else 1.0 for job in jobs)
             self.queue.restore_served_tag(first - 1.0)
             log.info("recovered %d unfinished job(s)", len(jobs))
         self._dispatcher = asyncio.create_task(self._dispatch(), name="engine-dispatcher")
+        self._dispatcher.add_done_callback(_log_crash)
         return len(jobs)
 
     async def stop(self) -> None:
         """Stop taking jobs; running ones stop at their next step and stay queued for restart."""
         self._stopping = True
-        for run in self._runs():
+        for run in self.active.all():
             run.cancel.set()
         if self._dispatcher is not None:
             self._dispatcher.cancel()
@@ -198,13 +205,8 @@ class Scheduler:
     # ----- the public queue API (event loop only, O(log n + sqrt n) per call) ---------------
     async def submit(
         self,
+        new: NewJob,
         *,
-        user_id: int,
-        payload: dict[str, Any],
-        kind: JobKind = "generate",
-        guild_id: int | None = None,
-        channel_id: int | None = None,
-        reference: dict[str, Any] | None = None,
         admin: bool = False,
         acknowledge: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> JobRecord:
@@ -214,26 +216,10 @@ class Scheduler:
         fails, the job is cancelled (nothing to deliver) and the error propagates.
         """
         if self._stopping:
-            raise QueueFullError("The bot is shutting down; try again in a minute.")
-        if kind == "generate":
-            request = GenerationRequest.from_dict(payload.get("request", {}))
-            resolved = self.generator.prepare(request)  # validate before queueing
-            # Store the request fully decided, so a rerun after a restart makes the same images.
-            filled = {
-                **request.to_dict(),
-                "negative_prompt": resolved.negative_prompt,
-                "num_inference_steps": resolved.num_inference_steps,
-                "guidance_scale": resolved.guidance_scale,
-                "seed": resolved.seeds[0],
-                "width": resolved.width,
-                "height": resolved.height,
-                "num_images": resolved.num_images,
-                "scheduler": resolved.scheduler,
-                # None: the model loaded when it was queued (the bot always names one)
-                "model": resolved.model or getattr(self.generator, "model_name", None) or None,
-            }
-            payload = {**payload, "request": filled}
-        priority = 1 if admin and self.config.admin_priority else 0
+            raise QueueFullError(SHUTTING_DOWN)
+        if isinstance(new.work, GenerationRequest):
+            new = replace(new, work=self._decided(new.work))
+        new = replace(new, priority=1 if admin and self.config.admin_priority else 0)
 
         async def before_place(job: JobRecord) -> None:
             if acknowledge is None:
@@ -248,35 +234,27 @@ class Scheduler:
                     log.exception("could not cancel unacknowledged job %s", job.id)
                 raise
 
-        job = await self.queue.submit(
-            kind=kind,
-            user_id=user_id,
-            payload=payload,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            reference=reference,
-            priority=priority,
-            check_caps=not admin,
-            before_place=before_place,
-        )
+        job = await self.queue.submit(new, check_caps=not admin, before_place=before_place)
         self.announcer.emit(Queued(job, self.queue.position(job.id) or 1, self.eta(job.id)))
         self.announcer.tell_no_worker()
         return job
 
-    @property
-    def running(self) -> JobRun | None:
-        """The job on the (first busy) worker now, or None."""
-        return next(iter(self._active.values()), None)
-
-    @property
-    def training(self) -> JobRun | None:
-        """The training in progress (also between its slices), or None."""
-        return self.training_runner.current
-
-    @property
-    def trainer_factory(self) -> Callable[[JobRecord], Any] | None:
-        """What builds a trainer for a train job."""
-        return self.training_runner.trainer_factory
+    def _decided(self, request: GenerationRequest) -> GenerationRequest:
+        """The request with every field decided (validated), so a rerun makes the same images."""
+        resolved = self.checker.prepare(request)
+        return replace(
+            request,
+            negative_prompt=resolved.negative_prompt,
+            num_inference_steps=resolved.num_inference_steps,
+            guidance_scale=resolved.guidance_scale,
+            seed=resolved.seeds[0],
+            width=resolved.width,
+            height=resolved.height,
+            num_images=resolved.num_images,
+            scheduler=resolved.scheduler,
+            # None: the model loaded when it was queued (the bot always names one)
+            model=resolved.model or getattr(self.checker, "model_name", None) or None,
+        )
 
     @property
     def stopping(self) -> bool:
@@ -285,33 +263,31 @@ class Scheduler:
 
     def position(self, job_id: int) -> int | None:
         """1-based queue position of a waiting job; 0 if it is running; None if unknown."""
-        if any(run.job.id == job_id for run in self._runs()):
+        if any(run.job.id == job_id for run in self.active.all()):
             return 0
         return self.queue.position(job_id)
-
-    def _runs(self) -> list[JobRun]:
-        runs: list[JobRun] = []
-        for run in (self.training, *self._active.values()):
-            if run is not None and all(run is not seen for seen in runs):
-                runs.append(run)
-        return runs
 
     def snapshot(self) -> QueueSnapshot:
         """Running jobs (a training between its slices included) and waiting jobs in order."""
         return QueueSnapshot(
-            running=[RunningJob(run.job, run.step, run.total) for run in self._runs()],
+            running=[RunningJob(run.job, run.step, run.total) for run in self.active.all()],
             waiting=self.queue.order(),
             paused=self.queue.paused,
         )
 
     def workers_info(self) -> list[WorkerInfo]:
         """Each worker's name, node, device, state, current job and speed (for /admin workers)."""
-        return [worker.info(self._active.get(worker.name)) for worker in self.workers]
+        return [worker.info(self.active.on(worker.name)) for worker in self.workers]
+
+    def stats(self) -> SchedulerStats:
+        """Jobs served, images made and seconds spent generating since start."""
+        a = self.announcer
+        return SchedulerStats(a.served, a.images_made, a.seconds_generating)
 
     def check_caps(self, user_id: int) -> None:
         """Raise QueueFullError if this user (or the server) may not queue another job now."""
         if self._stopping:
-            raise QueueFullError("The bot is shutting down; try again in a minute.")
+            raise QueueFullError(SHUTTING_DOWN)
         self.queue.check_caps(user_id)
 
     @property
@@ -328,7 +304,7 @@ class Scheduler:
         job = self.queue.remove(job_id)
         if job is not None:
             try:
-                await self.job_runner.record_outcome(
+                await self.outcomes.record(
                     job, "cancelled", result={"was_running": False, "step": 0}
                 )
             except StoreFailure as exc:
@@ -336,7 +312,7 @@ class Scheduler:
                 raise exc.__cause__ from None  # type: ignore[misc]
             self.announcer.emit(Cancelled(job, was_running=False))
             return "queued"
-        for run in self._runs():
+        for run in self.active.all():
             if run.job.id == job_id:
                 run.cancel.set()
                 return "running"
@@ -353,67 +329,11 @@ class Scheduler:
     async def run_on_engine(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn(*args) beside the bot's pipeline, between jobs (e.g. to try loading a LoRA)."""
         for worker in self.workers:
-            if worker.supports_training and not hasattr(worker, "trainer"):  # in this process
+            if worker.shares_process:
                 return await worker.call(fn, *args)
         if self._aside is None:  # remote workers only: the bot's own pipeline, on its own thread
             self._aside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-aside")
         return await asyncio.get_running_loop().run_in_executor(self._aside, fn, *args)
-
-    # ----- counters and speed (kept by the announcer) -------------------------------------
-    @property
-    def served(self) -> int:
-        """Generate jobs finished since start."""
-        return self.announcer.served
-
-    @property
-    def images_made(self) -> int:
-        """Images generated since start."""
-        return self.announcer.images_made
-
-    @property
-    def seconds_generating(self) -> float:
-        """Seconds spent generating since start."""
-        return self.announcer.seconds_generating
-
-    @property
-    def seconds_per_image(self) -> float | None:
-        """Average seconds per generated image since start."""
-        return self.seconds_generating / self.images_made if self.images_made else None
-
-    @property
-    def _seconds_per_unit(self) -> float | None:
-        """The measured seconds per pixel unit and step (tests and benches set it)."""
-        return self.announcer.seconds_per_unit
-
-    @_seconds_per_unit.setter
-    def _seconds_per_unit(self, value: float | None) -> None:
-        self.announcer.seconds_per_unit = value
-
-    @property
-    def _loop(self) -> asyncio.AbstractEventLoop | None:
-        """The event loop that workers' progress reports cross to."""
-        return self.announcer.loop
-
-    @_loop.setter
-    def _loop(self, value: asyncio.AbstractEventLoop | None) -> None:
-        self.announcer.loop = value
-
-    # ----- events (also called by the training runner and workers) ------------------------
-    def emit(self, event: JobEvent) -> None:
-        """Deliver an event to every listener on the event loop."""
-        self.announcer.emit(event)
-
-    def progress(self, run: JobRun, step: int, total: int, preview: Any) -> None:
-        """A worker finished step `step` of `total`."""
-        self.announcer.progress(run, step, total, preview)
-
-    def notice(self, run: JobRun, message: str) -> None:
-        """A worker has something to tell the user."""
-        self.announcer.notice(run, message)
-
-    def _announce_positions(self) -> None:
-        """Tell waiting jobs their new place, with a running ETA total."""
-        self.announcer.announce_positions()
 
     # ----- the dispatcher ---------------------------------------------------------------
     def _free_workers(self) -> list[Worker]:
@@ -451,14 +371,14 @@ class Scheduler:
         """Run one job on a worker; a store error sends the job back to its fair place."""
         try:
             try:
-                await self.run_job(job, worker)
+                await self.runner.run_job(job, worker)
                 self._backoff.pop(worker.name, None)
             except Exception as exc:
                 # A storage error (locked or full disk) must not end the dispatcher: the job
                 # goes back to its fair place and is tried again after a pause.
                 log.exception("job %s: error outside the engine; it goes back to the queue", job.id)
                 self.health.record(job, exc)
-                self._active.pop(worker.name, None)
+                self.active.end(worker.name)
                 job.status = "queued"
                 self.queue.push(job)
                 backoff = self._backoff.get(worker.name, 0.5)
@@ -472,27 +392,8 @@ class Scheduler:
             self._busy.discard(worker.name)
             self._worker_freed.set()
 
-    def _active_worker(self, job_id: int) -> str | None:
-        """The name of the worker running this job, or None."""
-        return next((name for name, run in self._active.items() if run.job.id == job_id), None)
 
-    def set_running(self, worker: Worker, run: JobRun) -> None:
-        """Mark run as the job on this worker (the training runner restores its training)."""
-        self._active[worker.name] = run
-
-    # ----- running one job (the job runner; also called by the training runner) -----------
-    async def run_job(self, job: JobRecord, worker: Worker) -> None:
-        """Run one job on a worker and record its outcome."""
-        await self.job_runner.run_job(job, worker)
-
-    async def finish(self, job: JobRecord, output: Any, data: dict[str, Any]) -> None:
-        """Record a finished job and emit Finished."""
-        await self.job_runner.finish(job, output, data)
-
-    async def fail(self, job: JobRecord, message: str, detail: str = "") -> None:
-        """Record a failed job and emit Failed."""
-        await self.job_runner.fail(job, message, detail)
-
-    # Old private names, kept for callers written against the single-thread executor.
-    _finish = finish
-    _fail = fail
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A dispatcher that ended by an error says so in the log (/admin stats shows it stopped)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the dispatcher stopped; no job will start", exc_info=task.exception())

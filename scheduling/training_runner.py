@@ -2,79 +2,102 @@
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from engine.config import QueueConfig
 from engine.errors import GenerationCancelled
 from scheduling import affinity
+from scheduling.active import ActiveRuns
+from scheduling.announcer import Announcer
 from scheduling.events import Notice, Progress
 from scheduling.jobs import JobRecord
+from scheduling.outcomes import Outcomes
+from scheduling.queue import FairQueue
 from scheduling.workers.base import JobRun, Worker
 
-if TYPE_CHECKING:
-    from scheduling.scheduler import Scheduler
+# Runs one generate job on a worker and records its outcome (the JobRunner's run_job).
+ServeJob = Callable[[JobRecord, Worker], Awaitable[None]]
+# Builds this process's trainer for a train job (None: trainings are not offered).
+TrainerFactory = Callable[[JobRecord], Any]
 
 
 class TrainingRunner:
-    """Runs one training job in slices on its worker; the scheduler calls run()."""
+    """Runs one training job in slices on its worker, serving waiting images between slices."""
 
-    def __init__(self, scheduler: Scheduler, trainer_factory: Any) -> None:
-        self.scheduler = scheduler
+    def __init__(
+        self,
+        *,
+        outcomes: Outcomes,
+        announcer: Announcer,
+        queue: FairQueue,
+        active: ActiveRuns,
+        config: QueueConfig,
+        trainer_factory: TrainerFactory | None,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.outcomes = outcomes
+        self.announcer = announcer
+        self.queue = queue
+        self.active = active
+        self.config = config
         self.trainer_factory = trainer_factory
-        self.current: JobRun | None = None  # visible to cancel and /queue between slices
+        self.stopping = stopping
 
-    async def run(self, job: JobRecord, run: JobRun, worker: Worker) -> None:
-        """Train to the end (or cancel); finishes or raises like a generation."""
-        sched = self.scheduler
+    async def run(self, job: JobRecord, run: JobRun, worker: Worker, *, serve: ServeJob) -> None:
+        """Train to the end (or cancel); finishes or raises like a generation.
+
+        ``serve`` runs the /imagine jobs that wait between slices.
+        """
         # 1. check the worker can train
         if self.trainer_factory is None:
-            await sched.fail(job, "Training is not available yet.")
+            await self.outcomes.fail(job, "Training is not available yet.")
             return
         if not worker.supports_training:
-            await sched.fail(job, "This worker cannot run trainings.")
+            await self.outcomes.fail(job, "This worker cannot run trainings.")
             return
         # 2. build the trainer: on the worker's thread, or on its actor (a remote worker)
-        if hasattr(worker, "trainer"):
-            trainer: Any = await worker.trainer(job)
-        else:
-            trainer = _OnThread(worker, await worker.call(self.trainer_factory, job))
-        self.current = run
+        trainer = await worker.trainer(job, self.trainer_factory)
+        self.active.training = run  # visible to cancel and /queue between slices
         try:
             await trainer.setup()
             if trainer.step:
-                sched.emit(
+                self.announcer.emit(
                     Notice(job, f"Training resumes from its checkpoint at step {trainer.step}.")
                 )
             # 3. slices of steps, waiting /imagine jobs served in between
             while True:
-                if sched.stopping:  # shutdown while /imagine jobs ran between slices
+                if self.stopping():  # shutdown while /imagine jobs ran between slices
                     raise GenerationCancelled("training interrupted by shutdown")
-                status = await trainer.train_steps(sched.config.train_slice_steps, run.cancel)
+                status = await trainer.train_steps(self.config.train_slice_steps, run.cancel)
                 run.step, run.total = status.step, status.max_steps
                 eta = None
                 if status.seconds_per_step is not None:
                     eta = (status.max_steps - status.step) * status.seconds_per_step
-                sched.emit(Progress(job, status.step, status.max_steps, eta, None, status.loss))
+                self.announcer.emit(
+                    Progress(job, status.step, status.max_steps, eta, None, status.loss)
+                )
                 if run.cancel.is_set():
                     raise GenerationCancelled(f"training stopped at step {status.step}")
                 if status.done:
                     break
-                await self._serve_between_slices(trainer, run, worker)
+                await self._serve_between_slices(trainer, run, worker, serve)
             output = await trainer.finish()
         except BaseException:
             await trainer.abort()
             raise
         finally:
-            self.current = None
+            self.active.training = None
         # 4. the LoRA is registered by the store in the same transaction that finishes the job
-        await sched.finish(job, output, train_output_data(output))
+        await self.outcomes.finish(job, output, train_output_data(output))
 
-    async def _serve_between_slices(self, trainer: Any, training: JobRun, worker: Worker) -> None:
+    async def _serve_between_slices(
+        self, trainer: Any, training: JobRun, worker: Worker, serve: ServeJob
+    ) -> None:
         """Run the /imagine jobs that wait, with the adapter under training switched off."""
-        sched = self.scheduler
-        queue = sched.queue
+        queue = self.queue
         # Jobs for another base model wait for the end of the training: the trainer holds its
         # model, and a second resident model would not fit a small card.
         resident = affinity.worker_model(worker)
@@ -87,51 +110,14 @@ class TrainingRunner:
             return
         await trainer.suspend()
         try:
-            while not sched.stopping and not queue.paused:
+            while not self.stopping() and not queue.paused:
                 job = queue.pop_next("generate", same_model)
                 if job is None:
                     break
-                await sched.run_job(job, worker)
+                await serve(job, worker)
         finally:
-            sched.set_running(worker, training)
+            self.active.start(worker.name, training)
             await trainer.resume()
-
-
-class _OnThread:
-    """A trainer of this process, each call run on its worker's engine thread."""
-
-    def __init__(self, worker: Worker, trainer: Any) -> None:
-        self.worker = worker
-        self.trainer = trainer
-
-    @property
-    def step(self) -> int:
-        """The step setup resumed from (0: from scratch)."""
-        return int(getattr(self.trainer, "step", 0) or 0)
-
-    async def setup(self) -> None:
-        """Load data and model parts, resume from the newest checkpoint."""
-        await self.worker.call(self.trainer.setup)
-
-    async def train_steps(self, n: int, cancel: threading.Event) -> Any:
-        """Run up to n steps."""
-        return await self.worker.call(self.trainer.train_steps, n, cancel)
-
-    async def suspend(self) -> None:
-        """Hand the pipeline back to generations."""
-        await self.worker.call(self.trainer.suspend)
-
-    async def resume(self) -> None:
-        """Make the training adapter active again."""
-        await self.worker.call(self.trainer.resume)
-
-    async def finish(self) -> Any:
-        """Write the final LoRA."""
-        return await self.worker.call(self.trainer.finish)
-
-    async def abort(self) -> None:
-        """Stop, keeping the checkpoints."""
-        await self.worker.call(self.trainer.abort)
 
 
 def train_output_data(output: Any) -> dict[str, Any]:

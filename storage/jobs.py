@@ -8,13 +8,22 @@ import sqlite3
 import time
 from typing import Any, cast, get_args
 
-from scheduling.jobs import DELIVERABLE_STATUSES, FINAL_STATUSES, JobKind, JobRecord, JobStatus
+from engine.requests import GenerationRequest
+from scheduling.jobs import (
+    DELIVERABLE_STATUSES,
+    FINAL_STATUSES,
+    JobKind,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    TrainSpec,
+    Work,
+)
 from storage.db import Database, Transaction
 from storage.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS: frozenset[str] = frozenset(get_args(JobKind))
 JOB_STATUSES: frozenset[str] = frozenset(get_args(JobStatus))
 _COLUMNS = (
     "id, kind, user_id, payload, guild_id, channel_id, reference, priority, status, attempts,"
@@ -32,23 +41,44 @@ def _to_json(name: str, value: dict[str, Any]) -> str:
         raise TypeError(f"job {name} cannot be stored as JSON: {exc}") from exc
 
 
-def _job_model(payload: dict[str, Any]) -> str | None:
-    """The base model a generate job runs on (kept in a column, for queries and /history)."""
-    request = payload.get("request")
-    model = request.get("model") if isinstance(request, dict) else None
-    return model if isinstance(model, str) and model else None
+# The one place a job's work becomes JSON and back. The keys are those of every earlier version,
+# so jobs written before an upgrade still load.
+_REQUEST, _TRAIN, _TAG = "request", "train", "queue_tag"
+
+
+def encode_payload(work: Work, tag: float | None) -> dict[str, Any]:
+    """The stored JSON form of a job's work and fair-queue tag."""
+    payload: dict[str, Any] = (
+        {_TRAIN: work.trainer_settings()}
+        if isinstance(work, TrainSpec)
+        else {_REQUEST: work.to_dict()}
+    )
+    if tag is not None:
+        payload[_TAG] = tag
+    return payload
+
+
+def decode_payload(kind: str, payload: dict[str, Any]) -> tuple[Work, float | None]:
+    """The work and fair-queue tag of a stored payload."""
+    tag = payload.get(_TAG)
+    tag = None if tag is None else float(tag)
+    if kind == "train":
+        return TrainSpec.from_dict(payload.get(_TRAIN) or {}), tag
+    # A row written before requests were checked may lack a prompt: it loads as an empty one.
+    return GenerationRequest.from_dict({"prompt": "", **(payload.get(_REQUEST) or {})}), tag
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
+    work, tag = decode_payload(row["kind"], json.loads(row["payload"]))
     return JobRecord(
         id=int(row["id"]),
-        kind=cast(JobKind, row["kind"]),
         user_id=int(row["user_id"]),
-        payload=json.loads(row["payload"]),
+        work=work,
         guild_id=row["guild_id"],
         channel_id=row["channel_id"],
         reference=json.loads(row["reference"]),
         priority=int(row["priority"]),
+        tag=tag,
         status=cast(JobStatus, row["status"]),
         attempts=int(row["attempts"]),
         error=row["error"],
@@ -63,36 +93,30 @@ class JobsRepo:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create_job(
-        self,
-        *,
-        kind: JobKind,
-        user_id: int,
-        payload: dict[str, Any],
-        guild_id: int | None = None,
-        channel_id: int | None = None,
-        reference: dict[str, Any] | None = None,
-        priority: int = 0,
-    ) -> JobRecord:
+    async def create_job(self, new: NewJob) -> JobRecord:
         """Insert a queued job and return it with its new id (committed before returning)."""
-        if kind not in JOB_KINDS:
-            raise ValueError(f"job kind must be one of {sorted(JOB_KINDS)}, got {kind!r}")
+        if not isinstance(new.work, (GenerationRequest, TrainSpec)):
+            raise TypeError(
+                f"job work must be a GenerationRequest or a TrainSpec, got {type(new.work).__name__}"
+            )
+        kind: JobKind = new.kind
+        payload = encode_payload(new.work, new.tag)
         payload_json = _to_json("payload", payload)
-        reference_json = _to_json("reference", reference or {})
+        reference_json = _to_json("reference", new.reference)
         async with self._db.transaction() as tx:
             result = await tx.execute(
                 "INSERT INTO jobs (kind, user_id, guild_id, channel_id, reference, payload,"
                 " priority, created_at, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     kind,
-                    user_id,
-                    guild_id,
-                    channel_id,
+                    new.user_id,
+                    new.guild_id,
+                    new.channel_id,
                     reference_json,
                     payload_json,
-                    int(priority),
+                    int(new.priority),
                     time.time(),
-                    _job_model(payload),
+                    (new.work.model or None) if isinstance(new.work, GenerationRequest) else None,
                 ),
             )
             row = await tx.fetchone(

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from scheduling.jobs import JobKind, JobRecord, JobStatus
+from scheduling.jobs import JobRecord, JobStatus, NewJob
 from storage.db import Database, Transaction
 from storage.embeddings import EmbeddingsRepo
 from storage.errors import NotFoundError
@@ -75,27 +75,9 @@ class Storage:
 
     # --- scheduling.jobs.JobStore -------------------------------------------------------------
 
-    async def create_job(
-        self,
-        *,
-        kind: JobKind,
-        user_id: int,
-        payload: dict[str, Any],
-        guild_id: int | None = None,
-        channel_id: int | None = None,
-        reference: dict[str, Any] | None = None,
-        priority: int = 0,
-    ) -> JobRecord:
+    async def create_job(self, new: NewJob) -> JobRecord:
         """Insert a queued job and return it with its new id (written before returning)."""
-        return await self.jobs.create_job(
-            kind=kind,
-            user_id=user_id,
-            payload=payload,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            reference=reference,
-            priority=priority,
-        )
+        return await self.jobs.create_job(new)
 
     async def set_job_status(
         self,
@@ -133,7 +115,7 @@ class Storage:
     async def _record_training(
         self, job: JobRecord, status: JobStatus, result: dict[str, Any] | None, tx: Transaction
     ) -> None:
-        name = str(job.payload.get("train", {}).get("name", ""))
+        name = job.train.name
         if not name:
             return
         try:
@@ -148,22 +130,22 @@ class Storage:
     async def _record_generation(
         self, job: JobRecord, result: dict[str, Any], tx: Transaction
     ) -> None:
-        request = job.payload.get("request", {})
+        request = job.request
         seeds = [int(s) for s in result["seeds"]]
         await self.generations.record_generation(
             job_id=job.id,
             user_id=job.user_id,
-            prompt=str(request.get("prompt", "")),
-            negative_prompt=str(request.get("negative_prompt") or ""),
-            steps=int(request.get("num_inference_steps") or 0),
-            cfg=float(request.get("guidance_scale") or 0.0),
-            width=int(request.get("width") or 0),
-            height=int(request.get("height") or 0),
-            sampler=str(request.get("scheduler") or ""),
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or "",
+            steps=request.num_inference_steps or 0,
+            cfg=request.guidance_scale or 0.0,
+            width=request.width or 0,
+            height=request.height or 0,
+            sampler=request.scheduler or "",
             seeds=seeds,
             model=str(result.get("model", "")),
-            lora_name=request.get("lora_name"),
-            lora_scale=request.get("lora_scale") if request.get("lora_name") else None,
+            lora_name=request.lora_name,
+            lora_scale=request.lora_scale if request.lora_name else None,
             image_paths=[str(p) for p in result.get("paths", [])],
             timings={"total_s": float(result.get("seconds", 0.0))},
             tx=tx,

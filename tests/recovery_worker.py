@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.requests import GenerationRequest
+from scheduling.jobs import NewJob
+
 USERS = 5
 JOBS_PER_USER = 10
 
@@ -16,12 +19,12 @@ def build_executor(storage: Any, model: Path, out: Path) -> Any:
     """The worker's engine; the test that recovers the killed worker's jobs builds the same one."""
     from engine.config import QueueConfig
     from engine.generator import TextToImageGenerator
-    from scheduling.executor import EngineExecutor
+    from scheduling.executor import build_scheduler
     from tests.conftest import tiny_config
 
     generator = TextToImageGenerator(tiny_config(model, num_inference_steps=2))
     generator.load_model()
-    return EngineExecutor(
+    return build_scheduler(
         generator,
         storage,
         QueueConfig(per_user_cap=JOBS_PER_USER, global_cap=100, progress_interval_s=60),
@@ -46,10 +49,10 @@ async def serve(db: Path, model: Path, out: Path, submit: bool) -> None:
         for user in range(1, USERS + 1):
             for n in range(JOBS_PER_USER):
                 await executor.submit(
-                    user_id=user,
-                    payload={
-                        "request": {"prompt": f"a red castle {user} {n}", "seed": 1000 * user + n}
-                    },
+                    NewJob(
+                        user_id=user,
+                        work=GenerationRequest(f"a red castle {user} {n}", seed=1000 * user + n),
+                    )
                 )
         print("submitted", flush=True)
         executor.resume()

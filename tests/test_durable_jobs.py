@@ -10,9 +10,10 @@ import pytest
 
 from engine.config import QueueConfig
 from engine.generator import TextToImageGenerator
+from engine.requests import GenerationRequest
 from scheduling.events import Cancelled, Finished, Progress
-from scheduling.executor import EngineExecutor
-from scheduling.jobs import MemoryJobStore
+from scheduling.executor import build_scheduler
+from scheduling.jobs import JobRecord, MemoryJobStore, NewJob, TrainSpec
 from scheduling.queue import FairQueue, QueueFullError
 from storage import Storage
 from storage.errors import StorageError
@@ -25,7 +26,7 @@ STORED = request(num_inference_steps=2, guidance_scale=5.0, width=64, height=64,
 async def test_finished_generation_waits_for_delivery(tmp_path: Path) -> None:
     storage = await Storage.open(tmp_path / "bot.sqlite3")
     try:
-        job = await storage.create_job(kind="generate", user_id=7, payload=STORED)
+        job = await storage.create_job(NewJob(user_id=7, work=STORED))
         await storage.set_job_status(job.id, "running")
         result = {"seeds": [3], "paths": [str(tmp_path / "a.png")], "model": "tiny"}
         await storage.set_job_status(job.id, "finished", result=result)
@@ -40,7 +41,7 @@ async def test_finished_generation_waits_for_delivery(tmp_path: Path) -> None:
         assert stored is not None and stored.status == "done" and stored.delivered
         assert await storage.undelivered_jobs() == []
         # A failure carries a message to deliver too.
-        failed = await storage.create_job(kind="generate", user_id=7, payload=request())
+        failed = await storage.create_job(NewJob(user_id=7, work=request()))
         await storage.set_job_status(failed.id, "failed", result={"message": "no"})
         assert [j.id for j in await storage.undelivered_jobs()] == [failed.id]
     finally:
@@ -52,8 +53,8 @@ async def test_training_registers_its_lora_in_the_same_transaction(tmp_path: Pat
     try:
         await storage.loras.add_lora(name="pinky", path=str(tmp_path / "p"), status="training")
         await storage.loras.add_lora(name="gone", path=str(tmp_path / "g"), status="training")
-        ok = await storage.create_job(kind="train", user_id=1, payload={"train": {"name": "pinky"}})
-        bad = await storage.create_job(kind="train", user_id=1, payload={"train": {"name": "gone"}})
+        ok = await storage.create_job(NewJob(user_id=1, work=TrainSpec("pinky")))
+        bad = await storage.create_job(NewJob(user_id=1, work=TrainSpec("gone")))
         await storage.set_job_status(ok.id, "finished", result={"sha256": "ab" * 32})
         await storage.set_job_status(bad.id, "cancelled", result={"was_running": True})
         pinky = await storage.loras.get_lora("pinky")
@@ -61,9 +62,7 @@ async def test_training_registers_its_lora_in_the_same_transaction(tmp_path: Pat
         assert (await storage.loras.get_lora("gone")).status == "failed"
         # If the job write fails, the LoRA must not be ready either (one transaction).
         await storage.loras.add_lora(name="atomic", path=str(tmp_path / "a"), status="training")
-        job = await storage.create_job(
-            kind="train", user_id=1, payload={"train": {"name": "atomic"}}
-        )
+        job = await storage.create_job(NewJob(user_id=1, work=TrainSpec("atomic")))
         with pytest.raises(ValueError, match="job status"):
             await storage.set_job_status(job.id, "exploded", result={})  # type: ignore[arg-type]
         await storage.db.execute(
@@ -99,7 +98,7 @@ async def test_migration_keeps_jobs_and_their_ids(tmp_path: Path) -> None:
         queued = await new.get_job(ids[1])
         assert queued is not None and queued.status == "queued" and not queued.delivered
         assert await new.undelivered_jobs() == []  # old finished jobs count as delivered
-        fresh = await new.create_job(kind="generate", user_id=1, payload=request())
+        fresh = await new.create_job(NewJob(user_id=1, work=request()))
         assert fresh.id == ids[2] + 1
     finally:
         await new.close()
@@ -108,9 +107,9 @@ async def test_migration_keeps_jobs_and_their_ids(tmp_path: Path) -> None:
 class SlowStore(MemoryJobStore):
     """A store whose writes take a moment, so concurrent submits interleave."""
 
-    async def create_job(self, **kwargs):  # type: ignore[override]
+    async def create_job(self, new: NewJob) -> JobRecord:
         await asyncio.sleep(0.01)
-        return await super().create_job(**kwargs)
+        return await super().create_job(new)
 
 
 async def test_global_cap_holds_under_a_burst() -> None:
@@ -118,7 +117,7 @@ async def test_global_cap_holds_under_a_burst() -> None:
 
     async def one(user: int) -> bool:
         try:
-            await queue.submit(kind="generate", user_id=user, payload={})
+            await queue.submit(NewJob(user_id=user, work=GenerationRequest("")))
         except QueueFullError:
             return False
         return True
@@ -131,7 +130,7 @@ async def test_failed_acknowledgement_cancels_the_job_and_frees_its_slot(
     tiny_generator: TextToImageGenerator, tmp_path: Path
 ) -> None:
     store = MemoryJobStore()
-    ex = EngineExecutor(
+    ex = build_scheduler(
         tiny_generator, store, QueueConfig(per_user_cap=1), image_path=lambda j, i: tmp_path / "x"
     )
     ex.pause()
@@ -142,7 +141,7 @@ async def test_failed_acknowledgement_cancels_the_job_and_frees_its_slot(
             raise TimeoutError("interaction expired")
 
         with pytest.raises(TimeoutError):
-            await ex.submit(user_id=1, payload=request(), acknowledge=too_late)
+            await ex.submit(NewJob(user_id=1, work=request()), acknowledge=too_late)
         assert store.jobs[1].status == "cancelled" and store.jobs[1].delivered
         assert len(ex.queue) == 0
         acknowledged: list[int] = []
@@ -151,7 +150,7 @@ async def test_failed_acknowledgement_cancels_the_job_and_frees_its_slot(
             assert ex.queue.get_job(job.id) is None  # written, not yet startable
             acknowledged.append(job.id)
 
-        job = await ex.submit(user_id=1, payload=request(), acknowledge=ack)
+        job = await ex.submit(NewJob(user_id=1, work=request()), acknowledge=ack)
         assert acknowledged == [job.id] and ex.queue.get_job(job.id) is not None
     finally:
         await ex.stop()
@@ -177,7 +176,7 @@ async def test_dispatcher_survives_storage_errors(
     tiny_generator: TextToImageGenerator, tmp_path: Path, status: str
 ) -> None:
     store = FlakyStore(status, failures=1)
-    ex = EngineExecutor(
+    ex = build_scheduler(
         tiny_generator,
         store,
         QueueConfig(progress_interval_s=60),
@@ -187,8 +186,8 @@ async def test_dispatcher_survives_storage_errors(
     ex.subscribe(rec)
     await ex.start()
     try:
-        first = await ex.submit(user_id=1, payload=request("one"))
-        second = await ex.submit(user_id=2, payload=request("two"))
+        first = await ex.submit(NewJob(user_id=1, work=request("one")))
+        second = await ex.submit(NewJob(user_id=2, work=request("two")))
         await rec.wait(Finished, first.id, timeout=120)
         await rec.wait(Finished, second.id, timeout=120)
         assert ex.dispatcher_alive
@@ -232,7 +231,7 @@ class SliceTrainer:
 async def test_training_between_slices_stays_visible_and_cancellable(
     tiny_generator: TextToImageGenerator, tmp_path: Path
 ) -> None:
-    ex = EngineExecutor(
+    ex = build_scheduler(
         tiny_generator,
         MemoryJobStore(),
         QueueConfig(progress_interval_s=0, train_slice_steps=2),
@@ -244,9 +243,9 @@ async def test_training_between_slices_stays_visible_and_cancellable(
     ex.pause()
     await ex.start()
     try:
-        training = await ex.submit(user_id=1, payload={"train": {"name": "t"}}, kind="train")
+        training = await ex.submit(NewJob(user_id=1, work=TrainSpec("t")))
         image = await ex.submit(
-            user_id=2, payload=request("between slices", num_inference_steps=20)
+            NewJob(user_id=2, work=request("between slices", num_inference_steps=20))
         )
         seen: dict[str, object] = {}
 

@@ -3,7 +3,10 @@ autocompletes, a stopped engine's health, and the NSFW withhold and safety-check
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from tests.e2e_harness import answer, ephemeral, running, wait_result
 
@@ -74,9 +77,21 @@ async def test_withhold_mode_keeps_flagged_images_out_of_public_channels(
         assert result.files and not result.files[0].filename.startswith("SPOILER_")
 
 
-async def test_stats_report_a_stopped_dispatcher(world, tiny_model_dir: Path) -> None:
+async def test_stats_report_a_stopped_dispatcher(
+    world, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scheduling import affinity
+
+    def broken_pick(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the dispatcher")
+
     async with running(world, tiny_model_dir) as bot:
-        bot.executor._dispatcher.cancel()  # what a bug in the loop would do
+        monkeypatch.setattr(affinity, "pick", broken_pick)  # the next pick ends the loop
+        await world.slash(world.alice, "imagine", {"prompt": "a castle"})
+        deadline = asyncio.get_running_loop().time() + 30
+        while bot.executor.dispatcher_alive:
+            assert asyncio.get_running_loop().time() < deadline, "the dispatcher never stopped"
+            await asyncio.sleep(0.05)
         stats = await answer(await world.slash(world.admin, "admin stats"))
         assert "STOPPED" in str(stats.data)
 

@@ -38,7 +38,7 @@ async def test_attachment_img2img(world, tiny_model_dir: Path) -> None:
         assert found["size"][0] > found["size"][1]  # the 3:2 picture stays landscape
         job = await bot.storage.get_job(1)
         assert job is not None
-        stored = Path(job.payload["request"]["init_image"])
+        stored = Path(job.request.init_image)
         assert stored.is_file() and stored.parent.parent.name == "sources"
         assert len(stored.stem) == 64  # named by its sha256
         # The same picture again is stored once.
@@ -46,15 +46,15 @@ async def test_attachment_img2img(world, tiny_model_dir: Path) -> None:
         it2 = await world.slash(world.alice, "imagine", {"prompt": "a cat", "image": again})
         await wait_result(it2)
         job2 = await bot.storage.get_job(2)
-        assert job2 is not None and job2.payload["request"]["init_image"] == str(stored)
-        assert job2.payload["request"]["strength"] == 0.6
+        assert job2 is not None and job2.request.init_image == str(stored)
+        assert job2.request.strength == 0.6
         # Subtle / Strong repaint the same source again at 0.35 / 0.7 with a new seed.
         assert "sd:subtle:1" in str(result.payload["components"])
         strong = await world.fake.send_component(world.alice, result.message, "sd:strong:1")
         stronger = await wait_result(strong)
         assert params(stronger.files[0])["Denoising strength"] == "0.7"
         job3 = await bot.storage.get_job(3)
-        assert job3 is not None and job3.payload["request"]["init_image"] == str(stored)
+        assert job3 is not None and job3.request.init_image == str(stored)
 
 
 async def test_u_and_v_buttons_on_a_four_image_result(world, tiny_model_dir: Path) -> None:
@@ -83,7 +83,7 @@ async def test_u_and_v_buttons_on_a_four_image_result(world, tiny_model_dir: Pat
         job3 = await bot.storage.get_job(3)
         generation = await bot.storage.generations.get_generation_by_job(1)
         assert job3 is not None and generation is not None
-        assert job3.payload["request"]["init_image"] == generation.image_paths[0]
+        assert job3.request.init_image == generation.image_paths[0]
         assert params(varied.files[0])["Denoising strength"] == "0.6"
         assert params(varied.files[0])["Seed"] != "9"
 

@@ -27,7 +27,7 @@ async def test_inline_loras_are_resolved_before_queueing_and_stacked(
         assert params["prompt"] == prompt  # as written, tags and brackets included
         assert params["LoRAs"] == "ink:0.7, detail:1"
         job = (await bot.storage.jobs_for_user(world.alice.id, limit=1))[0]
-        entries = job.payload["request"]["loras"]
+        entries = job.request.loras
         ink = await bot.storage.loras.get_lora("ink")
         assert entries[0] == [ink.path, 0.7, "ink"] and entries[1][1:] == [1.0, "detail"]
         assert bot.generator.lora.active == (("ink", 0.7), ("detail", 1.0))

@@ -12,6 +12,7 @@ import torch
 
 from engine.config import QueueConfig
 from engine.generator import MEMORY_RUNGS, TextToImageGenerator
+from engine.requests import GenerationRequest
 from scheduling.events import (
     Cancelled,
     Failed,
@@ -22,13 +23,22 @@ from scheduling.events import (
     Queued,
     Started,
 )
-from scheduling.executor import EngineExecutor
-from scheduling.jobs import MemoryJobStore
+from scheduling.executor import build_scheduler
+from scheduling.jobs import MemoryJobStore, NewJob, TrainSpec
 from scheduling.queue import FairQueue, QueueFullError
+from scheduling.scheduler import Scheduler
+from scheduling.workers.local import LocalWorker
 
 
-def request(prompt: str = "a red castle", **extra: object) -> dict:
-    return {"request": {"prompt": prompt, "seed": 1, **extra}}
+def request(prompt: str = "a red castle", **extra: object) -> GenerationRequest:
+    return GenerationRequest(prompt, **{"seed": 1, **extra})  # type: ignore[arg-type]
+
+
+def local(scheduler: Scheduler) -> LocalWorker:
+    """The scheduler's one local worker (build_scheduler made it)."""
+    worker = scheduler.workers[0]
+    assert isinstance(worker, LocalWorker)
+    return worker
 
 
 class Recorder:
@@ -63,7 +73,7 @@ class Recorder:
 @pytest.fixture
 async def executor(tiny_generator: TextToImageGenerator, tmp_path: Path):
     store = MemoryJobStore()
-    ex = EngineExecutor(
+    ex = build_scheduler(
         tiny_generator,
         store,
         QueueConfig(progress_interval_s=0, per_user_cap=3, global_cap=8),
@@ -77,12 +87,12 @@ async def executor(tiny_generator: TextToImageGenerator, tmp_path: Path):
     await ex.stop()
 
 
-async def test_round_robin_across_three_users(executor: EngineExecutor) -> None:
+async def test_round_robin_across_three_users(executor: Scheduler) -> None:
     executor.pause()
     ids = {}
     for user, count in ((1, 3), (2, 2), (3, 1)):
         for n in range(count):
-            job = await executor.submit(user_id=user, payload=request(f"job {user}-{n}"))
+            job = await executor.submit(NewJob(user_id=user, work=request(f"job {user}-{n}")))
             ids[job.id] = user
     positions = [executor.position(job_id) for job_id in ids]
     assert sorted(positions) == [1, 2, 3, 4, 5, 6]
@@ -92,31 +102,31 @@ async def test_round_robin_across_three_users(executor: EngineExecutor) -> None:
     assert started == [1, 2, 3, 1, 2, 1]
 
 
-async def test_caps_refuse_with_a_reason(executor: EngineExecutor) -> None:
+async def test_caps_refuse_with_a_reason(executor: Scheduler) -> None:
     executor.pause()
     for _ in range(3):
-        await executor.submit(user_id=5, payload=request())
+        await executor.submit(NewJob(user_id=5, work=request()))
     with pytest.raises(QueueFullError, match="already have 3 jobs waiting"):
-        await executor.submit(user_id=5, payload=request())
+        await executor.submit(NewJob(user_id=5, work=request()))
     for user in range(6, 11):
-        await executor.submit(user_id=user, payload=request())
+        await executor.submit(NewJob(user_id=user, work=request()))
     with pytest.raises(QueueFullError, match="queue is full"):
-        await executor.submit(user_id=99, payload=request())
+        await executor.submit(NewJob(user_id=99, work=request()))
     # Admins are not capped.
-    await executor.submit(user_id=99, payload=request(), admin=True)
+    await executor.submit(NewJob(user_id=99, work=request()), admin=True)
     assert len(executor.queue) == 9
 
 
-async def test_bad_request_refused_before_queueing(executor: EngineExecutor) -> None:
+async def test_bad_request_refused_before_queueing(executor: Scheduler) -> None:
     with pytest.raises(ValueError, match="width: must be a multiple of 8"):
-        await executor.submit(user_id=1, payload=request(width=99))
+        await executor.submit(NewJob(user_id=1, work=request(width=99)))
     assert len(executor.queue) == 0 and executor.store.jobs == {}
 
 
-async def test_cancel_queued_and_running(executor: EngineExecutor) -> None:
+async def test_cancel_queued_and_running(executor: Scheduler) -> None:
     executor.pause()
-    slow = await executor.submit(user_id=1, payload=request(num_inference_steps=150))
-    waiting = await executor.submit(user_id=2, payload=request())
+    slow = await executor.submit(NewJob(user_id=1, work=request(num_inference_steps=150)))
+    waiting = await executor.submit(NewJob(user_id=2, work=request()))
     assert await executor.cancel(waiting.id) == "queued"
     assert executor.position(waiting.id) is None
     assert executor.store.jobs[waiting.id].status == "cancelled"
@@ -134,7 +144,7 @@ async def test_progress_events_are_throttled(
 ) -> None:
     results = {}
     for interval in (0.0, 30.0):
-        ex = EngineExecutor(
+        ex = build_scheduler(
             tiny_generator,
             MemoryJobStore(),
             QueueConfig(progress_interval_s=interval),
@@ -143,7 +153,7 @@ async def test_progress_events_are_throttled(
         rec = Recorder()
         ex.subscribe(rec)
         await ex.start()
-        job = await ex.submit(user_id=1, payload=request(num_inference_steps=8))
+        job = await ex.submit(NewJob(user_id=1, work=request(num_inference_steps=8)))
         await rec.wait(Finished, job.id)
         await ex.stop()
         results[interval] = rec.of(Progress, job.id)
@@ -153,8 +163,8 @@ async def test_progress_events_are_throttled(
     assert [p.step for p in results[30.0]] == [1, 8]
 
 
-async def test_finished_event_has_files_and_seeds(executor: EngineExecutor) -> None:
-    job = await executor.submit(user_id=1, payload=request(num_images=2, seed=500))
+async def test_finished_event_has_files_and_seeds(executor: Scheduler) -> None:
+    job = await executor.submit(NewJob(user_id=1, work=request(num_images=2, seed=500)))
     [done] = await executor.rec.wait(Finished, job.id)
     assert done.result_data["seeds"] == [500, 501]
     for path in done.result_data["paths"]:
@@ -165,15 +175,17 @@ async def test_finished_event_has_files_and_seeds(executor: EngineExecutor) -> N
     assert queued and queued[0].position == 1
 
 
-async def test_missing_seed_is_fixed_at_submit(executor: EngineExecutor) -> None:
-    job = await executor.submit(user_id=1, payload={"request": {"prompt": "a tree"}})
-    seed = job.payload["request"]["seed"]
+async def test_missing_seed_is_fixed_at_submit(executor: Scheduler) -> None:
+    job = await executor.submit(
+        NewJob(user_id=1, work=GenerationRequest.from_dict({"prompt": "a tree"}))
+    )
+    seed = job.request.seed
     assert isinstance(seed, int)
     [done] = await executor.rec.wait(Finished, job.id)
     assert done.result_data["seeds"] == [seed]
 
 
-async def test_oom_ladder_steps_down_and_remembers(executor: EngineExecutor) -> None:
+async def test_oom_ladder_steps_down_and_remembers(executor: Scheduler) -> None:
     seen: list[int] = []
 
     def inject(level: int) -> None:
@@ -181,44 +193,44 @@ async def test_oom_ladder_steps_down_and_remembers(executor: EngineExecutor) -> 
         if level < 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
-    executor.fault_injector = inject
-    job = await executor.submit(user_id=1, payload=request())
+    local(executor).core.fault_injector = inject
+    job = await executor.submit(NewJob(user_id=1, work=request()))
     [done] = await executor.rec.wait(Finished, job.id)
     assert seen == [0, 1, 2] and done.result_data["memory_level"] == 2
     notices = [n.message for n in executor.rec.of(Notice, job.id)]
     assert len(notices) == 2 and MEMORY_RUNGS[0] in notices[0] and MEMORY_RUNGS[1] in notices[1]
     seen.clear()
-    again = await executor.submit(user_id=1, payload=request())
+    again = await executor.submit(NewJob(user_id=1, work=request()))
     await executor.rec.wait(Finished, again.id)
     assert seen == [2]  # the rung that worked for 64x64 is reused straight away
-    executor.generator.set_memory_level(0)
+    local(executor).generator.set_memory_level(0)
 
 
-async def test_oom_on_every_rung_fails_with_advice(executor: EngineExecutor) -> None:
+async def test_oom_on_every_rung_fails_with_advice(executor: Scheduler) -> None:
     def inject(level: int) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
-    executor.fault_injector = inject
-    job = await executor.submit(user_id=1, payload=request(num_images=2))
+    local(executor).core.fault_injector = inject
+    job = await executor.submit(NewJob(user_id=1, work=request(num_images=2)))
     [failed] = await executor.rec.wait(Failed, job.id)
     assert "smaller size" in failed.message
     assert len(executor.rec.of(Notice, job.id)) == len(MEMORY_RUNGS)
-    executor.fault_injector = None
-    executor.generator.set_memory_level(0)
+    local(executor).core.fault_injector = None
+    local(executor).generator.set_memory_level(0)
 
 
-async def test_last_rung_makes_images_one_at_a_time(executor: EngineExecutor) -> None:
-    executor.fault_injector = lambda level: None
-    executor._levels[(64, 64)] = len(MEMORY_RUNGS)
-    job = await executor.submit(user_id=1, payload=request(num_images=3, seed=40))
+async def test_last_rung_makes_images_one_at_a_time(executor: Scheduler) -> None:
+    local(executor).core.fault_injector = lambda level: None
+    local(executor).core.levels[(64, 64)] = len(MEMORY_RUNGS)
+    job = await executor.submit(NewJob(user_id=1, work=request(num_images=3, seed=40)))
     [done] = await executor.rec.wait(Finished, job.id)
     assert done.result_data["seeds"] == [40, 41, 42] and len(done.result_data["paths"]) == 3
-    executor._levels.clear()
-    executor.generator.set_memory_level(0)
+    local(executor).core.levels.clear()
+    local(executor).generator.set_memory_level(0)
 
 
 async def test_deleted_lora_fails_clearly(
-    executor: EngineExecutor, tiny_lora: Path, tmp_path: Path
+    executor: Scheduler, tiny_lora: Path, tmp_path: Path
 ) -> None:
     import shutil
 
@@ -227,7 +239,7 @@ async def test_deleted_lora_fails_clearly(
     shutil.copy(tiny_lora, copy)
     executor.pause()
     job = await executor.submit(
-        user_id=1, payload=request(lora=str(copy.parent), lora_name="style", lora_scale=1.0)
+        NewJob(user_id=1, work=request(lora=str(copy.parent), lora_name="style", lora_scale=1.0))
     )
     shutil.rmtree(copy.parent)
     executor.resume()
@@ -235,20 +247,22 @@ async def test_deleted_lora_fails_clearly(
     assert "LoRA" in failed.message and "not found" in failed.message
 
 
-async def test_training_without_trainer_fails_cleanly(executor: EngineExecutor) -> None:
-    job = await executor.submit(user_id=1, payload={"name": "x"}, kind="train")
+async def test_training_without_trainer_fails_cleanly(executor: Scheduler) -> None:
+    job = await executor.submit(
+        NewJob(user_id=1, work=TrainSpec(name="x", dataset_dir="", output_dir=""))
+    )
     [failed] = await executor.rec.wait(Failed, job.id)
     assert failed.message == "Training is not available yet."
 
 
-async def test_event_loop_stays_responsive_during_generation(executor: EngineExecutor) -> None:
+async def test_event_loop_stays_responsive_during_generation(executor: Scheduler) -> None:
     job = await executor.submit(
-        user_id=1, payload=request(num_inference_steps=20, width=128, height=128)
+        NewJob(user_id=1, work=request(num_inference_steps=20, width=128, height=128))
     )
     await executor.rec.wait(Started, job.id)
     lags: list[float] = []
     query_times: list[float] = []
-    while executor.running is not None:
+    while executor.snapshot().running:
         before = time.perf_counter()
         await asyncio.sleep(0.01)
         lags.append(time.perf_counter() - before - 0.01)
@@ -270,7 +284,7 @@ def test_fair_queue_positions_match_serving_order() -> None:
         queue = FairQueue(MemoryJobStore(), per_user_cap=1000, global_cap=1000)
         rng = random.Random(3)
         for _ in range(200):
-            await queue.submit(kind="generate", user_id=rng.randrange(12), payload={})
+            await queue.submit(NewJob(user_id=rng.randrange(12), work=GenerationRequest("")))
         for _ in range(40):
             order = queue.order()
             for index, job in enumerate(order, start=1):
@@ -278,30 +292,30 @@ def test_fair_queue_positions_match_serving_order() -> None:
             assert queue.pop_next().id == order[0].id
             if rng.random() < 0.3:
                 queue.remove(rng.choice(order[1:]).id)
-            await queue.submit(kind="generate", user_id=rng.randrange(12), payload={})
+            await queue.submit(NewJob(user_id=rng.randrange(12), work=GenerationRequest("")))
 
     asyncio.run(scenario())
 
 
-async def test_concurrent_submits_of_one_user_get_distinct_turns(executor: EngineExecutor) -> None:
+async def test_concurrent_submits_of_one_user_get_distinct_turns(executor: Scheduler) -> None:
     executor.pause()
     jobs = await asyncio.gather(
-        *(executor.submit(user_id=1, payload=request(f"a {n}")) for n in range(3))
+        *(executor.submit(NewJob(user_id=1, work=request(f"a {n}"))) for n in range(3))
     )
-    other = await executor.submit(user_id=2, payload=request("b"))
+    other = await executor.submit(NewJob(user_id=2, work=request("b")))
     order = [job.id for job in executor.queue.order()]
     assert order == [jobs[0].id, other.id, jobs[1].id, jobs[2].id]
 
 
-async def test_announced_etas_match_single_queries(executor: EngineExecutor) -> None:
+async def test_announced_etas_match_single_queries(executor: Scheduler) -> None:
     executor.pause()
     for n in range(5):
         await executor.submit(
-            user_id=n % 2 + 1, payload=request(f"x {n}", num_inference_steps=n + 1)
+            NewJob(user_id=n % 2 + 1, work=request(f"x {n}", num_inference_steps=n + 1))
         )
-    executor._seconds_per_unit = 0.5
+    executor.announcer.seconds_per_unit = 0.5
     before = len(executor.rec.events)
-    executor._announce_positions()
+    executor.announcer.announce_positions()
     announced = [e for e in executor.rec.events[before:] if isinstance(e, Queued)]
     assert [e.position for e in announced] == [1, 2, 3, 4, 5]
     for event in announced:

@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.config import ModelConfig
+from engine.config import ModelConfig, QueueConfig
 from engine.errors import EngineError
 from engine.model_choices import ModelCatalog, parse_model_choices
+from engine.requests import GenerationRequest
 from scheduling import affinity
-from scheduling.jobs import JobRecord
+from scheduling.jobs import JobRecord, NewJob, TrainSpec
 from tests.conftest import tiny_config
 from tests.tiny_sd import save_tiny_pipeline
 
@@ -55,7 +56,8 @@ def test_width_is_read_from_config_files_and_checkpoint_headers(tmp_path: Path) 
 
 
 def _job(job_id: int, model: str | None, kind: str = "generate") -> JobRecord:
-    return JobRecord(job_id, kind, job_id, {"request": {"model": model}})  # type: ignore[arg-type]
+    work = TrainSpec("t") if kind == "train" else GenerationRequest("x", model=model)
+    return JobRecord(job_id, job_id, work)
 
 
 def _worker(model: str) -> SimpleNamespace:
@@ -147,29 +149,71 @@ def test_cli_model_takes_a_choice_name_or_a_path(
 
 
 async def test_between_training_slices_only_jobs_for_the_training_model_run() -> None:
+    from scheduling.active import ActiveRuns
+    from scheduling.announcer import Announcer
     from scheduling.jobs import MemoryJobStore
+    from scheduling.outcomes import Outcomes
     from scheduling.queue import FairQueue
     from scheduling.training_runner import TrainingRunner
+    from scheduling.workers.base import JobRun
 
-    queue = FairQueue(MemoryJobStore())
+    store = MemoryJobStore()
+    queue = FairQueue(store)
+    training = await store.create_job(NewJob(user_id=9, work=TrainSpec("t")))
     for user, model in ((1, "b"), (2, "a"), (3, None)):
-        payload = {"request": {"prompt": "x", "model": model}}
-        await queue.submit(kind="generate", user_id=user, payload=payload)
+        await queue.submit(NewJob(user_id=user, work=GenerationRequest("x", model=model)))
     ran: list[int] = []
 
-    async def run_job(job: JobRecord, worker: object) -> None:
+    async def serve(job: JobRecord, worker: object) -> None:
         ran.append(job.user_id)
 
-    sched = SimpleNamespace(
-        queue=queue, stopping=False, run_job=run_job, set_running=lambda *a: None
+    class TwoSlices:
+        """A trainer that is done after its second slice."""
+
+        step = 0
+
+        async def setup(self) -> None: ...
+        async def suspend(self) -> None: ...
+        async def resume(self) -> None: ...
+        async def abort(self) -> None: ...
+
+        async def train_steps(self, n: int, cancel: object) -> SimpleNamespace:
+            self.step += n
+            return SimpleNamespace(
+                step=self.step,
+                max_steps=2 * n,
+                seconds_per_step=None,
+                loss=None,
+                done=self.step >= 2 * n,
+            )
+
+        async def finish(self) -> dict:
+            return {"weights_path": "w"}
+
+    trainer = TwoSlices()
+
+    async def make_trainer(job: JobRecord, factory: object) -> TwoSlices:
+        return trainer
+
+    worker = SimpleNamespace(
+        name="w",
+        resident_model="a",
+        held_loras=set(),
+        supports_training=True,
+        trainer=make_trainer,
     )
-
-    async def nothing() -> None:
-        return None
-
-    trainer = SimpleNamespace(suspend=nothing, resume=nothing)
-    worker = SimpleNamespace(resident_model="a", held_loras=set())
-    runner = TrainingRunner(sched, None)  # type: ignore[arg-type]
-    await runner._serve_between_slices(trainer, None, worker)  # type: ignore[arg-type]
+    active = ActiveRuns()
+    announcer = Announcer(queue, [worker], active, lambda: False)  # type: ignore[list-item]
+    runner = TrainingRunner(
+        outcomes=Outcomes(store, announcer, deliver=False),
+        announcer=announcer,
+        queue=queue,
+        active=active,
+        config=QueueConfig(),
+        trainer_factory=lambda job: trainer,
+        stopping=lambda: False,
+    )
+    await runner.run(training, JobRun(training), worker, serve=serve)  # type: ignore[arg-type]
     assert ran == [2, 3]  # the job for model b waits for the end of the training
+    assert store.jobs[training.id].status == "done"
     assert [job.user_id for job in queue.order()] == [1]

@@ -6,14 +6,16 @@ import random
 
 import pytest
 
+from engine.requests import GenerationRequest
 from scheduling.jobs import JobRecord, MemoryJobStore
-from scheduling.queue import TAG_KEY, FairQueue, _SortedJobs
+from scheduling.queue import FairQueue, _SortedJobs
 
 
 def test_blocked_order_matches_a_sorted_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_SortedJobs, "LOAD", 4)  # many splits and emptied blocks in 600 jobs
     rng = random.Random(3)
-    queue = FairQueue(MemoryJobStore(), weight=lambda job: float(job.payload["w"]))
+    weights: dict[int, int] = {}
+    queue = FairQueue(MemoryJobStore(), weight=lambda job: float(weights[job.id]))
     reference: list[JobRecord] = []
     next_id = 1
     for _ in range(600):
@@ -25,20 +27,21 @@ def test_blocked_order_matches_a_sorted_list(monkeypatch: pytest.MonkeyPatch) ->
         else:
             job = JobRecord(
                 id=next_id,
-                kind="generate",
                 user_id=rng.randrange(20),
-                payload={TAG_KEY: float(rng.randrange(30)), "w": rng.randrange(1, 5)},
+                work=GenerationRequest("x"),
+                tag=float(rng.randrange(30)),
                 priority=rng.choice((0, 0, 1)),
             )
+            weights[job.id] = rng.randrange(1, 5)
             next_id += 1
             queue.push(job)
             reference.append(job)
-        reference.sort(key=lambda j: (-j.priority, j.payload[TAG_KEY], j.id))
+        reference.sort(key=lambda j: (-j.priority, j.tag, j.id))
         assert queue.order() == reference
     assert len(queue) == len(reference) > 20
     for index, job in enumerate(reference):
         assert queue.position(job.id) == index + 1
-        assert queue.weight_ahead(job.id) == sum(j.payload["w"] for j in reference[:index])
+        assert queue.weight_ahead(job.id) == sum(weights[j.id] for j in reference[:index])
     assert queue.slice(5, 17) == reference[5:17] and queue.head(3) == reference[:3]
     assert queue.jobs_ahead(reference[9].id) == reference[:9]
     while reference:

@@ -17,8 +17,9 @@ ray = pytest.importorskip("ray")
 
 from engine.lora import resolve_lora_file  # noqa: E402
 from engine.metadata import parse_parameters  # noqa: E402
+from engine.requests import GenerationRequest  # noqa: E402
 from scheduling.events import Cancelled, Finished, Notice, Progress, Started  # noqa: E402
-from scheduling.jobs import MemoryJobStore  # noqa: E402
+from scheduling.jobs import MemoryJobStore, NewJob, TrainSpec  # noqa: E402
 from scheduling.scheduler import Scheduler  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 from tests.test_executor import Recorder  # noqa: E402
@@ -48,13 +49,12 @@ def ray_pool(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     ray.shutdown()
 
 
-@pytest.fixture
-async def pool(ray_pool, tiny_generator, tmp_path: Path):
+async def _serve(workers: list, generator, tmp_path: Path):
     sched = Scheduler(
-        tiny_generator,
+        generator,
         MemoryJobStore(),
-        ray_pool[0].queue_config,
-        workers=ray_pool,
+        workers[0].queue_config,
+        workers=list(workers),
         image_path=lambda job, i: tmp_path / f"job{job.id}-{i}.png",
         trainer_factory=_no_local_trainer,
         close_workers=False,
@@ -63,6 +63,20 @@ async def pool(ray_pool, tiny_generator, tmp_path: Path):
     sched.subscribe(rec)
     sched.rec = rec  # type: ignore[attr-defined]
     await sched.start()
+    return sched
+
+
+@pytest.fixture
+async def pool(ray_pool, tiny_generator, tmp_path: Path):
+    sched = await _serve(ray_pool, tiny_generator, tmp_path)
+    yield sched
+    await sched.stop()
+
+
+@pytest.fixture
+async def solo(ray_pool, tiny_generator, tmp_path: Path):
+    """A scheduler serving only the first worker of the pool (every job runs there)."""
+    sched = await _serve(ray_pool[:1], tiny_generator, tmp_path)
     yield sched
     await sched.stop()
 
@@ -71,15 +85,15 @@ def _no_local_trainer(job: object) -> None:
     raise AssertionError("a Ray worker builds its trainer on its actor")
 
 
-def request(prompt: str, steps: int = 4, **extra: object) -> dict:
-    return {"request": {"prompt": prompt, "seed": 1, "num_inference_steps": steps, **extra}}
+def request(prompt: str, steps: int = 4, **extra: object) -> GenerationRequest:
+    return GenerationRequest(prompt, seed=1, num_inference_steps=steps, **extra)  # type: ignore[arg-type]
 
 
 async def test_three_users_start_in_fair_order_on_both_workers(pool: Scheduler) -> None:
     pool.pause()
     for user in (1, 2, 3):
         for n in range(2):
-            await pool.submit(user_id=user, payload=request(f"u{user} {n}"))
+            await pool.submit(NewJob(user_id=user, work=request(f"u{user} {n}")))
     order = [job.id for job in pool.queue.order()]
     before = {w.name: w.jobs_done for w in pool.workers}
     pool.resume()
@@ -98,7 +112,7 @@ async def test_unseen_lora_reaches_the_worker_by_hash(pool: Scheduler, tiny_lora
     sha = hashlib.sha256(resolve_lora_file(tiny_lora).read_bytes()).hexdigest()
     seen = [ray.get(w.handle.has_lora.remote(sha)) for w in pool.workers]
     assert seen == [False, False]
-    job = await pool.submit(user_id=1, payload=request("styled", lora=str(tiny_lora)))
+    job = await pool.submit(NewJob(user_id=1, work=request("styled", lora=str(tiny_lora))))
     [done] = await pool.rec.wait(Finished, job.id, timeout=120)
     assert done.result_data["seeds"] == [1]
     assert sum(ray.get(w.handle.has_lora.remote(sha)) for w in pool.workers) == 1
@@ -110,14 +124,14 @@ async def test_a_prompts_lora_stack_reaches_the_worker_by_hash(
     sha = hashlib.sha256(resolve_lora_file(tiny_lora_b).read_bytes()).hexdigest()
     assert not any(ray.get(w.handle.has_lora.remote(sha)) for w in pool.workers)
     stack = [[str(tiny_lora_b), 0.8, "bee"]]
-    job = await pool.submit(user_id=1, payload=request("stacked", loras=stack))
+    job = await pool.submit(NewJob(user_id=1, work=request("stacked", loras=stack)))
     [done] = await pool.rec.wait(Finished, job.id, timeout=120)
     assert 'LoRAs: "bee:0.8"' in done.result_data["parameters"][0]
     assert sum(ray.get(w.handle.has_lora.remote(sha)) for w in pool.workers) == 1
 
 
 async def test_progress_and_cancel_through_a_ray_worker(pool: Scheduler) -> None:
-    job = await pool.submit(user_id=1, payload=request("long", steps=150))
+    job = await pool.submit(NewJob(user_id=1, work=request("long", steps=150)))
     await pool.rec.wait(Progress, job.id, timeout=120)
     assert await pool.cancel(job.id) == "running"
     [cancelled] = await pool.rec.wait(Cancelled, job.id, timeout=60)
@@ -126,9 +140,11 @@ async def test_progress_and_cancel_through_a_ray_worker(pool: Scheduler) -> None
 
 
 async def test_sigkilled_worker_job_runs_elsewhere_exactly_once(pool: Scheduler) -> None:
-    jobs = [await pool.submit(user_id=u, payload=request(f"k{u}", steps=30)) for u in (1, 2, 3)]
+    jobs = [
+        await pool.submit(NewJob(user_id=u, work=request(f"k{u}", steps=30))) for u in (1, 2, 3)
+    ]
     await pool.rec.wait(Progress, jobs[0].id, timeout=120)
-    victim = next(w for w in pool.workers if w.name == pool._active_worker(jobs[0].id))
+    victim = next(w for w in pool.workers if w.name == pool.active.worker_of(jobs[0].id))
     old_pid = victim.pid
     os.kill(old_pid, signal.SIGKILL)
     for job in jobs:
@@ -146,15 +162,14 @@ async def test_sigkilled_worker_job_runs_elsewhere_exactly_once(pool: Scheduler)
 
 
 async def test_source_image_reaches_the_worker_by_hash_once(
-    pool: Scheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    solo: Scheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from PIL import Image
 
     first_source, second_source = tmp_path / "source.png", tmp_path / "again.png"
     Image.new("RGB", (64, 64), (200, 40, 40)).save(first_source)
     second_source.write_bytes(first_source.read_bytes())
-    worker, other = pool.workers
-    pool._busy.add(other.name)  # both jobs on one worker: the second finds the file there
+    [worker] = solo.workers  # both jobs on one worker: the second finds the file there
     ship = worker._ship
 
     async def ship_then_hide(file: Path, suffix: str) -> str:
@@ -165,23 +180,19 @@ async def test_source_image_reaches_the_worker_by_hash_once(
 
     monkeypatch.setattr(worker, "_ship", ship_then_hide)
     before = worker.sent_bytes
-    try:
-        job = await pool.submit(
-            user_id=1, payload=request("repaint", init_image=str(first_source), strength=0.5)
-        )
-        [done] = await pool.rec.wait(Finished, job.id, timeout=120)
-        assert done.result.images[0].size == (64, 64) and not first_source.exists()
-        sent = worker.sent_bytes
-        assert sent - before == second_source.stat().st_size
-        again = await pool.submit(
-            user_id=2, payload=request("upscaled", init_image=str(second_source), upscale=2)
-        )
-        [done] = await pool.rec.wait(Finished, again.id, timeout=120)
-        assert done.result.images[0].size == (128, 128)
-        assert worker.sent_bytes == sent  # same bytes, same sha: nothing shipped again
-    finally:
-        pool._busy.discard(other.name)
-        pool._worker_freed.set()
+    job = await solo.submit(
+        NewJob(user_id=1, work=request("repaint", init_image=str(first_source), strength=0.5))
+    )
+    [done] = await solo.rec.wait(Finished, job.id, timeout=120)
+    assert done.result.images[0].size == (64, 64) and not first_source.exists()
+    sent = worker.sent_bytes
+    assert sent - before == second_source.stat().st_size
+    again = await solo.submit(
+        NewJob(user_id=2, work=request("upscaled", init_image=str(second_source), upscale=2))
+    )
+    [done] = await solo.rec.wait(Finished, again.id, timeout=120)
+    assert done.result.images[0].size == (128, 128)
+    assert worker.sent_bytes == sent  # same bytes, same sha: nothing shipped again
 
 
 def test_new_workers_take_names_free_in_the_cluster(ray_pool) -> None:
@@ -255,7 +266,7 @@ async def test_training_resumes_on_another_worker_from_the_bots_checkpoint(
     def on_event(event: object) -> None:
         # Synchronous on the event loop: the kill lands before the runner sends the next slice.
         if isinstance(event, Started) and event.job.id == job.id:
-            ran_on.append(pool._active_worker(job.id) or "?")
+            ran_on.append(pool.active.worker_of(job.id) or "?")
         if isinstance(event, Progress) and event.job.id == job.id and not killed:
             assert event.step == 2
             victim = next(w for w in pool.workers if w.name == ran_on[0])
@@ -263,7 +274,7 @@ async def test_training_resumes_on_another_worker_from_the_bots_checkpoint(
             os.kill(victim.pid, signal.SIGKILL)
 
     pool.subscribe(on_event)
-    job = await pool.submit(user_id=1, payload={"train": settings}, kind="train")
+    job = await pool.submit(NewJob(user_id=1, work=TrainSpec.from_dict(settings)))
     [done] = await pool.rec.wait(Finished, job.id, timeout=240)
     await asyncio.sleep(0.3)
     assert len(pool.rec.of(Finished, job.id)) == 1 and pool.store.jobs[job.id].status == "done"
@@ -302,21 +313,17 @@ def _train_settings(tmp_path: Path, out: Path, **extra: object) -> dict:
 
 
 async def test_imagine_runs_between_slices_of_a_training_on_its_worker(
-    pool: Scheduler, tmp_path: Path
+    solo: Scheduler, tmp_path: Path
 ) -> None:
-    trainer_worker, other = pool.workers
-    pool._busy.add(other.name)  # only the training's worker can serve the /imagine
-    try:
-        out = tmp_path / "loras" / "disc"
-        settings = _train_settings(tmp_path, out, max_steps=4, checkpoint_every=0)
-        train = await pool.submit(user_id=1, payload={"train": settings}, kind="train")
-        await pool.rec.wait(Started, train.id, timeout=60)
-        image = await pool.submit(user_id=2, payload=request("between slices"))
-        [made] = await pool.rec.wait(Finished, image.id, timeout=120)
-        [trained] = await pool.rec.wait(Finished, train.id, timeout=120)
-    finally:
-        pool._busy.discard(other.name)
-        pool._worker_freed.set()
+    pool = solo  # only the training's worker can serve the /imagine
+    [trainer_worker] = pool.workers
+    out = tmp_path / "loras" / "disc"
+    settings = _train_settings(tmp_path, out, max_steps=4, checkpoint_every=0)
+    train = await pool.submit(NewJob(user_id=1, work=TrainSpec.from_dict(settings)))
+    await pool.rec.wait(Started, train.id, timeout=60)
+    image = await pool.submit(NewJob(user_id=2, work=request("between slices")))
+    [made] = await pool.rec.wait(Finished, image.id, timeout=120)
+    [trained] = await pool.rec.wait(Finished, train.id, timeout=120)
     assert made.result.images[0].size == (64, 64)
     steps = [(e.step, pool.rec.events.index(e)) for e in pool.rec.of(Progress, train.id)]
     ran_at = pool.rec.events.index(pool.rec.of(Started, image.id)[0])

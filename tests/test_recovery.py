@@ -12,8 +12,11 @@ from pathlib import Path
 
 from engine.config import QueueConfig
 from engine.generator import TextToImageGenerator
+from engine.requests import GenerationRequest
 from scheduling.events import Finished, Progress
-from scheduling.executor import EngineExecutor
+from scheduling.executor import build_scheduler
+from scheduling.jobs import NewJob
+from scheduling.scheduler import Scheduler
 from storage import Storage
 from tests.recovery_worker import JOBS_PER_USER, USERS, build_executor
 
@@ -27,7 +30,7 @@ async def _all_generations(storage: Storage) -> list[tuple[int, int, list[int]]]
     return [(row[0], row[1], json.loads(row[2])) for row in rows]
 
 
-async def _run_until_done(executor: EngineExecutor, expected: int, timeout: float = 240) -> None:
+async def _run_until_done(executor: Scheduler, expected: int, timeout: float = 240) -> None:
     done: set[int] = set()
     finished = asyncio.Event()
 
@@ -48,7 +51,7 @@ async def test_clean_stop_mid_job_then_restart(
     db = tmp_path / "bot.sqlite3"
     storage = await Storage.open(db)
     config = QueueConfig(per_user_cap=5, progress_interval_s=0)
-    ex = EngineExecutor(
+    ex = build_scheduler(
         tiny_generator, storage, config, image_path=lambda j, i: tmp_path / f"{j.id}-{i}.png"
     )
     progressed = asyncio.Event()
@@ -58,10 +61,12 @@ async def test_clean_stop_mid_job_then_restart(
     for user in (1, 2, 3):
         for n in range(2):
             await ex.submit(
-                user_id=user,
-                payload={
-                    "request": {"prompt": f"castle {n}", "seed": n, "num_inference_steps": 40}
-                },
+                NewJob(
+                    user_id=user,
+                    work=GenerationRequest.from_dict(
+                        {"prompt": f"castle {n}", "seed": n, "num_inference_steps": 40}
+                    ),
+                )
             )
     ex.resume()
     await asyncio.wait_for(progressed.wait(), 120)
@@ -71,7 +76,7 @@ async def test_clean_stop_mid_job_then_restart(
     await storage.close()
 
     storage = await Storage.open(db)
-    ex2 = EngineExecutor(
+    ex2 = build_scheduler(
         tiny_generator, storage, config, image_path=lambda j, i: tmp_path / f"{j.id}-{i}.png"
     )
     waiting = len(await storage.unfinished_jobs())
@@ -142,7 +147,7 @@ async def test_sigkill_mid_queue_then_recovery_exactly_once(
     for job_id, user, seeds in generations:
         job = await storage.get_job(job_id)
         assert job is not None and job.status == "done"
-        assert seeds == [job.payload["request"]["seed"]]
+        assert seeds == [job.request.seed]
         assert seeds[0] // 1000 == user
         assert (out / f"job{job_id}-0.png").is_file()
     assert not list(out.glob(".tmp-*"))

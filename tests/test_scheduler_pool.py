@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from engine.config import GenerationConfig, QueueConfig
-from engine.requests import GenerationResult, resolve_request
+from engine.requests import GenerationRequest, GenerationResult, resolve_request
+from scheduling.announcer import NO_WORKER
 from scheduling.events import Failed, Finished, Notice, Started
-from scheduling.jobs import MemoryJobStore
-from scheduling.scheduler import NO_WORKER, Scheduler
+from scheduling.jobs import MemoryJobStore, NewJob
+from scheduling.scheduler import Scheduler
 from scheduling.workers.base import JobRun, WorkerInfo, WorkerLost
 from tests.test_executor import Recorder
 
@@ -29,9 +30,13 @@ class StubGenerator:
 
 
 class FakeWorker:
-    """A worker that sleeps per job; it 'dies' under prompts listed in deadly."""
+    """A worker that sleeps per job; it 'dies' under prompts listed in deadly.
+
+    A job whose prompt is "long" holds the worker until the test sets `release`.
+    """
 
     supports_training = False
+    shares_process = True
 
     def __init__(self, name: str, held: set[str] | None = None, deadly: set[str] = frozenset()):
         self.name = name
@@ -40,6 +45,7 @@ class FakeWorker:
         self.jobs_done = 0
         self.alive = True
         self.ran: list[int] = []
+        self.release = asyncio.Event()
 
     async def start(self) -> None:
         pass
@@ -52,14 +58,16 @@ class FakeWorker:
         return fn(*args)
 
     async def generate(self, run: JobRun, sink: Any, image_path: Any) -> Any:
-        request = run.job.payload["request"]
+        request = run.job.request
         await asyncio.sleep(0.02)
-        if request["prompt"] in self.deadly:
+        if request.prompt == "long":
+            await self.release.wait()
+        if request.prompt in self.deadly:
             self.alive = False
             raise WorkerLost(f"{self.name} killed")
         self.ran.append(run.job.id)
         self.jobs_done += 1
-        resolved = StubGenerator().prepare(_req(request))
+        resolved = StubGenerator().prepare(request)
         result = GenerationResult([], list(resolved.seeds), [], resolved, 0.02, 0.01)
         return result, {"seeds": list(resolved.seeds), "worker": self.name}
 
@@ -70,14 +78,8 @@ class FakeWorker:
         pass
 
 
-def _req(data: dict[str, Any]) -> Any:
-    from engine.requests import GenerationRequest
-
-    return GenerationRequest.from_dict(data)
-
-
-def request(prompt: str, lora: str | None = None) -> dict:
-    return {"request": {"prompt": prompt, "seed": 1, "lora": lora}}
+def request(prompt: str, lora: str | None = None) -> GenerationRequest:
+    return GenerationRequest(prompt, seed=1, lora=lora)
 
 
 async def _scheduler(workers: list[Any], window: int = 2) -> Scheduler:
@@ -101,7 +103,7 @@ async def test_jobs_start_in_fair_order_across_workers() -> None:
     sched.pause()
     for user in (1, 2, 3):
         for n in range(4):
-            await sched.submit(user_id=user, payload=request(f"u{user} {n}"))
+            await sched.submit(NewJob(user_id=user, work=request(f"u{user} {n}")))
     order = [job.id for job in sched.queue.order()]
     sched.resume()
     await sched.rec.wait(Finished, count=12)
@@ -117,16 +119,15 @@ async def test_affinity_prefers_a_holder_but_never_overtakes_more_than_the_windo
     sched.pause()
     plain, styled = [], []
     for user in (1, 2, 3, 4):  # fair order: plain, styled, plain, styled, ...
-        plain.append(await sched.submit(user_id=user, payload=request(f"plain {user}")))
-        styled.append(await sched.submit(user_id=user + 10, payload=request("s", "style")))
-    sched._busy.add("other")  # only the holder is free: it could pick styled jobs all day
+        plain.append(await sched.submit(NewJob(user_id=user, work=request(f"plain {user}"))))
+        styled.append(await sched.submit(NewJob(user_id=user + 10, work=request("s", "style"))))
+    other.alive = False  # only the holder takes jobs: it could pick styled jobs all day
     sched.resume()
     await sched.rec.wait(Started, count=3)
     first = [e.job.id for e in sched.rec.of(Started)[:3]]
     # styled jobs may jump ahead, but plain[0] is overtaken at most twice
     assert first[:2] == [styled[0].id, styled[1].id] and first[2] == plain[0].id
-    sched._busy.discard("other")
-    sched._worker_freed.set()
+    other.alive = True  # back in the pool at the holder's next finish
     await sched.rec.wait(Finished, count=8)
     await sched.stop()
 
@@ -134,8 +135,8 @@ async def test_affinity_prefers_a_holder_but_never_overtakes_more_than_the_windo
 async def test_a_job_that_kills_its_worker_three_times_fails_and_others_run() -> None:
     workers = [FakeWorker("w0", deadly={"boom"}), FakeWorker("w1", deadly={"boom"})]
     sched = await _scheduler(workers)
-    bad = await sched.submit(user_id=1, payload=request("boom"))
-    good = [await sched.submit(user_id=u, payload=request(f"ok {u}")) for u in (2, 3, 4)]
+    bad = await sched.submit(NewJob(user_id=1, work=request("boom")))
+    good = [await sched.submit(NewJob(user_id=u, work=request(f"ok {u}"))) for u in (2, 3, 4)]
     [failed] = await sched.rec.wait(Failed, bad.id)
     assert "stopped its worker 3 times" in failed.message
     assert len(sched.rec.of(Notice, bad.id)) == 2  # told twice that it runs again
@@ -170,42 +171,42 @@ def _no_worker_notices(sched: Scheduler, job_id: int) -> int:
 async def test_with_no_worker_alive_jobs_wait_and_users_are_told() -> None:
     workers = [GatedWorker("w0", {"boom"}), GatedWorker("w1", {"boom"})]
     sched = await _scheduler(workers)
-    sched._busy.add("w1")  # w1 runs something long: one death leaves a worker alive
-    first = await sched.submit(user_id=1, payload=request("boom"))
-    await sched.rec.wait(Notice, first.id)  # w0 died under it; w1 is still alive
+    long = await sched.submit(NewJob(user_id=3, work=request("long")))
+    await sched.rec.wait(Started, long.id)  # w0 runs something long: a death leaves it alive
+    first = await sched.submit(NewJob(user_id=1, work=request("boom")))
+    await sched.rec.wait(Notice, first.id)  # w1 died under it; w0 is still alive
     assert _no_worker_notices(sched, first.id) == 0
-    sched._busy.discard("w1")
-    sched._worker_freed.set()
-    for _ in range(500):  # w1 takes the job and dies too: now nobody is alive
+    workers[0].release.set()
+    for _ in range(500):  # w0 takes the job and dies too: now nobody is alive
         if not any(w.alive for w in workers) and _no_worker_notices(sched, first.id):
             break
         await asyncio.sleep(0.01)
     assert not any(w.alive for w in workers)
-    later = await sched.submit(user_id=2, payload=request("later"))
+    later = await sched.submit(NewJob(user_id=2, work=request("later")))
     await asyncio.sleep(0.1)
     assert _no_worker_notices(sched, first.id) == 1 and _no_worker_notices(sched, later.id) == 1
     assert not sched.rec.of(Started, later.id)  # it waits
-    workers[0].gate.set()
+    workers[1].gate.set()
     for job in (first, later):
         assert len(await sched.rec.wait(Finished, job.id)) == 1
     assert _no_worker_notices(sched, later.id) == 1  # told once, not on every pass
-    workers[1].gate.set()
+    workers[0].gate.set()
     await sched.stop()
 
 
 async def test_a_worker_added_while_serving_takes_the_waiting_job() -> None:
     first = FakeWorker("w0")
     sched = await _scheduler([first])
-    sched._busy.add("w0")  # the only worker is busy for a long time
-    job = await sched.submit(user_id=1, payload=request("waits"))
-    await asyncio.sleep(0.05)
+    long = await sched.submit(NewJob(user_id=2, work=request("long")))
+    await sched.rec.wait(Started, long.id)  # the only worker is busy until released
+    job = await sched.submit(NewJob(user_id=1, work=request("waits")))
     assert not sched.rec.of(Started, job.id)
     joined = FakeWorker("new-node")
     await sched.add_worker(joined)
     assert len(await sched.rec.wait(Finished, job.id, timeout=5)) == 1
     assert joined.ran == [job.id] and sched.workers == [first, joined]
     assert [i.name for i in sched.workers_info()] == ["w0", "new-node"]
-    sched._busy.discard("w0")
+    first.release.set()
     await sched.stop()
 
 
@@ -213,11 +214,12 @@ def test_local_backend_does_not_import_ray(tmp_path: Path) -> None:
     code = """
 import asyncio, sys
 import bot, scheduling.executor, scheduling.workers
-from scheduling.executor import EngineExecutor
+from scheduling.executor import build_scheduler
+from scheduling.scheduler import Scheduler
 from scheduling.jobs import MemoryJobStore
 from tests.test_scheduler_pool import StubGenerator
 async def main():
-    ex = EngineExecutor(StubGenerator(), MemoryJobStore())
+    ex = build_scheduler(StubGenerator(), MemoryJobStore())
     await ex.start()
     await ex.stop()
 asyncio.run(main())
@@ -233,7 +235,7 @@ print("no ray")
 
 async def test_one_run_counts_one_attempt_in_the_store_and_the_scheduler() -> None:
     sched = await _scheduler([FakeWorker("w0")])
-    job = await sched.submit(user_id=1, payload=request("once"))
+    job = await sched.submit(NewJob(user_id=1, work=request("once")))
     [started] = await sched.rec.wait(Started, job.id)
     await sched.rec.wait(Finished, job.id)
     assert sched.store.jobs[job.id].attempts == 1  # type: ignore[attr-defined]
@@ -250,13 +252,13 @@ async def test_a_long_queue_hears_its_places_in_rolling_slices(monkeypatch) -> N
     sched = await _scheduler([FakeWorker("w0")])
     sched.pause()
     for user in range(7):
-        await sched.submit(user_id=user, payload=request(f"u{user}"))
-    sched._seconds_per_unit = 0.5  # as after a first job, so ETAs are announced
+        await sched.submit(NewJob(user_id=user, work=request(f"u{user}")))
+    sched.announcer.seconds_per_unit = 0.5  # as after a first job, so ETAs are announced
     order = sched.queue.order()
     heard: list[list[int]] = []
     for _ in range(4):
         before = len(sched.rec.events)
-        sched._announce_positions()
+        sched.announcer.announce_positions()
         announced = [e for e in sched.rec.events[before:] if isinstance(e, Queued)]
         heard.append([e.position for e in announced])
         for event in announced:

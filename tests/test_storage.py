@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.requests import GenerationRequest
+from scheduling.jobs import NewJob
 from storage import Database, Storage, StorageError, StorageSettings
 from storage.errors import explain_sqlite_error, sqlite_error_kind
 from storage.migrate import MIGRATIONS_DIR, discover_migrations
@@ -266,13 +268,14 @@ async def test_concurrent_writers_do_not_interleave(tmp_path: Path) -> None:
     async with await Storage.open(settings=_settings(tmp_path)) as storage:
         jobs = await asyncio.gather(
             *(
-                storage.create_job(kind="generate", user_id=i % 3, payload={"i": i})
+                storage.create_job(NewJob(user_id=i % 3, work=GenerationRequest(f"job {i}")))
                 for i in range(40)
             )
         )
         assert len({j.id for j in jobs}) == 40
         stored = [await storage.get_job(j.id) for j in jobs]
-        assert [s.payload for s in stored if s] == [j.payload for j in jobs]
+        assert [s.work for s in stored if s] == [j.work for j in jobs]
+        assert [j.request.prompt for j in jobs] == [f"job {i}" for i in range(40)]
         assert len(await storage.unfinished_jobs()) == 40
 
 

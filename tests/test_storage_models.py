@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.requests import GenerationRequest
+from scheduling.jobs import NewJob, TrainSpec
 from storage import Storage, StorageSettings
 
 
@@ -12,9 +14,9 @@ async def test_jobs_users_and_loras_record_their_model(tmp_path: Path) -> None:
     storage = await Storage.open(settings=settings)
     try:
         job = await storage.create_job(
-            kind="generate", user_id=1, payload={"request": {"prompt": "x", "model": "small"}}
+            NewJob(user_id=1, work=GenerationRequest("x", model="small"))
         )
-        train = await storage.create_job(kind="train", user_id=1, payload={"train": {}})
+        train = await storage.create_job(NewJob(user_id=1, work=TrainSpec("style")))
         rows = await storage.db.fetchall("SELECT id, model FROM jobs ORDER BY id")
         assert [(r["id"], r["model"]) for r in rows] == [(job.id, "small"), (train.id, None)]
         profile = await storage.users.update_defaults(1, model="small")

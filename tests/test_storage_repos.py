@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduling.jobs import JobStore
+from engine.requests import GenerationRequest
+from scheduling.jobs import JobStore, NewJob, TrainSpec
 from storage import AlreadyExistsError, NotFoundError, Storage, StorageSettings
 
 
@@ -191,15 +192,16 @@ def test_storage_implements_job_store_protocol_exactly() -> None:
 
 
 async def test_job_lifecycle(storage: Storage) -> None:
-    job = await storage.create_job(
-        kind="generate",
+    castle = GenerationRequest("a castle", num_inference_steps=20)
+    new = NewJob(
         user_id=7,
-        payload={"prompt": "a castle", "steps": 20},
+        work=castle,
         guild_id=100,
         channel_id=200,
         reference={"token": "abc"},
         priority=2,
     )
+    job = await storage.create_job(new)
     assert job.id > 0 and job.status == "queued" and job.attempts == 0
     assert (job.guild_id, job.channel_id, job.priority) == (100, 200, 2)
     await storage.set_job_status(job.id, "running")
@@ -212,14 +214,14 @@ async def test_job_lifecycle(storage: Storage) -> None:
     done = await storage.get_job(job.id)
     assert done is not None and done.status == "done" and done.attempts == 1
     assert done.reference == {"token": "abc", "message_id": 55}
-    assert done.payload == {"prompt": "a castle", "steps": 20}
+    assert done.work == castle and done.work is not castle
     assert await storage.jobs.get_job_result(job.id) == {"images": ["a.png"]}
     assert (await storage.jobs.get_job_times(job.id))[2] is not None
     assert await storage.unfinished_jobs() == []
 
 
 async def test_failed_job_keeps_error_and_retry_counts_attempts(storage: Storage) -> None:
-    job = await storage.create_job(kind="train", user_id=1, payload={})
+    job = await storage.create_job(NewJob(user_id=1, work=TrainSpec("castle-style", "data", "out")))
     await storage.set_job_status(job.id, "running")
     await storage.set_job_status(job.id, "queued")
     await storage.set_job_status(job.id, "running")
@@ -233,7 +235,7 @@ async def test_unfinished_jobs_oldest_first_after_reopen(tmp_path: Path) -> None
     settings = _settings(tmp_path)
     async with await Storage.open(settings=settings) as storage:
         ids = [
-            (await storage.create_job(kind="generate", user_id=u, payload={"n": u})).id
+            (await storage.create_job(NewJob(user_id=u, work=GenerationRequest(f"n{u}")))).id
             for u in (3, 1, 2, 1)
         ]
         await storage.set_job_status(ids[0], "running")
@@ -245,7 +247,7 @@ async def test_unfinished_jobs_oldest_first_after_reopen(tmp_path: Path) -> None
         (ids[0], "running", 1),
         (ids[2], "queued", 0),
     ]
-    assert unfinished[1].payload == {"n": 2}
+    assert unfinished[1].request.prompt == "n2" and unfinished[1].kind == "generate"
 
 
 async def test_job_errors(storage: Storage) -> None:
@@ -253,19 +255,22 @@ async def test_job_errors(storage: Storage) -> None:
         await storage.set_job_status(999, "running")
     with pytest.raises(NotFoundError):
         await storage.update_job_reference(999, {})
-    job = await storage.create_job(kind="generate", user_id=1, payload={})
+    job = await storage.create_job(NewJob(user_id=1, work=GenerationRequest("")))
     with pytest.raises(ValueError, match="status must be one of"):
         await storage.set_job_status(job.id, "exploded")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="kind must be one of"):
-        await storage.create_job(kind="bake", user_id=1, payload={})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be a GenerationRequest or a TrainSpec"):
+        await storage.create_job(NewJob(user_id=1, work={"prompt": "x"}))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="cannot be stored as JSON"):
-        await storage.create_job(kind="generate", user_id=1, payload={"x": object()})
+        await storage.create_job(NewJob(user_id=1, work=GenerationRequest("x", loras=[object()])))
     assert await storage.get_job(999) is None
 
 
 async def test_jobs_for_user_newest_first(storage: Storage) -> None:
-    ids = [(await storage.create_job(kind="generate", user_id=1, payload={})).id for _ in range(3)]
-    await storage.create_job(kind="generate", user_id=2, payload={})
+    ids = [
+        (await storage.create_job(NewJob(user_id=1, work=GenerationRequest("")))).id
+        for _ in range(3)
+    ]
+    await storage.create_job(NewJob(user_id=2, work=GenerationRequest("")))
     await storage.set_job_status(ids[1], "done")
     assert [j.id for j in await storage.jobs_for_user(1)] == ids[::-1]
     assert [j.id for j in await storage.jobs_for_user(1, limit=2)] == ids[:0:-1]
@@ -277,7 +282,7 @@ async def test_jobs_for_user_newest_first(storage: Storage) -> None:
 
 
 async def _generation(storage: Storage, user_id: int, seeds: list[int], **extra: object) -> int:
-    job = await storage.create_job(kind="generate", user_id=user_id, payload={})
+    job = await storage.create_job(NewJob(user_id=user_id, work=GenerationRequest("")))
     await storage.set_job_status(job.id, "running")
     await storage.set_job_status(job.id, "done")
     fields = {

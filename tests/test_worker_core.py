@@ -46,7 +46,7 @@ def test_ladder_length_and_names_come_from_the_generator() -> None:
 
     generator = OneRungGenerator()
     core = GenerationCore(generator, QueueConfig(), always_oom)  # type: ignore[arg-type]
-    job = JobRecord(id=1, kind="generate", user_id=1, payload={"request": {"prompt": "a"}})
+    job = JobRecord(id=1, user_id=1, work=GenerationRequest("a"))
     sink = Sink()
     with pytest.raises(OutOfMemoryExhausted):
         core.run(JobRun(job), sink)

@@ -53,7 +53,8 @@ class Worker(Protocol):
     """One device serving jobs; the scheduler gives it one job at a time."""
 
     name: str
-    supports_training: bool
+    supports_training: bool  # runs train jobs (through trainer())
+    shares_process: bool  # runs in the bot's process: call() runs code beside its pipeline
     held_loras: set[str]
     jobs_done: int
 
@@ -73,7 +74,10 @@ class Worker(Protocol):
         """Return once the worker can take jobs again (after a restart)."""
 
     async def call(self, fn: Any, *args: Any) -> Any:
-        """Run fn(*args) beside the pipeline, between jobs (local workers only)."""
+        """Run fn(*args) beside the pipeline, between jobs (only where shares_process)."""
+
+    async def trainer(self, job: JobRecord, factory: Any) -> Any:
+        """A trainer for a train job on this worker (setup, train_steps, suspend, resume, ...)."""
 
     def info(self, current: JobRun | None) -> WorkerInfo:
         """A description for /admin workers."""

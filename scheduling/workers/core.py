@@ -17,7 +17,7 @@ import torch
 
 from engine.config import QueueConfig
 from engine.generator import TextToImageGenerator
-from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest
+from engine.requests import GenerationResult, ResolvedRequest
 from scheduling.workers.base import JobRun, ProgressSink
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class GenerationCore:
     def run(self, run: JobRun, sink: ProgressSink) -> tuple[GenerationResult, int]:
         """Generate the job's images (blocking); return the result and the memory level used."""
         # 1. resolve the stored request and make its model the resident one
-        request = GenerationRequest.from_dict(run.job.payload.get("request", {}))
+        request = run.job.request
         self.switch_model(run, sink, request.model)
         resolved = self.generator.prepare(request)
         size = (resolved.width, resolved.height)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,7 @@ class LocalWorker:
     """Runs jobs on one thread of this process, on the generator the bot loaded."""
 
     supports_training = True
+    shares_process = True  # call() runs code beside the bot's own pipeline
 
     def __init__(
         self,
@@ -61,6 +63,10 @@ class LocalWorker:
         """Run fn(*args) on the engine thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.thread, fn, *args)
+
+    async def trainer(self, job: JobRecord, factory: Callable[[JobRecord], Any]) -> OnThread:
+        """This process's trainer for the job, built and driven on the engine thread."""
+        return OnThread(self, await self.call(factory, job))
 
     async def generate(
         self, run: JobRun, sink: ProgressSink, image_path: ImagePath | None
@@ -105,3 +111,40 @@ class LocalWorker:
     async def close(self) -> None:
         """Wait for the engine thread to end."""
         self.thread.shutdown(wait=True)
+
+
+class OnThread:
+    """A trainer of this process, each call run on its worker's engine thread."""
+
+    def __init__(self, worker: LocalWorker, trainer: Any) -> None:
+        self.worker = worker
+        self.trainer = trainer
+
+    @property
+    def step(self) -> int:
+        """The step setup resumed from (0: from scratch)."""
+        return int(getattr(self.trainer, "step", 0) or 0)
+
+    async def setup(self) -> None:
+        """Load data and model parts, resume from the newest checkpoint."""
+        await self.worker.call(self.trainer.setup)
+
+    async def train_steps(self, n: int, cancel: threading.Event) -> Any:
+        """Run up to n steps."""
+        return await self.worker.call(self.trainer.train_steps, n, cancel)
+
+    async def suspend(self) -> None:
+        """Hand the pipeline back to generations."""
+        await self.worker.call(self.trainer.suspend)
+
+    async def resume(self) -> None:
+        """Make the training adapter active again."""
+        await self.worker.call(self.trainer.resume)
+
+    async def finish(self) -> Any:
+        """Write the final LoRA."""
+        return await self.worker.call(self.trainer.finish)
+
+    async def abort(self) -> None:
+        """Stop, keeping the checkpoints."""
+        await self.worker.call(self.trainer.abort)

@@ -10,6 +10,7 @@ import io
 import os
 import socket
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ class WorkerActor:
 
     def generate(
         self,
-        job: dict[str, Any],
+        job: JobRecord,
         lora_sha: str | None,
         init_name: str | None = None,
         stack: list[list[Any]] | None = None,
@@ -127,15 +128,15 @@ class WorkerActor:
         The LoRAs and the source image are read from this actor's cache, never from the bot's
         paths in the request (the bot's disk may be on another machine).
         """
-        record = JobRecord(**job)
-        request = dict(record.payload["request"])
+        request = job.request
         if lora_sha:
-            request["lora"] = str(self._file(f"{lora_sha}.safetensors"))
+            request = replace(request, lora=str(self._file(f"{lora_sha}.safetensors")))
         if init_name:
-            request["init_image"] = str(self._file(init_name))
+            request = replace(request, init_image=str(self._file(init_name)))
         if stack:  # [cache name, weight, display name] for each LoRA of the prompt
-            request["loras"] = [[str(self._file(c)), weight, name] for c, weight, name in stack]
-        record.payload = {**record.payload, "request": request}
+            loras = [[str(self._file(c)), weight, name] for c, weight, name in stack]
+            request = replace(request, loras=loras)
+        record = replace(job, work=request)
         run = JobRun(record)
         self.runs[record.id] = run
         try:

@@ -22,7 +22,7 @@ from engine.config import AppConfig, QueueConfig
 from engine.errors import EngineError, GenerationCancelled
 from engine.lora import lora_display_name, resolve_lora_file
 from engine.metadata import save_png_bytes
-from engine.requests import GenerationResult, ResolvedRequest
+from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest
 from scheduling.jobs import JobRecord
 from scheduling.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
 from scheduling.workers.core import OutOfMemoryExhausted
@@ -109,6 +109,7 @@ class RayWorker:
     """The bot's handle on one worker actor."""
 
     supports_training = True  # whole trainings, driven by a RemoteTrainer (see trainer())
+    shares_process = False  # an actor in another process, maybe on another PC
 
     def __init__(
         self, name: str, handle: Any, app_config: AppConfig, node_id: str | None = None
@@ -161,8 +162,9 @@ class RayWorker:
         """Not offered: remote workers run only whole jobs."""
         raise EngineError("this runs only on a local worker")
 
-    async def trainer(self, job: JobRecord) -> RemoteTrainer:
-        """A training of this job on this actor (set up by its setup())."""
+    async def trainer(self, job: JobRecord, factory: Any = None) -> RemoteTrainer:
+        """A training of this job on this actor (set up by its setup()); the actor builds its
+        own trainer, so ``factory`` (this process's) is not used."""
         return RemoteTrainer(self, job)
 
     def lost(self, exc: BaseException) -> WorkerLost:
@@ -179,23 +181,22 @@ class RayWorker:
     ) -> tuple[GenerationResult, dict[str, Any]]:
         """Send the job to the actor, relay progress and cancel, save the PNG bytes it returns."""
         job = run.job
-        request = job.payload.get("request", {})
+        request = job.request
         try:
             # 1. the LoRA and the source image, once per worker, by sha256
-            sha = await self._ship_lora(request["lora"]) if request.get("lora") else None
+            sha = await self._ship_lora(request.lora) if request.lora else None
             stack = []
-            for entry in request.get("loras") or []:  # the prompt's <lora:…> tags, resolved
+            for entry in request.loras or []:  # the prompt's <lora:…> tags, resolved
                 name = entry[2] if len(entry) > 2 and entry[2] else lora_display_name(entry[0])
                 cached = await self._ship(resolve_lora_file(entry[0]), ".safetensors")
                 stack.append([cached, entry[1], name])
             init = None
-            if request.get("init_image"):
-                source = Path(request["init_image"])
+            if request.init_image:
+                source = Path(request.init_image)
                 init = await self._ship(source, source.suffix.lower() or ".png")
             # 2. run it, polling progress and forwarding cancel
-            job_dict = {"id": job.id, "kind": job.kind, "user_id": job.user_id}
-            payload = {**job_dict, "payload": job.payload}
-            ref = self.handle.generate.remote(payload, sha, init, stack or None)
+            shipped = JobRecord(id=job.id, user_id=job.user_id, work=request)
+            ref = self.handle.generate.remote(shipped, sha, init, stack or None)
             out = await self._follow(ref, run, sink)
         except LOST as exc:
             raise self.lost(exc) from None
@@ -280,7 +281,7 @@ class RayWorker:
             path.parent.mkdir(parents=True, exist_ok=True)
             paths.append(save_png_bytes(png, path))
         data["paths"] = [str(p) for p in paths]
-        resolved = _resolved(job.payload.get("request", {}), data["seeds"])
+        resolved = _resolved(job.request, data["seeds"])
         result = GenerationResult(
             images=[_image(png) for png in out["pngs"]],
             seeds=data["seeds"],
@@ -322,22 +323,22 @@ def _image(png: bytes) -> Any:
     return image
 
 
-def _resolved(request: dict[str, Any], seeds: list[int]) -> ResolvedRequest:
+def _resolved(request: GenerationRequest, seeds: list[int]) -> ResolvedRequest:
     """The stored request (fully decided at submit) as a ResolvedRequest."""
     return ResolvedRequest(
-        prompt=request.get("prompt", ""),
-        negative_prompt=request.get("negative_prompt") or "",
-        num_inference_steps=int(request.get("num_inference_steps") or 1),
-        guidance_scale=float(request.get("guidance_scale") or 0.0),
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or "",
+        num_inference_steps=request.num_inference_steps or 1,
+        guidance_scale=request.guidance_scale or 0.0,
         seeds=tuple(seeds),
-        width=int(request.get("width") or 512),
-        height=int(request.get("height") or 512),
-        scheduler=str(request.get("scheduler") or ""),
-        lora=request.get("lora"),
-        lora_name=request.get("lora_name"),
-        lora_scale=float(request.get("lora_scale") or 1.0),
-        fast=bool(request.get("fast")),
-        init_image=request.get("init_image"),
-        strength=request.get("strength"),
-        upscale=request.get("upscale"),
+        width=request.width or 512,
+        height=request.height or 512,
+        scheduler=request.scheduler or "",
+        lora=request.lora,
+        lora_name=request.lora_name,
+        lora_scale=request.lora_scale or 1.0,
+        fast=request.fast,
+        init_image=request.init_image,
+        strength=request.strength,
+        upscale=request.upscale,
     )

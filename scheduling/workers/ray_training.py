@@ -30,7 +30,7 @@ class RemoteTrainer:
     def __init__(self, worker: RayWorker, job: JobRecord) -> None:
         self.worker = worker
         self.job = job
-        self.params = dict(job.payload.get("train", {}))
+        self.params = job.train.trainer_settings()
         self.output_dir = Path(self.params["output_dir"])
         self.step = 0  # where setup resumed (0: from scratch)
         self._copied = -1  # the newest checkpoint step the bot's folder holds
