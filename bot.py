@@ -19,6 +19,7 @@ from cogs._outbox import Outbox
 from cogs._redact import install_token_redaction
 from engine.config import AppConfig, ConfigError, build_section, load_config
 from engine.errors import EngineError
+from engine.front_door import EngineDoor
 from engine.generator import TextToImageGenerator
 from engine.pipeline import resolve_model_source
 from scheduling.events import JobEvent
@@ -72,6 +73,7 @@ class ImageBot(commands.Bot):
         self.storage = storage
         self.generator = generator
         self.executor = executor
+        self.engine_door = EngineDoor(generator, executor.run_on_engine)
         self.messenger = JobMessenger(self, bot_settings.edit_interval_s)
         self.outbox = Outbox(self, upload_timeout_s=bot_settings.upload_timeout_s)
         self.failed_extensions: list[str] = []

@@ -33,7 +33,7 @@ async def inline_lora_entries(
             raise UserFacingError(
                 f"There is no LoRA named `{tag.name}`; see `/lora list` for the names you can use."
             )
-        check_lora_fits(bot, record, model or bot.generator.model_name)
+        check_lora_fits(bot, record, model or bot.engine_door.resident_model)
         paths[tag.name] = record.path
     try:
         stack = resolve_lora_stack(prompt, (), paths.get, bot.config.generation.max_loras)

@@ -32,20 +32,19 @@ def channel_key(channel_id: int) -> str:
 
 def check_model_name(bot: ImageBot, name: str) -> str:
     """The canonical name of an allowed model; UserFacingError listing the choices otherwise."""
-    catalog = bot.generator.models
-    choice = catalog.find(name)
-    if choice is None:
-        names = ", ".join(f"`{n}`" for n in catalog.names())
+    found = bot.engine_door.find_model(name)
+    if found is None:
+        names = ", ".join(f"`{n}`" for n in bot.engine_door.model_names())
         raise UserFacingError(f"Unknown model `{name}`; choose one of: {names}.")
-    return choice.name
+    return found
 
 
 async def server_model(bot: ImageBot, guild_id: int | None) -> str:
     """The server's default model: what /admin model set, else MODEL_ID."""
-    catalog = bot.generator.models
+    door = bot.engine_door
     stored = await bot.storage.kv.get(server_key(guild_id))
-    choice = catalog.find(stored) if stored else None
-    return choice.name if choice is not None else catalog.default
+    found = door.find_model(stored) if stored else None
+    return found if found is not None else door.default_model
 
 
 async def pick_model(
@@ -55,14 +54,13 @@ async def pick_model(
 
     A stored name that MODEL_CHOICES no longer lists is skipped (the next level applies).
     """
-    catalog = bot.generator.models
     candidates = [user_model]
     if channel_id is not None:
         candidates.append(await bot.storage.kv.get(channel_key(channel_id)))
     for name in filter(None, candidates):
-        choice = catalog.find(name)
-        if choice is not None:
-            return choice.name
+        found = bot.engine_door.find_model(name)
+        if found is not None:
+            return found
         log.info("model %r is no longer in MODEL_CHOICES; using the next default", name)
     return await server_model(bot, guild_id)
 
@@ -71,14 +69,14 @@ def lora_width(bot: ImageBot, record: LoraRecord) -> int | None:
     """The text-encoder width a LoRA was made for (recorded, else that of its base model)."""
     if record.base_width:
         return record.base_width
-    catalog = bot.generator.models
-    if record.base_model and catalog.find(record.base_model) is not None:
-        return catalog.width(record.base_model)
+    door = bot.engine_door
+    if record.base_model and door.find_model(record.base_model) is not None:
+        return door.model_width(record.base_model)
     return None
 
 
 def _mismatch(bot: ImageBot, what: str, base: str | None, width: int | None, model: str) -> None:
-    wanted = bot.generator.models.width(model)
+    wanted = bot.engine_door.model_width(model)
     if width is None or wanted is None or width == wanted:
         return
     made_for = f"{base} ({family_name(width)})" if base else family_name(width)
@@ -111,6 +109,6 @@ async def model_autocomplete(
     bot: ImageBot = interaction.client  # type: ignore[assignment]
     return [
         app_commands.Choice(name=name, value=name)
-        for name in bot.generator.models.names()
+        for name in bot.engine_door.model_names()
         if current.lower() in name.lower()
     ][:25]

@@ -47,7 +47,7 @@ class Admin(commands.Cog):
         await self.bot.storage.kv.set_queue_paused(True)
         self.bot.executor.pause()
         log.info("queue paused by %s", interaction.user.id)
-        waiting = len(self.bot.executor.queue)
+        waiting = len(self.bot.executor.snapshot().waiting)
         await self._reply(
             interaction,
             f"The queue is paused ({waiting} waiting); new requests are still accepted. "
@@ -78,7 +78,7 @@ class Admin(commands.Cog):
             raise UserFacingError("Bots cannot be banned here.")
         await bot.storage.users.set_banned(user.id, True)
         dropped = 0
-        for job in bot.executor.queue.waiting_for_user(user.id):
+        for job in bot.executor.snapshot().waiting_for(user.id):
             if await bot.executor.cancel(job.id) == "queued":
                 dropped += 1
         text = f"{user.mention} is banned from using the bot."
@@ -165,7 +165,7 @@ class Admin(commands.Cog):
             await bot.storage.kv.set(server_key(interaction.guild_id), name)
             where = "The server's default model is now"
         log.info("default model (%s) set to %s by %s", scope, name, interaction.user.id)
-        waiting = len(bot.executor.queue)
+        waiting = len(bot.executor.snapshot().waiting)
         await self._reply(
             interaction,
             f"{where} **{name}**. Requests from now on use it; the {waiting} already waiting "
@@ -209,9 +209,10 @@ class Admin(commands.Cog):
         state = "paused" if snapshot.paused else "running"
         embed.add_field(name="Queue", value=f"{len(snapshot.waiting)} waiting ({state})")
         embed.add_field(name="Engine", value=clip(engine_health(bot), 1024), inline=False)
-        embed.add_field(name="Model", value=bot.generator.model_name or "?")
-        embed.add_field(name="VRAM preset", value=bot.generator.preset)
-        embed.add_field(name="Device", value=bot.generator.device)
+        door = bot.engine_door
+        embed.add_field(name="Model", value=door.resident_model or "?")
+        embed.add_field(name="VRAM preset", value=door.preset)
+        embed.add_field(name="Device", value=door.device)
         if bot.failed_extensions:
             embed.add_field(
                 name="Cogs that failed to load",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -50,11 +49,7 @@ class Embedding(commands.Cog):
         bot = self.bot
         for record in await bot.storage.embeddings.list():
             try:
-                await bot.executor.run_on_engine(
-                    functools.partial(bot.generator.load_embedding, remember_unfit=True),
-                    Path(record.path),
-                    record.name,
-                )
+                await bot.engine_door.restore_embedding(Path(record.path), record.name)
             except (EmbeddingError, OSError) as exc:
                 log.error("embedding %s not loaded: %s", record.name, exc)
 
@@ -108,7 +103,8 @@ class Embedding(commands.Cog):
             raise UserFacingError(f"A file for `{name}` is already stored; choose another name.")
         await asyncio.to_thread(atomic_write_bytes, path, data)
         try:
-            info = await bot.executor.run_on_engine(bot.generator.load_embedding, path, name)
+            fit = await bot.engine_door.add_embedding(path, name)
+            info = fit.info
             await bot.storage.embeddings.add(
                 name,
                 path=str(path),
@@ -116,7 +112,7 @@ class Embedding(commands.Cog):
                 width=info.width,
                 owner_id=interaction.user.id,
                 sha256=hashlib.sha256(data).hexdigest(),
-                base_model=bot.generator.model_name,
+                base_model=fit.model,
             )
         except (EmbeddingError, AlreadyExistsError) as exc:
             with contextlib.suppress(OSError):
@@ -157,7 +153,7 @@ class Embedding(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         async with self._add_lock:
             await bot.storage.embeddings.delete(record.name)
-            await bot.executor.run_on_engine(bot.generator.unload_embedding, record.name)
+            await bot.engine_door.forget_embedding(record.name)
             path = bot.storage.files.embedding_path(record.name)
             try:
                 await asyncio.to_thread(path.unlink, missing_ok=True)

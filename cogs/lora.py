@@ -8,7 +8,6 @@ import hashlib
 import logging
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +24,8 @@ from cogs._checks import (
 )
 from cogs._ui import clip, info_embed
 from cogs.errors import never_failing
-from engine.errors import EngineError, LoraError
-from engine.lora import WEIGHT_NAME, adapter_name_for, inspect_lora_file
+from engine.errors import LoraError, LoraMismatchError
+from engine.lora import WEIGHT_NAME
 from storage import (
     AlreadyExistsError,
     LoraRecord,
@@ -38,7 +37,6 @@ from storage import (
 
 if TYPE_CHECKING:
     from bot import ImageBot
-    from engine.generator import TextToImageGenerator
 
 log = logging.getLogger(__name__)
 
@@ -92,21 +90,6 @@ def remove_lora_files(root: Path, stored: str) -> bool:
         return False
     shutil.rmtree(target)
     return True
-
-
-def try_load_lora(generator: TextToImageGenerator, path: Path) -> None:
-    """Load a LoRA into the running pipeline and unload it again (engine thread only)."""
-    manager = generator.lora
-    if manager is None:
-        raise EngineError("The model is not loaded; try again once the bot is ready.")
-    adapter = manager.load(path, f"check_{uuid.uuid4().hex[:8]}")
-    manager.unload(adapter)
-
-
-def forget_adapter(generator: TextToImageGenerator, name: str) -> None:
-    """Drop a resident adapter of this LoRA name from memory (engine thread only)."""
-    if generator.lora is not None:
-        generator.lora.unload(adapter_name_for(name))
 
 
 def install_lora_file(data: bytes, folder: Path) -> None:
@@ -254,7 +237,7 @@ class Lora(commands.Cog):
             removed = False
         if not await training_running(self.bot):
             # A later LoRA of the same name must not reuse the old weights still in memory.
-            await bot.executor.run_on_engine(forget_adapter, bot.generator, lora.name)
+            await bot.engine_door.forget_lora(lora.name)
         log.info("LoRA %s deleted by %s (files removed: %s)", lora.name, user.id, removed)
         note = "" if removed else " Its files were left on disk (see the bot's log)."
         await interaction.followup.send(f"Deleted the LoRA `{lora.name}`.{note}", ephemeral=True)
@@ -315,19 +298,17 @@ class Lora(commands.Cog):
             raise UserFacingError(f"`{file.filename}` is larger than the attachment limit.")
         with tempfile.TemporaryDirectory(prefix="lora-upload-") as tmp:
             path, digest = await asyncio.to_thread(write_upload, data, Path(tmp))
+            # The header is read first; only a real load proves it fits this base model.
             try:
-                info = await asyncio.to_thread(inspect_lora_file, path)
+                fit = await bot.engine_door.check_lora(path)
+            except LoraMismatchError as exc:
+                raise UserFacingError(
+                    f"`{file.filename}` is not a LoRA for this bot's base model "
+                    f"({exc.model}): {_reason(exc)}"
+                ) from None
             except LoraError as exc:
                 raise UserFacingError(
                     f"`{file.filename}` is not a usable LoRA: {_reason(exc)}"
-                ) from None
-            # The header looks right; only a real load proves it fits this base model.
-            try:
-                await bot.executor.run_on_engine(try_load_lora, bot.generator, path)
-            except LoraError as exc:
-                raise UserFacingError(
-                    f"`{file.filename}` is not a LoRA for this bot's base model "
-                    f"({bot.generator.model_name}): {_reason(exc)}"
                 ) from None
         folder = bot.storage.files.lora_path(name)
         # Claim the name first (as 'failed' until the file is in place), so two uploads or a
@@ -339,9 +320,9 @@ class Lora(commands.Cog):
                 owner_id=interaction.user.id,
                 trigger_word=trigger.strip() if trigger and trigger.strip() else None,
                 sha256=digest,
-                rank=info.rank,
-                base_model=bot.generator.model_name,
-                base_width=bot.generator.text_width,
+                rank=fit.info.rank,
+                base_model=fit.model,
+                base_width=fit.width,
                 status="failed",
                 shared=True,
             )
@@ -351,7 +332,7 @@ class Lora(commands.Cog):
             ) from None
         try:
             await asyncio.to_thread(install_lora_file, data, folder)
-            await bot.executor.run_on_engine(forget_adapter, bot.generator, name)
+            await bot.engine_door.forget_lora(name)  # no stale adapter of this name
             record = await bot.storage.loras.set_lora_status(name, "ready")
         except BaseException:
             await bot.storage.loras.delete_lora(name)
@@ -360,7 +341,7 @@ class Lora(commands.Cog):
             raise
         log.info(
             "LoRA %s added by %s (%s format, rank %s, %d bytes)",
-            name, interaction.user.id, info.format, info.rank, len(data),
+            name, interaction.user.id, fit.info.format, fit.info.rank, len(data),
         )  # fmt: skip
         return record
 

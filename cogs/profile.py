@@ -34,7 +34,7 @@ def size_name(bot: ImageBot, width: int, height: int) -> str:
 
 def effective_settings(bot: ImageBot, profile: UserProfile) -> dict[str, Any]:
     """What /imagine would use for this user: personal defaults, else the bot's defaults."""
-    resolved = bot.generator.prepare(
+    resolved = bot.engine_door.prepare(
         GenerationRequest(
             prompt="settings",
             negative_prompt=profile.negative_prompt,

@@ -13,5 +13,13 @@ class LoraError(EngineError):
     """A LoRA file is missing, not a LoRA, or not for this base model."""
 
 
+class LoraMismatchError(LoraError):
+    """A readable LoRA file that does not load into the resident model (`model`)."""
+
+    def __init__(self, message: str, model: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+
 class GenerationCancelled(Exception):
     """Raised inside the pipeline's step callback to stop at the next step."""

@@ -64,6 +64,10 @@ class QueueSnapshot:
         """Ids of the running jobs."""
         return {r.job.id for r in self.running}
 
+    def waiting_for(self, user_id: int) -> list[JobRecord]:
+        """The user's waiting jobs, in the order they will run."""
+        return [job for job in self.waiting if job.user_id == user_id]
+
 
 @dataclass(frozen=True)
 class SchedulerStats:

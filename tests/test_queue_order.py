@@ -47,3 +47,12 @@ def test_blocked_order_matches_a_sorted_list(monkeypatch: pytest.MonkeyPatch) ->
     while reference:
         assert queue.pop_next() is reference.pop(0)
     assert len(queue) == 0 and queue.pop_next() is None
+
+
+def test_snapshot_waiting_for_keeps_the_users_jobs_in_order() -> None:
+    from scheduling.scheduler import QueueSnapshot
+
+    jobs = [JobRecord(id=i, kind="generate", user_id=i % 3, payload={}) for i in range(1, 10)]
+    snapshot = QueueSnapshot(running=[], waiting=jobs[::-1], paused=False)
+    assert [job.id for job in snapshot.waiting_for(1)] == [7, 4, 1]
+    assert snapshot.waiting_for(99) == []
