@@ -181,10 +181,6 @@ class FairQueue:
         """The waiting job with this id, or None."""
         return self._by_id.get(job_id)
 
-    def waiting_for_user(self, user_id: int) -> list[JobRecord]:
-        """The user's waiting jobs, in the order they will run."""
-        return [job for job in self._sorted if job.user_id == user_id]
-
     def next_tag(self, user_id: int) -> float:
         """The fair tag a new job of this user gets."""
         tags = self._per_user.get(user_id)

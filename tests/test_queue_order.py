@@ -52,7 +52,7 @@ def test_blocked_order_matches_a_sorted_list(monkeypatch: pytest.MonkeyPatch) ->
 def test_snapshot_waiting_for_keeps_the_users_jobs_in_order() -> None:
     from scheduling.scheduler import QueueSnapshot
 
-    jobs = [JobRecord(id=i, kind="generate", user_id=i % 3, payload={}) for i in range(1, 10)]
+    jobs = [JobRecord(id=i, user_id=i % 3, work=GenerationRequest("x")) for i in range(1, 10)]
     snapshot = QueueSnapshot(running=[], waiting=jobs[::-1], paused=False)
     assert [job.id for job in snapshot.waiting_for(1)] == [7, 4, 1]
     assert snapshot.waiting_for(99) == []
