@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
 
 from engine.config import AppConfig, QueueConfig
 from engine.errors import EngineError, GenerationCancelled
@@ -27,13 +26,13 @@ from scheduling.jobs import JobRecord
 from scheduling.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
 from scheduling.workers.core import OutOfMemoryExhausted
 from scheduling.workers.ray_actor import WorkerActor
+from scheduling.workers.ray_calls import LOST, get
 from scheduling.workers.ray_training import RemoteTrainer
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "sd-discord-bot"
 ACTOR_PREFIX = "sd-worker-"
-LOST = (RayActorError, ActorUnavailableError)
 
 
 def connect(address: str = "") -> bool:
@@ -98,11 +97,6 @@ def _free_indexes(count: int) -> list[int]:
             free.append(index)
         index += 1
     return free
-
-
-async def get(ref: Any, timeout: float | None = None) -> Any:
-    """Await a Ray object ref on the event loop (with an optional timeout)."""
-    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
 
 
 class RayWorker:

@@ -11,23 +11,43 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.training import files
 from scheduling.jobs import JobRecord
 from scheduling.workers.base import WorkerLost
+from scheduling.workers.ray_calls import LOST, get
 
 if TYPE_CHECKING:
     from engine.train_lora import TrainOutput, TrainProgress
-    from scheduling.workers.ray_backend import RayWorker
 
 log = logging.getLogger(__name__)
+
+
+class ActorWorker(Protocol):
+    """What a RemoteTrainer needs of the bot's handle on an actor (a RayWorker)."""
+
+    name: str
+    handle: Any
+
+    @property
+    def alive(self) -> bool:
+        """Whether the actor answered since it last died."""
+        ...
+
+    async def ship(self, file: Path) -> str:
+        """Put a file in the actor's cache once, by sha256; its cache name."""
+        ...
+
+    def lost(self, exc: BaseException) -> WorkerLost:
+        """Mark the actor lost after a failed call; the error to raise."""
+        ...
 
 
 class RemoteTrainer:
     """One training on one worker actor, with the async methods the training runner calls."""
 
-    def __init__(self, worker: RayWorker, job: JobRecord) -> None:
+    def __init__(self, worker: ActorWorker, job: JobRecord) -> None:
         self.worker = worker
         self.job = job
         self.params = job.train.trainer_settings()
@@ -36,8 +56,6 @@ class RemoteTrainer:
         self._copied = -1  # the newest checkpoint step the bot's folder holds
 
     async def _remote(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        from scheduling.workers.ray_backend import LOST, get
-
         try:
             return await get(getattr(self.worker.handle, method).remote(*args), timeout)
         except LOST as exc:
@@ -65,8 +83,6 @@ class RemoteTrainer:
 
     async def train_steps(self, n: int, cancel: threading.Event) -> TrainProgress:
         """Run a slice on the actor (forwarding cancel), then copy its checkpoints home."""
-        from scheduling.workers.ray_backend import LOST
-
         ref = self.worker.handle.train_call.remote(self.job.id, "train_steps", n)
         future = asyncio.wrap_future(ref.future())
         cancel_sent = False
