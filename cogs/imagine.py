@@ -12,7 +12,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs._acks import recorded_defer
+from botcore.acks import recorded_defer
+from botcore.progress import Update, interaction_reference
 from cogs._checks import (
     Cooldowns,
     UserFacingError,
@@ -21,7 +22,6 @@ from cogs._checks import (
     is_admin,
     prompt_is_nsfw,
 )
-from cogs._delivery import Update, interaction_reference
 from cogs._inline_loras import inline_lora_entries
 from cogs._models import check_embeddings_fit, check_lora_fits, pick_model
 from cogs._sources import check_source, save_source
@@ -131,7 +131,7 @@ async def submit_for(
 
     The job is written before Discord is told anything, so no acknowledged command can exist
     without a record (a crash in between leaves a job that runs and posts in the channel).
-    ``deferred``: the caller already deferred under a recorded acknowledgement (cogs/_acks.py).
+    ``deferred``: the caller already deferred under a recorded acknowledgement (botcore/acks.py).
     """
     executor = bot.executor
     user = interaction.user
@@ -389,7 +389,7 @@ class Imagine(commands.Cog):
         width, height = request["width"] or native_w, request["height"] or native_h
         # Downloading may take longer than Discord's 3 s for a first answer: defer first, with
         # a record, so a crash before the job is written is answered at the next start.
-        async with recorded_defer(bot, interaction) as ack:
+        async with recorded_defer(bot.storage, interaction) as ack:
             path, fit_w, fit_h = await save_source(
                 bot.storage.files, image, int(width), int(height), max_mb
             )

@@ -14,9 +14,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs._acks import recorded_defer
+from botcore.acks import recorded_defer
+from botcore.progress import Update
 from cogs._checks import UserFacingError, admin_only
-from cogs._delivery import Update
 from cogs._train_setup import (
     MAX_CONTENT,
     TrainChoices,
@@ -179,7 +179,7 @@ class Train(commands.Cog):
         self._preparing.add(key)
         job: JobRecord | None = None
         try:
-            async with recorded_defer(bot, interaction, ephemeral=True) as ack:
+            async with recorded_defer(bot.storage, interaction, ephemeral=True) as ack:
                 reasons, used = await self._stage(uploads, captions, folder, config)
                 config = replace(config, sample_prompt=used[0])
                 job = await self._register_and_submit(interaction, config)
