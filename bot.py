@@ -12,11 +12,11 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from cogs._acks import answer_orphaned_acks
+from botcore.acks import answer_orphaned_acks
+from botcore.outbox import Outbox
+from botcore.progress import JobMessenger
+from botcore.redact import install_token_redaction
 from cogs._config import BotSettings, DiscordSettings
-from cogs._delivery import JobMessenger
-from cogs._outbox import Outbox
-from cogs._redact import install_token_redaction
 from engine.config import AppConfig, ConfigError, build_section, load_config
 from engine.errors import EngineError
 from engine.front_door import EngineDoor
@@ -74,8 +74,10 @@ class ImageBot(commands.Bot):
         self.generator = generator
         self.executor = executor
         self.engine_door = EngineDoor(generator, executor.run_on_engine)
-        self.messenger = JobMessenger(self, bot_settings.edit_interval_s)
-        self.outbox = Outbox(self, upload_timeout_s=bot_settings.upload_timeout_s)
+        self.messenger = JobMessenger(self, storage, bot_settings.edit_interval_s)
+        self.outbox = Outbox(
+            self, storage, self.messenger, upload_timeout_s=bot_settings.upload_timeout_s
+        )
         self.failed_extensions: list[str] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.pool_grower: Any = None  # Ray: adds workers on PCs that join the cluster
@@ -99,7 +101,7 @@ class ImageBot(commands.Bot):
         # Results finished but not delivered before the restart, and commands acknowledged but
         # never queued, are answered in the background (REST works before the gateway is up).
         self._spawn(self.outbox.resume(), "resume-deliveries")
-        self._spawn(answer_orphaned_acks(self), "answer-orphaned-acks")
+        self._spawn(answer_orphaned_acks(self, self.storage), "answer-orphaned-acks")
         if self.pool_grower is not None:
             self._spawn(self.pool_grower.run(self.executor), "grow-worker-pool")
         await self.sync_commands()

@@ -8,33 +8,19 @@ import io
 
 import discord
 
+from cogs._attachments import check_attachment, read_attachment, shown_name
 from cogs._checks import UserFacingError
-from cogs._uploads import shown_name, upload_suffix
 from engine.img2img import MAX_INIT_PIXELS, fit_size
 from storage.files import FileRoots, atomic_write_bytes
-
-
-def check_source(attachment: discord.Attachment, max_mb: float) -> None:
-    """Refuse an attachment by its type and size, before anything is downloaded."""
-    shown = shown_name(attachment.filename)
-    if upload_suffix(attachment) is None:
-        raise UserFacingError(f"{shown} is not a PNG, JPEG, WebP, BMP or GIF image.")
-    if attachment.size > max_mb * 1024 * 1024:
-        raise UserFacingError(
-            f"{shown} is {attachment.size / 1048576:.1f} MB, over the {max_mb:g} MB limit."
-        )
 
 
 async def save_source(
     files: FileRoots, attachment: discord.Attachment, width: int, height: int, max_mb: float
 ) -> tuple[str, int, int]:
     """Check and fit an attachment to width×height pixels; return (stored path, width, height)."""
+    check_attachment(attachment, max_mb)
+    data = await read_attachment(attachment, max_mb)
     shown = shown_name(attachment.filename)
-    check_source(attachment, max_mb)
-    try:
-        data = await attachment.read()
-    except discord.HTTPException:
-        raise UserFacingError(f"Could not download {shown}; please try again.") from None
     return await asyncio.to_thread(_store, files, data, shown, width, height)
 
 

@@ -1,4 +1,4 @@
-"""/train's settings and captions: the model's recipe under the admin's options, alt-text captions."""
+"""/train's settings: the model's recipe under the admin's options, the job's settings, captions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import discord
 from cogs._checks import UserFacingError
 from cogs._ui import clip
 from engine.prepare_dataset import DEFAULT_TEMPLATE
+from engine.training.config import TrainConfig
 from engine.training.recipe import TrainingRecipe
+from scheduling.jobs import TrainSpec
 
 DEFAULT_RANK = 4
 DEFAULT_LR = 1e-4
@@ -21,6 +23,7 @@ MAX_LR = 1e-2
 MAX_CAPTION_CHARS = 1024  # Discord's limit for an attachment's description (alt text)
 SHOWN_CAPTION_CHARS = 90
 MAX_CONTENT = 2000  # Discord's limit for a message's content
+PROOF_SEED = 0  # the seed of the before/after images
 
 
 @dataclass(frozen=True)
@@ -119,3 +122,27 @@ def caption_lines(captions: list[str], budget: int) -> str:
         lines.append(line)
         used += len(line) + 1
     return "\n".join(lines)
+
+
+def train_spec(config: TrainConfig) -> TrainSpec:
+    """The job's training spec (the base model comes from the engine when it runs)."""
+    return TrainSpec(
+        name=config.name,
+        dataset_dir=str(config.dataset_dir),
+        output_dir=str(config.output_dir),
+        trigger_word=config.trigger_word,
+        max_steps=config.max_steps,
+        rank=config.rank,
+        lr=config.lr,
+        resolution=config.resolution,
+        caption_template=config.caption_template,
+        sample_prompt=config.sample_prompt,
+        seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
+        sample_steps=config.sample_steps,
+    )
+
+
+def proof_seed(spec: TrainSpec) -> int:
+    """The seed of the before/after picture: the training's own seed."""
+    return PROOF_SEED if spec.seed is None else spec.seed

@@ -13,6 +13,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs._checks import UserFacingError
+from cogs._job_views import result_view
 from cogs._ui import COLOR_INFO, clip, saved_png_file
 
 if TYPE_CHECKING:
@@ -161,9 +163,6 @@ class History(commands.Cog):
 
     async def open(self, interaction: discord.Interaction, job_id: int) -> None:
         """Show one generation's images with their U/V buttons (only the caller sees it)."""
-        from cogs._checks import UserFacingError
-        from cogs.imagine import _can_upscale, result_view
-
         generation = await self.bot.storage.generations.get_generation_by_job(job_id)
         job = await self.bot.storage.get_job(job_id)
         if generation is None or job is None or generation.user_id != interaction.user.id:
@@ -178,13 +177,7 @@ class History(commands.Cog):
         if not files:
             raise UserFacingError("The images of that generation are no longer on the bot's disk.")
         request = job.request.to_dict()
-        view = result_view(
-            job_id,
-            count=len(generation.image_paths),
-            upscaled=request.get("upscale") is not None,
-            can_upscale=_can_upscale(request),
-            repainted=bool(request.get("init_image")),
-        )
+        view = result_view(job_id, request, count=len(generation.image_paths))
         prompt = clip(generation.prompt.replace("`", "'"), 300)
         text = f"Job {job_id}: `{prompt}`"
         await interaction.response.send_message(text, files=files, view=view, ephemeral=True)

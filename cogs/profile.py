@@ -10,9 +10,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._checks import UserFacingError
+from cogs._imagine_options import sampler_autocomplete, size_autocomplete, sizes
 from cogs._models import check_model_name, model_autocomplete
 from cogs._ui import clip, info_embed
-from cogs.imagine import sampler_autocomplete, size_autocomplete, sizes
 from engine.config import MAX_CFG, MAX_STEPS, MIN_CFG, MIN_STEPS
 from engine.requests import MAX_SEED, GenerationRequest
 from engine.schedulers import SCHEDULER_NAMES, canonical_scheduler_name

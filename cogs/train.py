@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import shutil
 from dataclasses import replace
@@ -14,31 +13,31 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs._acks import recorded_defer
+from botcore.acks import recorded_defer
+from botcore.progress import Update
 from cogs._checks import UserFacingError, admin_only
-from cogs._delivery import Update
+from cogs._job_views import cancel_view
+from cogs._train_dataset import stage_dataset
+from cogs._train_messages import (
+    ended_update,
+    finished_update,
+    queued_text,
+    status_line,
+    train_name,
+)
 from cogs._train_setup import (
-    MAX_CONTENT,
+    PROOF_SEED,
     TrainChoices,
     alt_caption,
-    caption_lines,
     choose_settings,
+    proof_seed,
+    train_spec,
 )
-from cogs._ui import COLOR_OK, clip, progress_line
-from cogs._uploads import (
-    Upload,
-    check_trigger_word,
-    check_uploads,
-    count_of,
-    shown_name,
-    with_reasons,
-)
-from engine.prepare_dataset import prepare_dataset
+from cogs._uploads import check_trigger_word, check_uploads
 from engine.train_lora import TrainConfig
-from engine.training.compare import before_after_png
 from engine.training.recipe import read_recipe
-from scheduling.events import JobEvent, Progress, Queued, Started
-from scheduling.jobs import JobRecord, NewJob, TrainSpec
+from scheduling.events import JobEvent
+from scheduling.jobs import JobRecord, NewJob
 from storage import AlreadyExistsError, safe_name
 from storage.files import atomic_write_bytes
 from storage.loras import check_lora_name
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_EDIT_INTERVAL_S = 10.0  # training runs for minutes: one message edit every ~10 s
 MIN_CHECKPOINT_EVERY = 10
-PROOF_SEED = 0  # the seed of the before/after images
 
 
 def checkpoint_interval(steps: int) -> int:
@@ -70,11 +68,6 @@ def is_training_leftover(folder: Path) -> bool:
         if not (entry.is_dir() and trainer_made):
             return False
     return True
-
-
-def train_name(job: JobRecord) -> str:
-    """The LoRA name a train job produces."""
-    return job.train.name or "?"
 
 
 class Train(commands.Cog):
@@ -179,13 +172,20 @@ class Train(commands.Cog):
         self._preparing.add(key)
         job: JobRecord | None = None
         try:
-            async with recorded_defer(bot, interaction, ephemeral=True) as ack:
-                reasons, used = await self._stage(uploads, captions, folder, config)
+            async with recorded_defer(bot.storage, interaction, ephemeral=True) as ack:
+                reasons, used = await stage_dataset(
+                    uploads,
+                    captions,
+                    folder,
+                    config,
+                    max_mb=settings.max_attachment_mb,
+                    min_images=settings.train_min_images,
+                )
                 config = replace(config, sample_prompt=used[0])
                 job = await self._register_and_submit(interaction, config)
                 await ack.forget()
                 await interaction.followup.send(
-                    _queued_text(job, config, used, left_out + reasons), ephemeral=True
+                    queued_text(job, config, used, left_out + reasons), ephemeral=True
                 )
         except BaseException:
             if job is None:
@@ -203,12 +203,10 @@ class Train(commands.Cog):
         caption: str | None,
     ) -> TrainChoices:
         """The options given, else the model's recipe, else the bot's defaults; bad → refusal."""
-        from cogs.imagine import sizes
-
         bot = self.bot
         settings = bot.bot_settings
         try:
-            recipe = await asyncio.to_thread(read_recipe, bot.generator.config.model.model_id)
+            recipe = await asyncio.to_thread(read_recipe, bot.config.model.model_id)
         except ValueError as exc:
             log.error("bad training recipe: %s", exc)
             raise UserFacingError(
@@ -224,7 +222,7 @@ class Train(commands.Cog):
             default_steps=settings.train_default_steps,
             max_steps=settings.train_max_steps,
             max_rank=settings.train_max_rank,
-            default_resolution=int(sizes(bot)["square"][0]),
+            default_resolution=bot.engine_door.native_size()[0],
         )
 
     def _config(
@@ -241,7 +239,7 @@ class Train(commands.Cog):
             return TrainConfig(
                 dataset_dir=dataset_dir,
                 output_dir=output_dir,
-                model=bot.generator.config.model.model_id,
+                model=bot.config.model.model_id,
                 name=name,
                 trigger_word=trigger_word,
                 caption_template=choices.caption_template,
@@ -258,66 +256,6 @@ class Train(commands.Cog):
         except ValueError as exc:
             raise UserFacingError(f"Invalid training setting: {exc}") from None
 
-    async def _stage(
-        self,
-        uploads: list[Upload],
-        captions: list[str | None],
-        folder: Path,
-        config: TrainConfig,
-    ) -> tuple[list[str], list[str]]:
-        """Download into folder/raw, prepare folder/dataset; refuse too few usable images.
-
-        Returns the reasons for images left out and the captions of the images used.
-        """
-        settings = self.bot.bot_settings
-        raw = folder / "raw"
-        shutil.rmtree(folder, ignore_errors=True)  # leftovers of an earlier attempt at this name
-        await asyncio.to_thread(raw.mkdir, parents=True, exist_ok=True)
-        limit = int(settings.max_attachment_mb * 1024 * 1024)
-        originals: dict[str, str] = {}
-        for index, upload in enumerate(uploads):
-            stored = f"{index:03d}{upload.suffix}"
-            originals[stored] = upload.attachment.filename
-            try:
-                data = await upload.attachment.read()
-            except discord.HTTPException as exc:
-                log.warning("could not download %s: %s", upload.attachment.url, exc)
-                raise UserFacingError(
-                    f"Could not download {shown_name(upload.attachment.filename)}; "
-                    "please try again."
-                ) from None
-            if len(data) > limit:
-                raise UserFacingError(
-                    f"{shown_name(upload.attachment.filename)} is over "
-                    f"{settings.max_attachment_mb:g} MB."
-                )
-            await asyncio.to_thread((raw / stored).write_bytes, data)
-            if captions[index]:  # the alt text, as the sidecar caption prepare_dataset reads
-                sidecar = (raw / stored).with_suffix(".txt")
-                await asyncio.to_thread(sidecar.write_text, captions[index], encoding="utf-8")
-        size = config.resolution
-        report = await asyncio.to_thread(
-            prepare_dataset,
-            raw,
-            config.dataset_dir,
-            size,
-            min_size=max(64, size // 2),
-            trigger_word=config.trigger_word,
-            template=config.caption_template,
-        )
-        reasons = [
-            f"{shown_name(originals.get(r.path.name, r.path.name))}: {r.reason}"
-            for r in report.rejected
-        ]
-        if len(report.written) < settings.train_min_images:
-            head = (
-                f"Training needs at least {settings.train_min_images} usable images; "
-                f"only {len(report.written)} of {len(uploads)} could be used."
-            )
-            raise UserFacingError(with_reasons(head, reasons))
-        used = await asyncio.to_thread(_read_captions, report.written)
-        return reasons, used
-
     async def _register_and_submit(
         self, interaction: discord.Interaction, config: TrainConfig
     ) -> JobRecord:
@@ -331,8 +269,8 @@ class Train(commands.Cog):
                 owner_id=interaction.user.id,
                 trigger_word=config.trigger_word,
                 rank=config.rank,
-                base_model=bot.generator.model_name or config.model,
-                base_width=bot.generator.text_width,
+                base_model=bot.engine_door.resident_model or config.model,
+                base_width=bot.engine_door.resident_width,
                 status="training",
             )
         except AlreadyExistsError:
@@ -346,7 +284,7 @@ class Train(commands.Cog):
         try:
             new = NewJob(
                 user_id=interaction.user.id,
-                work=_train_spec(config),
+                work=train_spec(config),
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 reference=reference,
@@ -361,21 +299,9 @@ class Train(commands.Cog):
         """The last message of a training (outbox builder); the LoRA's status is already stored."""
         name = train_name(job)
         data = data or {}
-        if job.status == "failed":
-            message = data.get("message") or "the error was logged."
-            text = (
-                f"❌ Training of `{name}` failed: {message} The checkpoints saved so far are kept."
-            )
-            return Update(content=clip(text, 1900), view=discord.ui.View())
-        if job.status == "cancelled":
-            text = (
-                f"🚫 Training of `{name}` cancelled after step {data.get('step', 0)}; "
-                "the checkpoints saved so far are kept."
-                if data.get("was_running")
-                else f"🚫 Training of `{name}` cancelled before it started."
-            )
-            return Update(content=text, view=discord.ui.View())
-        return await self._finished_update(job, name, data)
+        if job.status in ("failed", "cancelled"):
+            return ended_update(job, name, data)
+        return finished_update(job, name, data, await self._before_after(job, name, data))
 
     @commands.Cog.listener()
     async def on_job_event(self, event: JobEvent) -> None:
@@ -383,18 +309,8 @@ class Train(commands.Cog):
         job = event.job
         if job.kind != "train":
             return
-        name = train_name(job)
-        if isinstance(event, Queued):
-            where = (
-                "next in line" if event.position <= 1 else f"position {event.position} in the queue"
-            )
-            await self._update(job, f"🕐 Training of `{name}` is queued — {where}.")
-        elif isinstance(event, Started):
-            await self._update(job, f"🧠 Training `{name}`: loading the images and the model…")
-        elif isinstance(event, Progress):
-            line = progress_line(event.step, event.total, event.eta_s, what=f"Training `{name}`")
-            if event.loss is not None:
-                line += f" · loss {event.loss:.4f}"
+        line = status_line(event, train_name(job))
+        if line is not None:
             await self._update(job, line)
 
     def _has_target(self, job: JobRecord) -> bool:
@@ -403,7 +319,7 @@ class Train(commands.Cog):
     async def _update(self, job: JobRecord, content: str) -> None:
         if self._has_target(job):
             await self.bot.messenger.update(
-                job, Update(content=content, view=_cancel_view(job.id)), self.edit_interval
+                job, Update(content=content, view=cancel_view(job.id)), self.edit_interval
             )
 
     async def _before_after(
@@ -425,107 +341,12 @@ class Train(commands.Cog):
         except OSError:
             pass
         try:
-            png = await self.bot.executor.run_on_engine(
-                _proof_png, self.bot.generator, prompt, seed, size, weights, name
-            )
+            png = await self.bot.engine_door.before_after_png(prompt, seed, size, weights, name)
             await asyncio.to_thread(atomic_write_bytes, saved, png)
         except Exception:
             log.exception("could not make the before/after images of LoRA %s", name)
             return None
         return prompt, png
-
-    async def _finished_update(self, job: JobRecord, name: str, data: dict[str, Any]) -> Update:
-        trigger = data.get("trigger_word") or job.train.trigger_word or ""
-        content = (
-            f"<@{job.user_id}> ✅ LoRA `{name}` is ready. Try it with `/lora use {name}` "
-            f"and put `{trigger}` in your prompt."
-        )
-        proof = await self._before_after(job, name, data)
-        embed = discord.Embed(title=f"LoRA {name}", color=COLOR_OK)
-        embed.add_field(name="Trigger word", value=f"`{trigger}`")
-        embed.add_field(name="Steps", value=str(data.get("steps", "?")))
-        embed.add_field(name="Rank", value=str(data.get("rank", "?")))
-        if data.get("sha256"):
-            embed.add_field(name="sha256", value=f"`{str(data['sha256'])[:16]}…`", inline=False)
-        files: list[discord.File] = []
-        sample = data.get("sample_path")
-        if proof is not None:
-            prompt, png = proof
-            filename = f"{safe_name(name)}-before-after.png"
-            shown = clip(prompt.replace("`", "'"), 300)
-            content += (
-                f"\nLeft: without the LoRA · right: with it — `{shown}`, seed "
-                f"{proof_seed(job.train)}."
-            )
-            files.append(discord.File(io.BytesIO(png), filename=filename))
-            embed.set_image(url=f"attachment://{filename}")
-        elif sample and Path(sample).is_file():
-            buffer = io.BytesIO(Path(sample).read_bytes())
-            files.append(discord.File(buffer, filename=f"{safe_name(name)}-sample.png"))
-            embed.set_image(url=f"attachment://{safe_name(name)}-sample.png")
-        embed.set_footer(text=f"job {job.id}")
-        return Update(content=content, embed=embed, files=files, view=discord.ui.View())
-
-
-def _queued_text(
-    job: JobRecord, config: TrainConfig, captions: list[str], reasons: list[str]
-) -> str:
-    """The reply to /train once queued: the settings, the captions used, the images left out."""
-    text = (
-        f"✅ Training of `{config.name}` is queued (job {job.id}): "
-        f"{count_of(len(captions), 'image')}, {config.max_steps} steps, rank {config.rank}, "
-        f"learning rate {config.lr:g}, trigger word `{config.trigger_word}`. "
-        "Progress is posted in this channel; /imagine keeps working meanwhile."
-    )
-    if reasons:
-        text = with_reasons(text + "\nLeft out:", reasons)
-    head = "\nCaptions:\n"
-    budget = MAX_CONTENT - len(text) - len(head)
-    if budget > 40:
-        text += head + caption_lines(captions, budget)
-    return clip(text, MAX_CONTENT)
-
-
-def _read_captions(images: list[Path]) -> list[str]:
-    """The caption written next to each prepared image."""
-    return [p.with_suffix(".txt").read_text(encoding="utf-8").strip() for p in images]
-
-
-def _proof_png(generator: Any, prompt: str, seed: int, size: int, weights: str, name: str) -> bytes:
-    """before_after_png with positional arguments (run_on_engine passes no keywords)."""
-    return before_after_png(
-        generator, prompt, seed=seed, size=size, lora_path=weights, lora_name=name
-    )
-
-
-def _train_spec(config: TrainConfig) -> TrainSpec:
-    """The job's training spec (the base model comes from the engine when it runs)."""
-    return TrainSpec(
-        name=config.name,
-        dataset_dir=str(config.dataset_dir),
-        output_dir=str(config.output_dir),
-        trigger_word=config.trigger_word,
-        max_steps=config.max_steps,
-        rank=config.rank,
-        lr=config.lr,
-        resolution=config.resolution,
-        caption_template=config.caption_template,
-        sample_prompt=config.sample_prompt,
-        seed=config.seed,
-        checkpoint_every=config.checkpoint_every,
-        sample_steps=config.sample_steps,
-    )
-
-
-def proof_seed(spec: TrainSpec) -> int:
-    """The seed of the before/after picture: the training's own seed."""
-    return PROOF_SEED if spec.seed is None else spec.seed
-
-
-def _cancel_view(job_id: int) -> discord.ui.View:
-    from cogs.imagine import cancel_view
-
-    return cancel_view(job_id)
 
 
 async def setup(bot: ImageBot) -> None:

@@ -17,7 +17,7 @@ from engine.embeddings import EmbeddingInfo
 from engine.errors import EngineError, LoraError, LoraMismatchError
 from engine.generator import TextToImageGenerator
 from engine.lora import LoraFileInfo, adapter_name_for, inspect_lora_file
-from engine.requests import GenerationRequest, ResolvedRequest
+from engine.requests import GenerationRequest, ResolvedRequest, native_size
 
 # between_jobs(fn, *args) runs fn(*args) on the engine's thread between jobs and returns its value.
 BetweenJobs = Callable[..., Awaitable[Any]]
@@ -164,13 +164,7 @@ class EngineDoor:
 
     def native_size(self) -> tuple[int, int]:
         """Width and height of a default image: GEN_WIDTH/GEN_HEIGHT when set, else the model's."""
-        generation = self._generator.config.generation
-        if "width" in generation.model_fields_set:
-            return generation.width, generation.height
-        defaults = self._generator.model_defaults
-        return int(defaults.get("width", generation.width)), int(
-            defaults.get("height", generation.height)
-        )
+        return native_size(self._generator.config.generation, self._generator.model_defaults)
 
     def prepare(self, request: GenerationRequest) -> ResolvedRequest:
         """Validate a request and fill its defaults (ValueError naming the bad parameter)."""

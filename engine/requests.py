@@ -211,6 +211,15 @@ def resolve_request(
     )
 
 
+def native_size(defaults: GenerationConfig, model_defaults: dict[str, Any]) -> tuple[int, int]:
+    """The model's own width and height, unless the settings give a width of their own."""
+    width = model_defaults.get("width", defaults.width)
+    height = model_defaults.get("height", defaults.height)
+    if "width" in defaults.model_fields_set:
+        width, height = defaults.width, defaults.height
+    return int(width), int(height)
+
+
 def _resolve_init(
     request: GenerationRequest, defaults: GenerationConfig, model_defaults: dict[str, Any]
 ) -> dict[str, Any]:
@@ -244,11 +253,9 @@ def _resolve_init(
         default_strength = DEFAULT_STRENGTH
         if request.width is None and request.height is None:
             # The model's native pixel count, in the source's aspect ratio.
-            native_w = model_defaults.get("width", defaults.width)
-            native_h = model_defaults.get("height", defaults.height)
-            if "width" in defaults.model_fields_set:
-                native_w, native_h = defaults.width, defaults.height
-            found["width"], found["height"] = fit_size(*source, int(native_w), int(native_h))
+            found["width"], found["height"] = fit_size(
+                *source, *native_size(defaults, model_defaults)
+            )
     strength = default_strength if request.strength is None else request.strength
     found["strength"] = check_strength(strength)
     return found

@@ -99,7 +99,7 @@ async def test_stats_report_a_stopped_dispatcher(
 async def test_command_acknowledged_before_a_crash_is_answered_at_start(
     world, tiny_model_dir: Path
 ) -> None:
-    from cogs._acks import ACK_PREFIX, answer_orphaned_acks
+    from botcore.acks import ACK_PREFIX, answer_orphaned_acks
 
     async with running(world, tiny_model_dir) as bot:
         bot.executor.pause()
@@ -115,7 +115,7 @@ async def test_command_acknowledged_before_a_crash_is_answered_at_start(
             "command": "train",
         }
         await bot.storage.kv.set(f"{ACK_PREFIX}{it.id}", record)
-        assert await answer_orphaned_acks(bot) == 1
+        assert await answer_orphaned_acks(bot, bot.storage) == 1
         told = await it.wait_for(lambda e: "before your `/train` was queued" in str(e.payload))
         assert "run it again" in told.payload["content"]
         assert await bot.storage.kv.with_prefix(ACK_PREFIX) == {}

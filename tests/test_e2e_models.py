@@ -89,7 +89,7 @@ async def test_admin_model_switches_between_jobs_and_each_png_names_its_model(
         )
         assert _model_of(await wait_result(it)) == "one"
         # a channel default sits between the user's choice and the server's
-        from cogs.imagine import build_request
+        from cogs._imagine_request import build_request
 
         await answer(
             await world.slash(world.admin, "admin model", {"name": "two", "scope": "channel"})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cogs.imagine import sizes
+from cogs._imagine_options import sizes
 from engine.metadata import parse_parameters
 from tests.e2e_harness import answer, ephemeral, running, wait_result
 

@@ -1,7 +1,7 @@
 """Job status in Discord while a job waits or runs: throttled edits, token expiry, restart-safe.
 
 Progress is best effort (a lost edit is replaced by the next one); the final outcome goes
-through the durable outbox (cogs/_outbox.py).
+through the durable outbox (botcore/outbox.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import discord
 from scheduling.jobs import JobRecord
 
 if TYPE_CHECKING:
-    from bot import ImageBot
+    from storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def interaction_reference(interaction: discord.Interaction) -> dict[str, Any]:
 
 
 @dataclass
-class _Update:
+class Update:
+    """One version of a job's message: text, embed, files and buttons."""
+
     content: str | None = None
     embed: discord.Embed | None = None
     files: list[discord.File] = field(default_factory=list)
@@ -63,7 +65,7 @@ class _State:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last: float = 0.0
     final: bool = False
-    pending: _Update | None = None
+    pending: Update | None = None
     flush: asyncio.Task[None] | None = None
 
 
@@ -73,8 +75,9 @@ _CLOSED_KEEP = 10_000  # finished job ids remembered, so a late progress edit is
 class JobMessenger:
     """Edits each job's status message at most every `interval` seconds until it is finalized."""
 
-    def __init__(self, bot: ImageBot, interval: float) -> None:
-        self.bot = bot
+    def __init__(self, client: discord.Client, storage: Storage, interval: float) -> None:
+        self.client = client
+        self.storage = storage
         self.interval = interval
         self._states: dict[int, _State] = {}
         self._closed: OrderedDict[int, None] = OrderedDict()
@@ -82,7 +85,7 @@ class JobMessenger:
     def _state(self, job_id: int) -> _State:
         return self._states.setdefault(job_id, _State())
 
-    async def update(self, job: JobRecord, update: _Update, interval: float | None = None) -> None:
+    async def update(self, job: JobRecord, update: Update, interval: float | None = None) -> None:
         """A progress update: shown now, or coalesced with later ones within the interval."""
         if job.id in self._closed:
             return
@@ -121,7 +124,7 @@ class JobMessenger:
         async with state.lock:  # let an edit in flight land before the outcome
             self._states.pop(job_id, None)
 
-    async def _send(self, job: JobRecord, state: _State, update: _Update) -> None:
+    async def _send(self, job: JobRecord, state: _State, update: Update) -> None:
         async with state.lock:
             state.last = time.monotonic()
             try:
@@ -130,7 +133,7 @@ class JobMessenger:
             except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 log.warning("could not update the message of job %s: %r", job.id, exc)
 
-    async def _deliver(self, job: JobRecord, update: _Update) -> None:
+    async def _deliver(self, job: JobRecord, update: Update) -> None:
         ref = job.reference
         kwargs: dict[str, Any] = {
             "content": update.content,
@@ -140,7 +143,7 @@ class JobMessenger:
         if update.view is not None:
             kwargs["view"] = update.view
         if token_fresh(ref):
-            webhook = discord.Webhook.partial(int(ref["app_id"]), ref["token"], client=self.bot)
+            webhook = discord.Webhook.partial(int(ref["app_id"]), ref["token"], client=self.client)
             # Discord accepts "@original" wherever a webhook message id goes.
             await webhook.edit_message("@original", attachments=update.files, **kwargs)  # type: ignore[arg-type]
             return
@@ -148,7 +151,7 @@ class JobMessenger:
         if not channel_id:
             log.warning("job %s has no channel to report to", job.id)
             return
-        channel = self.bot.get_partial_messageable(int(channel_id))
+        channel = self.client.get_partial_messageable(int(channel_id))
         message_id = ref.get("message_id")
         if message_id:
             await channel.get_partial_message(int(message_id)).edit(
@@ -160,7 +163,4 @@ class JobMessenger:
         kwargs["content"] = f"<@{job.user_id}> {update.content or ''}".strip()
         message = await channel.send(files=update.files, **kwargs)
         job.reference = {**ref, "message_id": message.id}
-        await self.bot.storage.update_job_reference(job.id, job.reference)
-
-
-Update = _Update
+        await self.storage.update_job_reference(job.id, job.reference)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from cogs._delivery import interaction_reference, token_fresh
+from botcore.progress import interaction_reference, token_fresh
 
 if TYPE_CHECKING:
-    from bot import ImageBot
+    from storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ RESTARTED = (
 class AckRecord:
     """The stored record of one deferred interaction; ``forget`` once its job is written."""
 
-    def __init__(self, bot: ImageBot, key: str) -> None:
-        self.bot = bot
+    def __init__(self, storage: Storage, key: str) -> None:
+        self.storage = storage
         self.key = key
         self.forgotten = False
 
@@ -42,7 +42,7 @@ class AckRecord:
         if self.forgotten:
             return
         try:
-            await self.bot.storage.kv.delete(self.key)
+            await self.storage.kv.delete(self.key)
             self.forgotten = True
         except Exception:
             log.exception("could not forget the acknowledgement %s", self.key)
@@ -50,7 +50,7 @@ class AckRecord:
 
 @contextlib.asynccontextmanager
 async def recorded_defer(
-    bot: ImageBot, interaction: discord.Interaction, *, ephemeral: bool = False
+    storage: Storage, interaction: discord.Interaction, *, ephemeral: bool = False
 ) -> AsyncIterator[AckRecord]:
     """Record the interaction, defer it, and forget the record when the block is left.
 
@@ -61,8 +61,8 @@ async def recorded_defer(
     command = interaction.command.qualified_name if interaction.command else "command"
     record = {**interaction_reference(interaction), "user_id": interaction.user.id}
     record["command"] = command
-    await bot.storage.kv.set(key, record)
-    ack = AckRecord(bot, key)
+    await storage.kv.set(key, record)
+    ack = AckRecord(storage, key)
     try:
         await interaction.response.defer(ephemeral=ephemeral, thinking=True)
         yield ack
@@ -70,29 +70,29 @@ async def recorded_defer(
         await ack.forget()
 
 
-async def answer_orphaned_acks(bot: ImageBot) -> int:
+async def answer_orphaned_acks(client: discord.Client, storage: Storage) -> int:
     """Answer every interaction acknowledged before a crash and never queued; return how many."""
-    records = await bot.storage.kv.with_prefix(ACK_PREFIX)
+    records = await storage.kv.with_prefix(ACK_PREFIX)
     for key, record in records.items():
         try:
-            await _answer(bot, record)
+            await _answer(client, record)
         except discord.HTTPException as exc:
             log.warning("could not answer interaction %s after the restart: %s", key, exc)
-        await bot.storage.kv.delete(key)
+        await storage.kv.delete(key)
     if records:
         log.info("answered %d command(s) acknowledged before the restart", len(records))
     return len(records)
 
 
-async def _answer(bot: ImageBot, record: dict[str, Any]) -> None:
+async def _answer(client: discord.Client, record: dict[str, Any]) -> None:
     text = RESTARTED.format(command=record.get("command", "command"))
     if token_fresh(record):
-        webhook = discord.Webhook.partial(int(record["app_id"]), record["token"], client=bot)
+        webhook = discord.Webhook.partial(int(record["app_id"]), record["token"], client=client)
         await webhook.edit_message("@original", content=text)  # type: ignore[arg-type]
         return
     if not record.get("channel_id"):
         return
-    channel = bot.get_partial_messageable(int(record["channel_id"]))
+    channel = client.get_partial_messageable(int(record["channel_id"]))
     user = int(record["user_id"])
     await channel.send(
         f"<@{user}> {text}", allowed_mentions=discord.AllowedMentions(users=[discord.Object(user)])

@@ -25,12 +25,12 @@ import discord
 from discord import utils
 from discord.http import handle_message_parameters
 
-from cogs._delivery import Update, token_fresh
+from botcore.progress import JobMessenger, Update, token_fresh
 from scheduling.events import Cancelled, Failed, Finished, JobEvent
 from scheduling.jobs import JobRecord
 
 if TYPE_CHECKING:
-    from bot import ImageBot
+    from storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def requester_only(job: JobRecord) -> discord.AllowedMentions:
 
 
 async def send_with_nonce(
-    bot: discord.Client,
+    client: discord.Client,
     channel_id: int,
     nonce: str,
     *,
@@ -87,7 +87,7 @@ async def send_with_nonce(
         body["enforce_nonce"] = True
         params.multipart[0]["value"] = utils._to_json(body)
     try:
-        data = await bot.http.send_message(channel_id, params=params)
+        data = await client.http.send_message(channel_id, params=params)
     finally:
         for file in files:
             file.close()
@@ -101,17 +101,24 @@ def _is_gone(exc: BaseException) -> bool:
 
 
 class Outbox:
-    """Delivers every finished, failed or cancelled job until Discord has it."""
+    """Delivers every finished, failed or cancelled job until Discord has it.
+
+    ``messenger`` is told to stop a job's progress edits before its outcome is sent.
+    """
 
     def __init__(
         self,
-        bot: ImageBot,
+        client: discord.Client,
+        storage: Storage,
+        messenger: JobMessenger,
         *,
         upload_timeout_s: float = 120.0,
         first_backoff_s: float = 2.0,
         max_backoff_s: float = 300.0,
     ) -> None:
-        self.bot = bot
+        self.client = client
+        self.storage = storage
+        self.messenger = messenger
         self.upload_timeout_s = upload_timeout_s
         self.first_backoff_s = first_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -154,7 +161,7 @@ class Outbox:
 
     async def resume(self) -> int:
         """Deliver every job left undelivered (after a restart); return how many."""
-        jobs = await self.bot.storage.undelivered_jobs()
+        jobs = await self.storage.undelivered_jobs()
         for job in jobs:
             self.deliver(job.id)
         if jobs:
@@ -185,18 +192,18 @@ class Outbox:
         while not self._stopping:
             delay = 0.0
             try:
-                job = await self.bot.storage.get_job(job_id)
+                job = await self.storage.get_job(job_id)
                 if job is None or job.delivered:
                     return
                 builder = self._builders.get(job.kind)
                 if builder is None:
                     log.warning("no delivery for job %s of kind %s", job.id, job.kind)
                     return
-                result = await self.bot.storage.jobs.get_job_result(job_id)
-                await self.bot.messenger.finalize(job.id)
+                result = await self.storage.jobs.get_job_result(job_id)
+                await self.messenger.finalize(job.id)
                 update = await builder(job, result)
                 await asyncio.wait_for(self._send(job, update), self.upload_timeout_s)
-                await self.bot.storage.mark_delivered(job_id)
+                await self.storage.mark_delivered(job_id)
                 self.delivered += 1
                 return
             except asyncio.CancelledError:
@@ -222,7 +229,7 @@ class Outbox:
 
     async def _after_failure(self, job_id: int, exc: Exception, attempt: int) -> float:
         """Adjust the route after a failed attempt; return how long to wait before the next."""
-        job = await self.bot.storage.get_job(job_id)
+        job = await self.storage.get_job(job_id)
         ref = dict(job.reference) if job is not None else {}
         if isinstance(exc, _Reroute):
             return 0.0 if attempt < 5 else self._backoff(attempt)
@@ -233,11 +240,11 @@ class Outbox:
                 ref.pop("result_message_id", None)
                 ref["nonce_gen"] = int(ref.get("nonce_gen", 0)) + 1
             log.info("job %s: its channel or message is gone (%s)", job_id, exc)
-            await self.bot.storage.update_job_reference(job_id, ref)
+            await self.storage.update_job_reference(job_id, ref)
             return 0.0 if attempt < 5 else self._backoff(attempt)
         if isinstance(exc, discord.Forbidden) and not ref.get("dm"):
             log.warning("job %s: cannot post in its channel (%s); trying a DM", job_id, exc)
-            await self.bot.storage.update_job_reference(job_id, {**ref, "dm": True})
+            await self.storage.update_job_reference(job_id, {**ref, "dm": True})
             return 0.0
         if isinstance(exc, discord.RateLimited):
             return float(exc.retry_after)
@@ -251,7 +258,7 @@ class Outbox:
                     "job %s: Discord refused the result (%s); sending text only", job_id, exc
                 )
                 reason = f"Discord refused the images ({exc.status}: {exc.text[:120]})"
-                await self.bot.storage.update_job_reference(job_id, {**ref, "text_only": reason})
+                await self.storage.update_job_reference(job_id, {**ref, "text_only": reason})
                 return 0.0
             raise Undeliverable(str(exc)) from exc
         level = logging.WARNING if isinstance(exc, _TRANSIENT) else logging.ERROR
@@ -271,9 +278,9 @@ class Outbox:
 
     async def _give_up(self, job_id: int, reason: str) -> None:
         with contextlib.suppress(Exception):
-            await self.bot.storage.jobs.set_job_error(job_id, f"undeliverable: {reason}")
+            await self.storage.jobs.set_job_error(job_id, f"undeliverable: {reason}")
         with contextlib.suppress(Exception):
-            await self.bot.storage.mark_delivered(job_id)
+            await self.storage.mark_delivered(job_id)
 
     async def _send(self, job: JobRecord, update: Update) -> None:
         ref = job.reference
@@ -287,7 +294,7 @@ class Outbox:
         if update.view is not None:
             kwargs["view"] = update.view
         if token_fresh(ref) and not ref.get("original_gone"):
-            webhook = discord.Webhook.partial(int(ref["app_id"]), ref["token"], client=self.bot)
+            webhook = discord.Webhook.partial(int(ref["app_id"]), ref["token"], client=self.client)
             # Discord accepts "@original" wherever a webhook message id goes.
             await self._edit_or_reroute(
                 job,
@@ -305,7 +312,7 @@ class Outbox:
         channel_id = ref.get("channel_id") or job.channel_id
         status_id = ref.get("message_id")
         if status_id and channel_id and not update.notify and not ref.get("status_gone"):
-            channel = self.bot.get_partial_messageable(int(channel_id))
+            channel = self.client.get_partial_messageable(int(channel_id))
             message = channel.get_partial_message(int(status_id))
             await self._edit_or_reroute(
                 job,
@@ -318,7 +325,7 @@ class Outbox:
         if not content.startswith(mention):
             content = f"{mention} {content}".strip()
         if ref.get("dm"):
-            user = await self.bot.fetch_user(job.user_id)
+            user = await self.client.fetch_user(job.user_id)
             try:
                 message = await user.send(
                     content=content[:2000], embed=update.embed, files=update.files
@@ -330,7 +337,7 @@ class Outbox:
         if not channel_id:
             raise Undeliverable("the job has no channel to post in")
         message_id = await send_with_nonce(
-            self.bot,
+            self.client,
             int(channel_id),
             f"sd{job.id}n{int(ref.get('nonce_gen', 0))}",
             content=content[:2000],
@@ -350,9 +357,9 @@ class Outbox:
                 raise
             log.info("job %s: its message is gone (%s); posting a new one", job.id, exc)
             job.reference = {**job.reference, gone_flag: True}
-            await self.bot.storage.update_job_reference(job.id, job.reference)
+            await self.storage.update_job_reference(job.id, job.reference)
             raise _Reroute from exc
 
     async def _remember(self, job: JobRecord, message_id: int) -> None:
         job.reference = {**job.reference, "result_message_id": message_id}
-        await self.bot.storage.update_job_reference(job.id, job.reference)
+        await self.storage.update_job_reference(job.id, job.reference)

@@ -1,0 +1,136 @@
+"""What /imagine asks the engine for: a request from options and saved defaults, U/V follow-ups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from botcore.progress import interaction_reference
+from cogs._checks import UserFacingError, is_admin
+from cogs._imagine_options import max_images, sizes
+from cogs._inline_loras import inline_lora_entries
+from cogs._models import check_embeddings_fit, check_lora_fits, pick_model
+from engine.img2img import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
+from engine.requests import GenerationRequest, random_seed
+from scheduling.jobs import JobRecord, NewJob
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+
+async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any) -> dict[str, Any]:
+    """A request dict from the options given, filled from the user's saved defaults.
+
+    Options `guild_id` and `channel_id` choose the model: the user's, the channel's, the server's.
+    """
+    profile = await bot.storage.users.get_or_create_user(user_id)
+    model = await pick_model(bot, profile.model, options.get("guild_id"), options.get("channel_id"))
+    size = options.get("size")
+    width = height = None
+    if size:
+        choices = sizes(bot)
+        if size not in choices:
+            raise UserFacingError(f"Unknown size {size!r}; choose one of: {', '.join(choices)}.")
+        width, height = choices[size]
+    count = options.get("count")
+    if count is not None and count > max_images(bot):
+        raise UserFacingError(f"At most {max_images(bot)} images per request on this machine.")
+    fast = bool(options.get("fast"))
+    # Fast mode brings its own steps, CFG and sampler; saved defaults for normal mode don't apply.
+    saved_steps, saved_cfg = (None, None) if fast else (profile.steps, profile.cfg)
+    request: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": options.get("negative") or profile.negative_prompt,
+        "num_inference_steps": options["steps"]
+        if options.get("steps") is not None
+        else saved_steps,
+        "guidance_scale": options.get("cfg") if options.get("cfg") is not None else saved_cfg,
+        "seed": options.get("seed") if options.get("seed") is not None else profile.fixed_seed,
+        "width": width or profile.width,
+        "height": height or profile.height,
+        "num_images": count,
+        "scheduler": options.get("sampler") or profile.sampler,
+        "fast": fast,
+        "model": model,
+    }
+    await check_embeddings_fit(bot, model, prompt, request["negative_prompt"])
+    if profile.lora_name:
+        lora = await bot.storage.loras.get_lora(profile.lora_name)
+        if lora is None or lora.status != "ready":
+            await bot.storage.users.clear_active_lora(user_id)
+            raise UserFacingError(
+                f"Your LoRA {profile.lora_name!r} is no longer available; it has been switched off."
+            )
+        check_lora_fits(bot, lora, model)
+        request.update(
+            lora=lora.path,
+            lora_name=lora.name,
+            lora_scale=1.0 if profile.lora_scale is None else profile.lora_scale,
+        )
+    request["loras"] = await inline_lora_entries(bot, user_id, prompt, model)
+    return request
+
+
+async def submit_for(
+    bot: ImageBot,
+    interaction: discord.Interaction,
+    request: dict[str, Any],
+    *,
+    deferred: bool = False,
+) -> JobRecord:
+    """Validate, write the job, acknowledge the interaction, then let the job start.
+
+    The job is written before Discord is told anything, so no acknowledged command can exist
+    without a record (a crash in between leaves a job that runs and posts in the channel).
+    ``deferred``: the caller already deferred under a recorded acknowledgement (botcore/acks.py).
+    """
+    executor = bot.executor
+    user = interaction.user
+    admin = is_admin(bot, user)
+    try:
+        bot.engine_door.prepare(
+            GenerationRequest.from_dict(request)
+        )  # refuse bad values before deferring
+    except ValueError as exc:
+        raise UserFacingError(f"Invalid request: {exc}") from None
+    if not admin:
+        executor.check_caps(user.id)
+
+    async def acknowledge(job: JobRecord) -> None:
+        await interaction.response.defer(thinking=True)
+
+    new = NewJob(
+        user_id=user.id,
+        work=GenerationRequest.from_dict(request),
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        reference=interaction_reference(interaction),
+    )
+    return await executor.submit(new, admin=admin, acknowledge=None if deferred else acknowledge)
+
+
+def from_image(
+    request: dict[str, Any], generation: Any, seeds: list[int], action: str, index: int
+) -> dict[str, Any]:
+    """The request of U<i> (upscale ×2, same seed) or V<i> (img2img, new seed) on image i."""
+    paths = list(generation.image_paths) if generation is not None else []
+    if not 0 <= index < len(paths) or not Path(paths[index]).is_file():
+        raise UserFacingError(f"Image {index + 1} of that job is no longer on the bot's disk.")
+    new = {**request, "init_image": paths[index], "upscale": None}
+    if action == "up":
+        if not can_upscale(request):
+            raise UserFacingError(f"That image is already as large as allowed ({MAX_SIDE} px).")
+        new.update(
+            upscale=2.0, strength=UPSCALE_STRENGTH, num_images=1, width=None, height=None,
+            seed=seeds[index] if index < len(seeds) else None,
+        )  # fmt: skip
+    else:
+        new.update(strength=DEFAULT_STRENGTH, seed=random_seed())
+    return new
+
+
+def can_upscale(request: dict[str, Any]) -> bool:
+    """Whether another ×2 of this job's images stays within the size limit."""
+    return max(request.get("width") or 512, request.get("height") or 512) * 2 <= MAX_SIDE
