@@ -12,12 +12,17 @@ from typing import Any
 import discord
 from discord.ext import commands
 
+from botcore.settings import (
+    MIN_EDIT_INTERVAL_S,
+    BotSettings,
+    DiscordSettings,
+    load_settings,
+)
 from cogs._acks import answer_orphaned_acks
-from cogs._config import BotSettings, DiscordSettings
 from cogs._delivery import JobMessenger
 from cogs._outbox import Outbox
 from cogs._redact import install_token_redaction
-from engine.config import AppConfig, ConfigError, build_section, load_config
+from engine.config import AppConfig, ConfigError
 from engine.errors import EngineError
 from engine.generator import TextToImageGenerator
 from engine.pipeline import resolve_model_source
@@ -71,7 +76,9 @@ class ImageBot(commands.Bot):
         self.storage = storage
         self.generator = generator
         self.executor = executor
-        self.messenger = JobMessenger(self, bot_settings.edit_interval_s)
+        self.messenger = JobMessenger(
+            self, max(MIN_EDIT_INTERVAL_S, config.queue.progress_interval_s)
+        )
         self.outbox = Outbox(self, upload_timeout_s=bot_settings.upload_timeout_s)
         self.failed_extensions: list[str] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -218,27 +225,19 @@ async def build(
 
 async def run() -> int:
     """Read settings, build the bot and run it until Ctrl-C or SIGTERM."""
-    problems: list[str] = []
-    sections: dict[type, Any] = {}
-    for section in (DiscordSettings, BotSettings, StorageSettings):
-        try:
-            sections[section] = build_section(section)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        problems.append(str(exc))
-    if problems:
-        print("error: " + "; ".join(problems), file=sys.stderr)
-        return 2
-    discord_settings: DiscordSettings = sections[DiscordSettings]
-    bot_settings: BotSettings = sections[BotSettings]
-    storage_settings: StorageSettings = sections[StorageSettings]
+    # Logging is on before the settings are read so that a renamed variable's deprecation notice
+    # shows; the level comes from BOT_LOG_LEVEL once it is known.
     logging.basicConfig(
-        level=bot_settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config, discord_settings = settings.config, settings.discord
+    bot_settings, storage_settings = settings.bot, settings.storage
+    logging.getLogger().setLevel(bot_settings.log_level.upper())
     if discord_settings.token is None or not discord_settings.token.get_secret_value().strip():
         print(NO_TOKEN, file=sys.stderr)
         return 2

@@ -487,7 +487,7 @@ class Imagine(commands.Cog):
             )
         elif isinstance(event, Progress):
             files = []
-            if event.preview is not None and self.bot.bot_settings.progress_previews:
+            if event.preview is not None:  # the engine attaches one only with QUEUE_PREVIEWS
                 files = [png_file(event.preview, "preview.png")]
             line = progress_line(event.step, event.total, event.eta_s)
             await self.messenger.update(

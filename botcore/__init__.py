@@ -1,0 +1,1 @@
+"""The bot's own plumbing: settings, durable delivery (outbox), progress messages, acks, token redaction."""
