@@ -2,7 +2,7 @@
 
 Each check returns a small `Check`; a problem carries its fix, and `fatal` marks one that would
 stop the bot (no token, no model and no way to get it, no disk). Storage and Discord settings are
-read from the environment and `.env` by name, without importing `storage/` or `cogs/`.
+read from the environment and `.env` by name, without importing `storage/` or `botcore/`.
 """
 
 from __future__ import annotations
