@@ -16,8 +16,13 @@ from botcore.acks import answer_orphaned_acks
 from botcore.outbox import Outbox
 from botcore.progress import JobMessenger
 from botcore.redact import install_token_redaction
-from cogs._config import BotSettings, DiscordSettings
-from engine.config import AppConfig, ConfigError, build_section, load_config
+from botcore.settings import (
+    MIN_EDIT_INTERVAL_S,
+    BotSettings,
+    DiscordSettings,
+    load_settings,
+)
+from engine.config import AppConfig, ConfigError
 from engine.errors import EngineError
 from engine.front_door import EngineDoor
 from engine.generator import TextToImageGenerator
@@ -74,7 +79,8 @@ class ImageBot(commands.Bot):
         self.generator = generator
         self.executor = executor
         self.engine_door = EngineDoor(generator, executor.run_on_engine)
-        self.messenger = JobMessenger(self, storage, bot_settings.edit_interval_s)
+        interval = max(MIN_EDIT_INTERVAL_S, config.queue.progress_interval_s)
+        self.messenger = JobMessenger(self, storage, interval)
         self.outbox = Outbox(
             self, storage, self.messenger, upload_timeout_s=bot_settings.upload_timeout_s
         )
@@ -219,27 +225,19 @@ async def build(
 
 async def run() -> int:
     """Read settings, build the bot and run it until Ctrl-C or SIGTERM."""
-    problems: list[str] = []
-    sections: dict[type, Any] = {}
-    for section in (DiscordSettings, BotSettings, StorageSettings):
-        try:
-            sections[section] = build_section(section)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        problems.append(str(exc))
-    if problems:
-        print("error: " + "; ".join(problems), file=sys.stderr)
-        return 2
-    discord_settings: DiscordSettings = sections[DiscordSettings]
-    bot_settings: BotSettings = sections[BotSettings]
-    storage_settings: StorageSettings = sections[StorageSettings]
+    # Logging is on before the settings are read so that a renamed variable's deprecation notice
+    # shows; the level comes from BOT_LOG_LEVEL once it is known.
     logging.basicConfig(
-        level=bot_settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config, discord_settings = settings.config, settings.discord
+    bot_settings, storage_settings = settings.bot, settings.storage
+    logging.getLogger().setLevel(bot_settings.log_level.upper())
     if discord_settings.token is None or not discord_settings.token.get_secret_value().strip():
         print(NO_TOKEN, file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def status_update(event: JobEvent, previews: bool) -> Update | None:
+def status_update(event: JobEvent) -> Update | None:
     """The message of a job that waits or runs (with its Cancel button); None: no change."""
     job = event.job
     if isinstance(event, Queued):
@@ -31,7 +31,7 @@ def status_update(event: JobEvent, previews: bool) -> Update | None:
         return Update(content="🎨 Starting…", view=cancel_view(job.id))
     if isinstance(event, Progress):
         files = []
-        if event.preview is not None and previews:
+        if event.preview is not None:  # the engine attaches one only with QUEUE_PREVIEWS
             files = [png_file(event.preview, "preview.png")]
         line = progress_line(event.step, event.total, event.eta_s)
         return Update(content=line, files=files, view=cancel_view(job.id))

@@ -208,7 +208,7 @@ class Imagine(commands.Cog):
         job = event.job
         if job.kind != "generate" or not (job.reference.get("token") or job.channel_id):
             return
-        update = status_update(event, self.bot.bot_settings.progress_previews)
+        update = status_update(event)
         if update is not None:
             await self.messenger.update(job, update)
 

@@ -75,7 +75,7 @@ class Train(commands.Cog):
 
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
-        self.edit_interval = max(TRAIN_EDIT_INTERVAL_S, bot.bot_settings.edit_interval_s)
+        self.edit_interval = max(TRAIN_EDIT_INTERVAL_S, bot.messenger.interval)
         self._preparing: set[str] = set()  # names (casefolded) whose images are being checked
 
     async def cog_load(self) -> None:

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-scale", type=float, default=0.8, help="LoRA strength, 0-2")
     p.add_argument(
         "--lora-dir",
-        default=os.environ.get("STORAGE_LORA_DIR", "models/lora"),
-        help="where <lora:NAME:w> in the prompt looks for NAME/final or NAME (default models/lora)",
+        default=None,
+        help="where <lora:NAME:w> in the prompt looks for NAME/final or NAME "
+        "(default STORAGE_LORA_DIR, else models/lora)",
     )
     p.add_argument("--fast", action="store_true", help="LCM-LoRA fast mode: 4-8 steps, low CFG")
     p.add_argument("--init-image", default=None, help="img2img: start from this image file")
@@ -182,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.requests import resolve_request
 
         stack = resolve_lora_stack(
-            args.prompt, (), folder_resolver(args.lora_dir), config.generation.max_loras
+            args.prompt,
+            (),
+            folder_resolver(args.lora_dir or config.generation.lora_dir),
+            config.generation.max_loras,
         )
         request.loras = [use.to_entry() for use in stack]
         resolved = resolve_request(request, config.generation, {})

@@ -1,17 +1,17 @@
-"""Engine settings: pydantic models filled from the environment and `.env`, one prefix per section."""
+"""Engine settings: sections filled from the environment and `.env`, one prefix per section."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from engine.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES, canonical_scheduler_name
-
-log = logging.getLogger(__name__)
+from engine.settings_base import ENV_FILE as ENV_FILE
+from engine.settings_base import ConfigError as ConfigError
+from engine.settings_base import SettingsSection, load_sections
 
 DEFAULT_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_NEGATIVE_PROMPT = (
@@ -20,33 +20,16 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 VramPreset = Literal["auto", "none", "2gb", "3gb", "4gb", "6gb", "8gb"]
-ENV_FILE = ".env"
 # Bounds of a request, shared by the settings, request validation and the Discord options.
 MIN_STEPS, MAX_STEPS = 1, 150
 MIN_CFG, MAX_CFG = 0, 30
 MAX_NUM_IMAGES = 8
 
 
-def _section(prefix: str) -> SettingsConfigDict:
-    return SettingsConfigDict(
-        env_prefix=prefix,
-        env_file=ENV_FILE,
-        extra="ignore",
-        env_ignore_empty=True,
-        populate_by_name=True,
-        protected_namespaces=(),
-        validate_default=True,
-    )
-
-
-class ConfigError(ValueError):
-    """A setting has a bad value; the message names the variable and what is allowed."""
-
-
-class ModelConfig(BaseSettings):
+class ModelConfig(SettingsSection):
     """Which model to load and how (env prefix MODEL_)."""
 
-    model_config = _section("MODEL_")
+    model_config = SettingsConfigDict(env_prefix="MODEL_")
 
     model_id: str = Field(
         DEFAULT_MODEL_ID,
@@ -91,10 +74,10 @@ class ModelConfig(BaseSettings):
         return value
 
 
-class OptimizationConfig(BaseSettings):
+class OptimizationConfig(SettingsSection):
     """Memory and speed switches (env prefix OPT_); a VRAM preset fills those not set explicitly."""
 
-    model_config = _section("OPT_")
+    model_config = SettingsConfigDict(env_prefix="OPT_")
 
     vram_preset: VramPreset = Field("auto", description="auto, none, 2gb, 3gb, 4gb, 6gb, 8gb")
     enable_attention_slicing: bool = Field(False, description="Compute attention in slices")
@@ -116,10 +99,11 @@ class OptimizationConfig(BaseSettings):
     tiny_vae_decode: bool = Field(False, description="Also decode final images with the tiny VAE")
 
 
-class GenerationConfig(BaseSettings):
+class GenerationConfig(SettingsSection):
     """Defaults for each generation (env prefix GEN_)."""
 
-    model_config = _section("GEN_")
+    model_config = SettingsConfigDict(env_prefix="GEN_")
+    renamed = {"GEN_OUTPUT_DIR": "output_dir"}
 
     width: int = Field(512, description="Image width in pixels, a multiple of 8 in [64, 2048]")
     height: int = Field(512, description="Image height in pixels, a multiple of 8 in [64, 2048]")
@@ -130,7 +114,19 @@ class GenerationConfig(BaseSettings):
     negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="Default negative prompt")
     scheduler: str = Field(DEFAULT_SCHEDULER, description="Sampler: " + ", ".join(SCHEDULER_NAMES))
     num_images: int = Field(1, description=f"Images per request, 1-{MAX_NUM_IMAGES}")
-    output_dir: Path = Field(Path("outputs"), description="Where the command line saves PNGs")
+    # The bot's storage owns the images folder and the LoRA folder (it writes both), so these read
+    # its variables by name: one setting each for the bot and `python -m engine`, and engine/
+    # never imports storage/. GEN_OUTPUT_DIR was this folder's own name before the merge.
+    output_dir: Path = Field(
+        Path("outputs"),
+        validation_alias="STORAGE_OUTPUTS_DIR",
+        description="Where the command line saves PNGs (the bot: under it, by day)",
+    )
+    lora_dir: Path = Field(
+        Path("models/lora"),
+        validation_alias="STORAGE_LORA_DIR",
+        description="Where <lora:NAME:w> in a prompt looks for NAME/final, NAME or NAME.safetensors",
+    )
     fast_lora: str = Field(
         "latent-consistency/lcm-lora-sdv1-5",
         description="LCM-LoRA for fast mode: a file, a folder or a hub id",
@@ -174,18 +170,22 @@ class GenerationConfig(BaseSettings):
         return canonical_scheduler_name(value)
 
 
-class QueueConfig(BaseSettings):
+class QueueConfig(SettingsSection):
     """The job queue and the engine thread (env prefix QUEUE_)."""
 
-    model_config = _section("QUEUE_")
+    model_config = SettingsConfigDict(env_prefix="QUEUE_")
+    # The engine makes the progress events and decodes the previews, and the bot shows every one it
+    # gets, so the queue's settings decide both (the bot had its own pair, which could only hide
+    # previews already paid for).
+    renamed = {"BOT_PROGRESS_PREVIEWS": "previews", "BOT_EDIT_INTERVAL_S": "progress_interval_s"}
 
     per_user_cap: int = Field(3, ge=1, le=100, description="Waiting jobs allowed per user")
     global_cap: int = Field(100, ge=1, le=10000, description="Waiting jobs allowed in total")
     admin_priority: bool = Field(False, description="Serve admins' jobs before others'")
     progress_interval_s: float = Field(
-        1.5, ge=0, le=60, description="Min seconds between progress events"
+        1.5, ge=0, le=60, description="Min seconds between progress events and message edits"
     )
-    previews: bool = Field(True, description="Attach a small preview image to progress events")
+    previews: bool = Field(True, description="Show a small preview image while generating")
     preview_size: int = Field(128, ge=32, le=512, description="Longest side of previews in pixels")
     max_attempts: int = Field(3, ge=1, le=10, description="Runs of a job before it is given up")
     train_slice_steps: int = Field(
@@ -193,10 +193,10 @@ class QueueConfig(BaseSettings):
     )
 
 
-class WorkersConfig(BaseSettings):
+class WorkersConfig(SettingsSection):
     """Where jobs run: the local engine thread or a pool of Ray workers (env prefix WORKERS_)."""
 
-    model_config = _section("WORKERS_")
+    model_config = SettingsConfigDict(env_prefix="WORKERS_")
 
     backend: Literal["local", "ray"] = Field(
         "local", description="local (one engine thread in the bot) or ray (one worker per GPU)"
@@ -243,53 +243,15 @@ class AppConfig(BaseModel):
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
 
 
-def env_name(section: type[BaseSettings], field: str) -> str:
-    """The environment variable that sets `field` of a settings section."""
-    info = section.model_fields[field]
-    alias = info.validation_alias
-    if isinstance(alias, AliasChoices):
-        return str(alias.choices[-1]).upper()
-    return (str(section.model_config.get("env_prefix", "")) + field).upper()
-
-
-def describe_validation_error(section: type[BaseSettings], exc: ValidationError) -> str:
-    """Turn a pydantic error into lines naming the variable, the bad value and what is allowed."""
-    lines = []
-    for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        name = env_name(section, field) if field in section.model_fields else field.upper()
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            msg = f"must be one of {expected.replace(' or ', ', ')}"
-        lines.append(f"{name}={err.get('input')!r}: {msg}")
-    return "; ".join(lines)
-
-
-def build_section(section: type[BaseSettings], **overrides: Any) -> Any:
-    """Instantiate one settings section, raising ConfigError with a readable message."""
-    try:
-        return section(**overrides)
-    except ValidationError as exc:
-        raise ConfigError("Invalid setting " + describe_validation_error(section, exc)) from None
+SECTIONS: dict[str, type[SettingsSection]] = {
+    "model": ModelConfig,
+    "optimization": OptimizationConfig,
+    "generation": GenerationConfig,
+    "queue": QueueConfig,
+    "workers": WorkersConfig,
+}
 
 
 def load_config(env_file: str | Path | None = ENV_FILE) -> AppConfig:
     """Read AppConfig from the environment (and `.env`), with readable errors for bad values."""
-    kwargs: dict[str, Any] = {} if env_file == ENV_FILE else {"_env_file": env_file}
-    sections: dict[str, Any] = {}
-    problems: list[str] = []
-    for key, section in (
-        ("model", ModelConfig),
-        ("optimization", OptimizationConfig),
-        ("generation", GenerationConfig),
-        ("queue", QueueConfig),
-        ("workers", WorkersConfig),
-    ):
-        try:
-            sections[key] = section(**kwargs)
-        except ValidationError as exc:
-            problems.append(describe_validation_error(section, exc))
-    if problems:
-        raise ConfigError("Invalid setting " + "; ".join(problems))
-    return AppConfig(**sections)
+    return AppConfig(**load_sections(SECTIONS, env_file))

@@ -2,13 +2,12 @@
 
 Each check returns a small `Check`; a problem carries its fix, and `fatal` marks one that would
 stop the bot (no token, no model and no way to get it, no disk). Storage and Discord settings are
-read from the environment and `.env` by name, without importing `storage/` or `cogs/`.
+read from the environment and `.env` by name, without importing `storage/` or `botcore/`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shutil
 import sys
@@ -16,11 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import ENV_FILE, ConfigError, ModelConfig, OptimizationConfig, build_section
+from engine.config import ENV_FILE, ConfigError, ModelConfig, OptimizationConfig, load_config
+from engine.settings_base import read_env
 from engine.vram import MB, pick_preset_for_free_vram, resolve_optimizations
 
 TORCH_INDEX = "https://download.pytorch.org/whl/"
-# Data folders of the bot: (label, variable, default), as in storage/settings.py and cogs/_config.py.
+# Data folders of the bot: (label, variable, default), as in storage/settings.py and botcore/settings.py.
 DATA_FOLDERS = (
     ("database", "STORAGE_DB_PATH", "data/bot.sqlite3"),
     ("outputs", "STORAGE_OUTPUTS_DIR", "outputs"),
@@ -44,17 +44,6 @@ class Check:
     ok: bool = True
     fix: str = ""
     fatal: bool = False
-
-
-def read_settings(env_file: str | Path = ENV_FILE) -> dict[str, str]:
-    """Variables from `.env` overlaid by the environment (which wins), empty ones dropped."""
-    from dotenv import dotenv_values
-
-    values: dict[str, str] = {}
-    if Path(env_file).is_file():
-        values.update({k.upper(): v for k, v in dotenv_values(env_file).items() if v})
-    values.update({k.upper(): v for k, v in os.environ.items() if v})
-    return values
 
 
 def check_python() -> Check:
@@ -245,15 +234,15 @@ def run_checks(env_file: str | Path = ENV_FILE) -> list[Check]:
     """Every check, in the order the report prints them."""
     checks = [check_python(), check_torch()]
     try:
-        model = build_section(ModelConfig, _env_file=env_file)
-        opt = build_section(OptimizationConfig, _env_file=env_file)
+        config = load_config(env_file)
     except ConfigError as exc:
         return [*checks, Check("settings", str(exc), False, "fix that setting", fatal=True)]
-    checks += check_gpu(opt)
+    model = config.model
+    checks += check_gpu(config.optimization)
     checks.append(model_check := check_model(model))
     need = DOWNLOAD_MB if NOT_CACHED in model_check.summary else LOW_FREE_MB
     checks.append(check_disk("model cache", model.cache_dir, need))
-    settings = read_settings(env_file)
+    settings = read_env(env_file)
     for label, variable, default in DATA_FOLDERS:
         checks.append(check_disk(label, Path(settings.get(variable, default))))
     checks.append(check_token(settings, env_file))

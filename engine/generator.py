@@ -57,7 +57,6 @@ MEMORY_RUNGS = memory_rungs()
 
 
 FAST_ADAPTER = "lcm_fast"
-DEFAULT_LORA_DIR = "models/lora"
 FAST_NOTE = "fast mode: negative prompts have little effect"
 
 
@@ -68,8 +67,10 @@ class TextToImageGenerator:
         self, config: AppConfig | None = None, lora_resolver: LoraResolver | None = None
     ) -> None:
         self.config = config or AppConfig()
-        # Names in <lora:name:w> tags -> files; default: folders under models/lora.
-        self.lora_resolver: LoraResolver = lora_resolver or folder_resolver(DEFAULT_LORA_DIR)
+        # Names in <lora:name:w> tags -> files; default: folders under STORAGE_LORA_DIR.
+        self.lora_resolver: LoraResolver = lora_resolver or folder_resolver(
+            self.config.generation.lora_dir
+        )
         self.pipe: Any = None
         self.lora: LoraManager | None = None
         self.embeddings: EmbeddingSet | None = None

@@ -5,19 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from engine.settings_base import SettingsSection
 
 
-class StorageSettings(BaseSettings):
+class StorageSettings(SettingsSection):
     """Where the bot keeps its database, generated images and LoRA adapters."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="STORAGE_",
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        env_ignore_empty=True,
-    )
+    model_config = SettingsConfigDict(env_prefix="STORAGE_")
+    # Storage writes the images and the LoRA folders, so its names survive the merge with the
+    # engine's (engine.config reads STORAGE_OUTPUTS_DIR and STORAGE_LORA_DIR by name).
+    renamed = {"GEN_OUTPUT_DIR": "outputs_dir"}
 
     db_path: Path = Field(
         default=Path("data/bot.sqlite3"),
@@ -25,11 +24,12 @@ class StorageSettings(BaseSettings):
     )
     outputs_dir: Path = Field(
         default=Path("outputs"),
-        description="Folder under which generated images are saved.",
+        description="Folder under which generated images are saved (also by python -m engine).",
     )
     lora_dir: Path = Field(
         default=Path("models/lora"),
-        description="Folder holding one sub-folder per LoRA adapter.",
+        description="Folder holding one sub-folder per LoRA adapter (also where <lora:NAME:w> "
+        "looks in python -m engine).",
     )
     embedding_dir: Path = Field(
         default=Path("models/embeddings"),

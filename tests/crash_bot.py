@@ -18,22 +18,18 @@ async def serve(port: int, token: str, data: Path, model: Path, guild_id: int) -
     from pydantic import SecretStr
 
     from bot import build
-    from cogs._config import BotSettings, DiscordSettings
+    from botcore.settings import BotSettings, DiscordSettings
     from storage import StorageSettings
     from tests.conftest import tiny_config
 
     discord.http.Route.BASE = f"http://127.0.0.1:{port}/api/v10"
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"ws://127.0.0.1:{port}/gateway")
     config = tiny_config(model, num_inference_steps=3)
-    config.queue = config.queue.model_copy(update={"progress_interval_s": 0.2})
+    # No previews: only the result upload carries files.
+    config.queue = config.queue.model_copy(update={"progress_interval_s": 0.2, "previews": False})
     bot = await build(
         config,
-        BotSettings(
-            cooldown_s=0,
-            edit_interval_s=0.2,
-            progress_previews=False,  # only the result upload carries files
-            train_data_dir=data / "train",
-        ),
+        BotSettings(cooldown_s=0, train_data_dir=data / "train"),
         DiscordSettings(token=SecretStr(token), dev_guild_id=guild_id),
         StorageSettings(
             db_path=data / "bot.sqlite3", outputs_dir=data / "outputs", lora_dir=data / "loras"

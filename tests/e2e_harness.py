@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from bot import ImageBot, build
-from cogs._config import BotSettings, DiscordSettings
+from botcore.settings import BotSettings, DiscordSettings
 from storage import StorageSettings
 from tests.conftest import tiny_config
 from tests.fake_discord import (
@@ -71,7 +71,7 @@ async def start_bot(
     **bot_settings: Any,
 ) -> ImageBot:
     """Build the real bot with settings pointing at the temp folder and the fake server."""
-    settings = {"cooldown_s": 0, "edit_interval_s": 0.2, "train_data_dir": world.tmp / "train"}
+    settings = {"cooldown_s": 0, "train_data_dir": world.tmp / "train"}
     settings.update(bot_settings)
     gen = {"num_inference_steps": 3}
     gen.update(generation or {})

@@ -14,7 +14,9 @@ def run_bot(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DISCORD_", "BOT_", "MODEL_", "GEN_", "OPT_", "QUEUE_", "STORAGE_"))
+        if not k.startswith(
+            ("DISCORD_", "BOT_", "MODEL_", "GEN_", "OPT_", "QUEUE_", "STORAGE_", "WORKERS_")
+        )
     }
     clean.update(env, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     return subprocess.run(
@@ -38,8 +40,18 @@ def test_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
     proc = run_bot(tmp_path, DISCORD_TOKEN="x", GEN_WIDTH="500", BOT_NSFW_MODE="sometimes")
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
-    assert "BOT_NSFW_MODE" in line or "GEN_WIDTH" in line
+    # One message for the problems of every section (bot, engine and storage).
+    assert "BOT_NSFW_MODE" in line and "GEN_WIDTH" in line
     assert "Traceback" not in proc.stderr
+
+
+def test_a_renamed_setting_still_works_with_one_notice(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("BOT_EDIT_INTERVAL_S=oops\n")
+    proc = run_bot(tmp_path, BOT_PROGRESS_PREVIEWS="false")
+    assert proc.returncode == 2
+    assert proc.stderr.count("BOT_PROGRESS_PREVIEWS is deprecated; use QUEUE_PREVIEWS") == 1
+    # A bad value under the old name is reported under that name, with the other notices.
+    assert "BOT_EDIT_INTERVAL_S='oops'" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:

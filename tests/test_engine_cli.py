@@ -157,7 +157,7 @@ def test_cli_inline_loras_and_weights(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """<lora:NAME:w> names a folder under --lora-dir (NAME/final); weights in brackets work too."""
+    """<lora:NAME:w> names a folder under --lora-dir or STORAGE_LORA_DIR (NAME/final); weights too."""
     import shutil
 
     import engine.__main__ as cli
@@ -171,7 +171,10 @@ def test_cli_inline_loras_and_weights(
     assert "unknown LoRA 'nope'" in capsys.readouterr().err
     prompt = "a castle <lora:ink:0.7> (red:1.2)"
     out = tmp_path / "out"
-    args = [prompt, *common, "--steps", "1", "--width", "64", "--height", "64", "--seed", "1"]
+    # Without --lora-dir the bot's LoRA folder setting is where names are looked up.
+    monkeypatch.setenv("STORAGE_LORA_DIR", str(tmp_path / "lora"))
+    args = [prompt, "--model", str(tiny_model_dir), "--steps", "1", "--width", "64"]
+    args += ["--height", "64", "--seed", "1"]
     assert cli.main([*args, "--out", str(out), "--quiet"]) == 0
     with Image.open(next(out.glob("gen_*.png"))) as image:
         params = image.info["parameters"]

@@ -73,30 +73,16 @@ def test_all_bad_values_reported_together(monkeypatch: pytest.MonkeyPatch) -> No
     assert "GEN_WIDTH" in str(info.value) and "MODEL_PRECISION" in str(info.value)
 
 
-SECTIONS = (
-    "ModelConfig",
-    "OptimizationConfig",
-    "GenerationConfig",
-    "QueueConfig",
-    "WorkersConfig",
-)
-
-
 def _all_sections() -> list[type]:
-    import engine.config as ec
-    from cogs._config import BotSettings, DiscordSettings
+    from botcore.settings import BotSettings, DiscordSettings
+    from engine.config import SECTIONS
     from storage import StorageSettings
 
-    return [
-        *(getattr(ec, name) for name in SECTIONS),
-        DiscordSettings,
-        BotSettings,
-        StorageSettings,
-    ]
+    return [*SECTIONS.values(), DiscordSettings, BotSettings, StorageSettings]
 
 
 def test_env_example_lists_every_field() -> None:
-    from engine.config import env_name
+    from engine.settings_base import env_name
 
     text = (Path(__file__).resolve().parent.parent / ".env.example").read_text()
     for section in _all_sections():

@@ -19,9 +19,9 @@ from engine.doctor import (
     check_token,
     check_vram,
     has_kernels,
-    read_settings,
     torch_build_for,
 )
+from engine.settings_base import read_env
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "MTAxMjM0NTY3ODkw.GabcDE.secret-part-of-the-token"
@@ -95,12 +95,12 @@ def test_token_missing_present_and_never_shown(
     assert "my.env" in missing.summary
     env_file = tmp_path / ".env"
     env_file.write_text(f"DISCORD_TOKEN={TOKEN}\nSTORAGE_OUTPUTS_DIR=pictures\n")
-    settings = read_settings(env_file)
+    settings = read_env(env_file)
     assert settings["STORAGE_OUTPUTS_DIR"] == "pictures"
     found = check_token(settings)
     assert found.ok and TOKEN not in found.summary and "secret" not in found.summary
     monkeypatch.setenv("STORAGE_OUTPUTS_DIR", "elsewhere")  # the environment wins over .env
-    assert read_settings(env_file)["STORAGE_OUTPUTS_DIR"] == "elsewhere"
+    assert read_env(env_file)["STORAGE_OUTPUTS_DIR"] == "elsewhere"
     odd = check_token({"DISCORD_TOKEN": "not a token"})
     assert not odd.ok and not odd.fatal and "not a token" not in odd.summary
 

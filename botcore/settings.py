@@ -1,13 +1,21 @@
-"""Bot settings (env prefixes DISCORD_ and BOT_), read from the environment and `.env`."""
+"""Bot settings (env prefixes DISCORD_ and BOT_), and `load_settings`: all eight sections at once."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from engine.config import SECTIONS, AppConfig
+from engine.settings_base import ENV_FILE, SettingsSection, load_sections
+from storage.settings import StorageSettings
+
+# Discord rate-limits message edits, so progress edits come no faster than this, whatever
+# QUEUE_PROGRESS_INTERVAL_S says (the engine may report faster, e.g. for tests).
+MIN_EDIT_INTERVAL_S = 0.2
 IdList = Annotated[list[int], NoDecode]
 WordList = Annotated[list[str], NoDecode]
 
@@ -18,12 +26,10 @@ def _split(value: Any) -> Any:
     return value
 
 
-class DiscordSettings(BaseSettings):
+class DiscordSettings(SettingsSection):
     """How to reach Discord (env prefix DISCORD_)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="DISCORD_", env_file=".env", extra="ignore", env_ignore_empty=True
-    )
+    model_config = SettingsConfigDict(env_prefix="DISCORD_")
 
     token: SecretStr | None = Field(None, description="Bot token from the Developer Portal")
     dev_guild_id: int | None = Field(
@@ -31,12 +37,10 @@ class DiscordSettings(BaseSettings):
     )
 
 
-class BotSettings(BaseSettings):
+class BotSettings(SettingsSection):
     """How the bot behaves (env prefix BOT_)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="BOT_", env_file=".env", extra="ignore", env_ignore_empty=True
-    )
+    model_config = SettingsConfigDict(env_prefix="BOT_")
 
     admin_user_ids: IdList = Field(default_factory=list, description="User ids with admin rights")
     admin_role_ids: IdList = Field(default_factory=list, description="Role ids with admin rights")
@@ -49,10 +53,6 @@ class BotSettings(BaseSettings):
         description="Prompt words that flag an image as NSFW",
     )
     max_attachment_mb: float = Field(10.0, gt=0, le=100, description="Largest attachment accepted")
-    progress_previews: bool = Field(True, description="Show a small preview while generating")
-    edit_interval_s: float = Field(
-        1.5, ge=0.2, le=60, description="Min seconds between message edits"
-    )
     upload_timeout_s: float = Field(
         120.0, ge=5, le=3600, description="Time limit for posting one result (then retried)"
     )
@@ -72,3 +72,29 @@ class BotSettings(BaseSettings):
     @classmethod
     def _lower(cls, value: list[str]) -> list[str]:
         return [word.lower() for word in value]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every section the bot reads: the engine's (`config`), Discord's, the bot's and storage's."""
+
+    config: AppConfig
+    discord: DiscordSettings
+    bot: BotSettings
+    storage: StorageSettings
+
+
+def load_settings(env_file: str | Path | None = ENV_FILE) -> Settings:
+    """Read all eight sections; ConfigError names every bad variable of every section at once."""
+    bot_sections: dict[str, type[SettingsSection]] = {
+        "discord": DiscordSettings,
+        "bot": BotSettings,
+        "storage": StorageSettings,
+    }
+    sections = load_sections({**SECTIONS, **bot_sections}, env_file)
+    return Settings(
+        config=AppConfig(**{key: sections[key] for key in SECTIONS}),
+        discord=sections["discord"],
+        bot=sections["bot"],
+        storage=sections["storage"],
+    )
