@@ -8,11 +8,10 @@ import logging
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-from bench import RESULTS_JSON, THREADS, load_average, record, set_threads
+from bench import RESULTS_JSON, THREADS, load_average, quiet, record, set_threads
 
 GROUPS = (
     "engine",
@@ -26,23 +25,6 @@ GROUPS = (
     "rayscale",
 )
 DEFAULT = ("engine", "looplag", "lora", "discord", "memory", "queue")
-
-
-def quiet() -> None:
-    """Silence progress bars and library chatter so the figures stand out."""
-    warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        from diffusers.utils import logging as dlog
-
-        dlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        from transformers.utils import logging as tlog
-
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def machine() -> dict[str, Any]:

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fast_path", description=__doc__)
     parser.add_argument("--dry-run", action="store_true", help="tiny model, 64 px: test the code")
     args = parser.parse_args(argv)
-    from bench.__main__ import quiet
+    from bench import quiet
 
     quiet()
     set_threads()

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-training", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", WORK)))
     args = parser.parse_args(argv)
-    from bench.__main__ import quiet
+    from bench import quiet
 
     quiet()
     if args.dry_run:

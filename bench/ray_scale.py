@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=("sim", "throughput", "overhead"), help="run only these"
     )
     args = parser.parse_args(argv)
-    from bench.__main__ import quiet
+    from bench import quiet
 
     quiet()
     only = set(args.only or ("sim", "throughput", "overhead"))
