@@ -40,8 +40,10 @@ def test_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
     proc = run_bot(tmp_path, DISCORD_TOKEN="x", GEN_WIDTH="500", BOT_NSFW_MODE="sometimes")
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
-    # One message for the problems of every section (bot, engine and storage).
-    assert "BOT_NSFW_MODE" in line and "GEN_WIDTH" in line
+    # Both bad settings are named on one line, each with its value and what it must be.
+    assert line.startswith("error: ")
+    assert "Invalid setting BOT_NSFW_MODE='sometimes': must be one of" in line
+    assert "Invalid setting GEN_WIDTH='500': must be a multiple of 8" in line
     assert "Traceback" not in proc.stderr
 
 

@@ -137,7 +137,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     # 2. Killed right after the 'finished' commit, before the upload could land. (Earlier jobs
     # are delivered first, so the held upload is this job's.)
     await wait_for(all_delivered)
-    world.fake.hang(1, delay=3.0, route=is_result_upload)
+    held = [world.fake.hang(1, delay=3.0, route=is_result_upload)]
     await imagine("finished castle")
     await wait_for(lambda: job_rows(db).get("finished castle", (0, ""))[1] == "finished")
     bot.kill()
@@ -146,6 +146,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     # 3a. Killed during the upload on the interaction token: the request reached Discord.
     await wait_for(all_delivered)
     upload = world.fake.hang(1, delay=2.0, route=is_result_upload)
+    held.append(upload)
     await imagine("uploading castle")
     await wait_for(lambda: upload.remaining == 0)
     bot.kill()
@@ -158,6 +159,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     await late.wait_for(lambda e: "Queued" in str(e.payload.get("content")))
     world.fake.expire_interaction(late)
     post = world.fake.hang(1, delay=2.0, route=Routes.CREATE_MESSAGE)
+    held.append(post)
     await answer(await world.slash(world.admin, "admin resume"))
     await wait_for(lambda: post.remaining == 0)
     bot.kill()
@@ -165,7 +167,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
 
     try:
         await wait_for(all_delivered, timeout=180)
-        await asyncio.sleep(3.5)  # every held request has landed by now
+        await wait_for(lambda: all(fault.settled == 1 for fault in held))  # each landed late
         # A button on a result from before the restarts still works.
         first = records[0].original
         click = await world.fake.send_component(world.alice, first, f"sd:seed:{rows_id(db)}")

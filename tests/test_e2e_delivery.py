@@ -6,8 +6,10 @@ import asyncio
 import logging
 from pathlib import Path
 
+from scheduling.events import Finished
 from tests.e2e_harness import World, is_result, running, wait_result
 from tests.fake_discord import Routes
+from tests.fake_discord.faults import matches
 from tests.fake_discord.models import FakeMessage
 
 
@@ -18,6 +20,22 @@ def result_messages(world: World) -> list[FakeMessage]:
         for m in world.fake.channel_messages
         if m.attachments and m.attachments[0].filename.startswith("job") and not m.deleted
     ]
+
+
+def result_posts(world: World) -> list[str]:
+    """How the fake took each result post that reached it: a new message or the nonce's one."""
+    return [
+        e.kind
+        for e in world.fake.events.events
+        if e.kind in ("channel_message", "duplicate_channel_message")
+        and e.files
+        and e.files[0].filename.startswith("job")
+    ]
+
+
+def is_channel_upload(request) -> bool:
+    """A channel post with files: the result, not the text-only progress message."""
+    return matches(Routes.CREATE_MESSAGE, request) and request.content_type.startswith("multipart/")
 
 
 async def wait_until(predicate, timeout: float = 90.0) -> None:
@@ -81,13 +99,14 @@ async def test_hung_upload_is_retried_without_a_visible_duplicate(
         job = bot.executor.queue.order()[0]
         job.reference["created"] -= 16 * 60  # the token expired: the result goes to the channel
         world.fake.expire_interaction(it)
-        # The first post hangs past the time limit and then lands anyway; the retry carries
-        # the same nonce, so Discord returns that message instead of posting a second one.
-        world.fake.hang(1, delay=2.0, route=Routes.CREATE_MESSAGE)
+        # The first result post hangs past the time limit and then lands anyway; the retry
+        # carries the same nonce, so Discord returns that message instead of posting a second.
+        world.fake.hang(1, delay=2.0, route=is_channel_upload)
         bot.executor.resume()
         await wait_until(lambda: bool(result_messages(world)))
         await bot.outbox.wait_idle()
-        await asyncio.sleep(2.5)  # let the hung request land
+        await wait_until(lambda: len(result_posts(world)) >= 2)  # the hung post landed too
+        assert result_posts(world) == ["channel_message", "duplicate_channel_message"]
         assert len(result_messages(world)) == 1
         assert await delivered(bot, 1)
         assert f"<@{world.alice.id}>" in result_messages(world)[0].content
@@ -98,12 +117,13 @@ async def test_undelivered_result_is_delivered_after_a_restart(
 ) -> None:
     async with running(world, tiny_model_dir) as bot:
         await bot.outbox.stop()  # as if the process died right after the 'finished' commit
+        finished = asyncio.Event()
+        # Listeners run in order, so the outbox has seen the event when this one is called.
+        bot.executor.subscribe(lambda e: finished.set() if isinstance(e, Finished) else None)
         it = await world.slash(world.alice, "imagine", {"prompt": "a crashing castle", "seed": 3})
-        for _ in range(600):
-            job = await bot.storage.get_job(1)
-            if job is not None and job.status == "finished":
-                break
-            await asyncio.sleep(0.1)
+        await asyncio.wait_for(finished.wait(), 60)
+        assert bot.outbox.pending == 0  # no delivery was started, so none can land later
+        job = await bot.storage.get_job(1)
         assert job is not None and job.status == "finished" and not job.delivered
         assert not [e for e in it.events if is_result(e)]
     caplog.set_level(logging.DEBUG)

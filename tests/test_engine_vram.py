@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.vram import estimate_vram, model_param_counts
+import pytest
+
+from engine.vram import MB, estimate_vram, model_param_counts
 
 
 def test_sd15_512_fp16_in_published_range() -> None:
@@ -35,10 +37,27 @@ def test_offload_and_slicing_lower_the_estimate() -> None:
 
 
 def test_breakdown_adds_up_and_formats() -> None:
+    # SD v1.5 at 512x512 in fp16, one image with guidance: a batch of 2 through the UNet.
     est = estimate_vram(attention_slicing=True)
-    assert est.attention_mb > 0
-    text = est.format()
-    assert "Estimated peak VRAM" in text and "weights unet" in text
+    weights = (859.5 + 123.1 + 83.7) * 1e6 * 2 / MB  # UNet, text encoder and VAE parameters
+    assert sum(est.weights_mb.values()) == pytest.approx(weights)
+    assert est.resident_weights_mb == pytest.approx(weights)  # no offload: all on the GPU
+    assert est.unet_activations_mb == 200.0  # 2 x 64x64 latent px x 320 x 2 bytes x 40
+    assert est.attention_mb == 512.0  # 8 slices of 4096x4096 scores x 2 bytes x 2
+    assert est.vae_decode_mb == 448.0  # 6 x 512x512 x 128 x 2 bytes + 4096^2 x 2 x 2
+    assert est.overhead_mb == 300.0
+    # Denoising is the peak here (2034 + 200 + 512 > 2034 + 448), plus the overhead.
+    parts = est.resident_weights_mb + est.unet_activations_mb + est.attention_mb + est.overhead_mb
+    assert est.total_mb == pytest.approx(parts)
+    assert est.total_mb == pytest.approx(3045.806, abs=1e-3)
+    # Four images decoded at once: decoding is the peak instead.
+    four = estimate_vram(batch_size=4)
+    assert (four.unet_activations_mb, four.attention_mb, four.vae_decode_mb) == (800.0, 0.0, 1792.0)
+    assert four.total_mb == pytest.approx(weights + 1792.0 + 300.0)
+    lines = est.format().splitlines()
+    assert lines[0] == "Estimated peak VRAM: 3,046 MB"
+    assert "  weights unet             1,639 MB" in lines
+    assert "  attention scores           512 MB" in lines
 
 
 def test_counts_read_from_a_local_folder(tiny_model_dir: Path) -> None:

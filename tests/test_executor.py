@@ -219,14 +219,33 @@ async def test_oom_on_every_rung_fails_with_advice(executor: Scheduler) -> None:
     local(executor).generator.set_memory_level(0)
 
 
-async def test_last_rung_makes_images_one_at_a_time(executor: Scheduler) -> None:
-    local(executor).core.fault_injector = lambda level: None
-    local(executor).core.levels[(64, 64)] = len(MEMORY_RUNGS)
+async def test_last_rung_makes_images_one_at_a_time(
+    executor: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    last = len(MEMORY_RUNGS)
+
+    def inject(level: int) -> None:
+        if level < last:  # every rung but the last runs out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    generator = local(executor).generator
+    batches: list[list[int]] = []  # the seeds of each call into the pipeline
+    run = generator.run
+
+    def recording_run(resolved, **kwargs):
+        batches.append(list(resolved.seeds))
+        return run(resolved, **kwargs)
+
+    monkeypatch.setattr(generator, "run", recording_run)
+    local(executor).core.fault_injector = inject
     job = await executor.submit(NewJob(user_id=1, work=request(num_images=3, seed=40)))
     [done] = await executor.rec.wait(Finished, job.id)
+    generator.set_memory_level(0)
+    assert done.result_data["memory_level"] == last
+    assert batches == [[40], [41], [42]]  # one image per call, in seed order
     assert done.result_data["seeds"] == [40, 41, 42] and len(done.result_data["paths"]) == 3
     local(executor).core.levels.clear()
-    local(executor).generator.set_memory_level(0)
+    local(executor).core.fault_injector = None
 
 
 async def test_deleted_lora_fails_clearly(

@@ -149,16 +149,29 @@ async def test_sigkilled_worker_job_runs_elsewhere_exactly_once(pool: Scheduler)
     os.kill(old_pid, signal.SIGKILL)
     for job in jobs:
         await pool.rec.wait(Finished, job.id, timeout=240)
-    await asyncio.sleep(0.5)
-    for job in jobs:
-        assert len(pool.rec.of(Finished, job.id)) == 1
-        assert pool.store.jobs[job.id].status == "done"
     assert jobs[0].id in pool.health.requeued
     deadline = time.monotonic() + 120
     while not all(w.alive for w in pool.workers) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     pids = [ray.get(w.handle.info.remote(), timeout=60)["pid"] for w in pool.workers]
     assert all(w.alive for w in pool.workers) and old_pid not in pids
+    await _drained(pool)
+    for job in jobs:
+        assert len(pool.rec.of(Finished, job.id)) == 1
+        assert pool.store.jobs[job.id].status == "done"
+
+
+async def _drained(pool: Scheduler) -> None:
+    """Run one more job to its end, then wait until nothing is queued or running.
+
+    A second run of a job (a requeue too many) would be queued or running until then.
+    """
+    after = await pool.submit(NewJob(user_id=99, work=request("after", steps=2)))
+    await pool.rec.wait(Finished, after.id, timeout=120)
+    deadline = time.monotonic() + 60
+    while pool.queue.order() or pool.snapshot().running:
+        assert time.monotonic() < deadline, "the pool did not drain"
+        await asyncio.sleep(0.1)
 
 
 async def test_source_image_reaches_the_worker_by_hash_once(
@@ -276,8 +289,6 @@ async def test_training_resumes_on_another_worker_from_the_bots_checkpoint(
     pool.subscribe(on_event)
     job = await pool.submit(NewJob(user_id=1, work=TrainSpec.from_dict(settings)))
     [done] = await pool.rec.wait(Finished, job.id, timeout=240)
-    await asyncio.sleep(0.3)
-    assert len(pool.rec.of(Finished, job.id)) == 1 and pool.store.jobs[job.id].status == "done"
     assert killed and len(ran_on) == 2 and ran_on[0] != ran_on[1]  # resumed on the other one
     notices = [e.message for e in pool.rec.of(Notice, job.id)]
     assert "Training resumes from its checkpoint at step 2." in notices
@@ -290,6 +301,8 @@ async def test_training_resumes_on_another_worker_from_the_bots_checkpoint(
     while not all(w.alive for w in pool.workers) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
     assert all(w.alive for w in pool.workers)
+    await _drained(pool)
+    assert len(pool.rec.of(Finished, job.id)) == 1 and pool.store.jobs[job.id].status == "done"
 
 
 def _train_settings(tmp_path: Path, out: Path, **extra: object) -> dict:

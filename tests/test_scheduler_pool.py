@@ -13,7 +13,7 @@ import pytest
 from engine.config import GenerationConfig, QueueConfig
 from engine.requests import GenerationRequest, GenerationResult, resolve_request
 from scheduling.announcer import NO_WORKER
-from scheduling.events import Failed, Finished, Notice, Started
+from scheduling.events import Failed, Finished, Notice, Queued, Started
 from scheduling.jobs import MemoryJobStore, NewJob
 from scheduling.scheduler import Scheduler
 from scheduling.workers.base import JobRun, WorkerInfo, WorkerLost
@@ -157,6 +157,11 @@ class GatedWorker(FakeWorker):
     def __init__(self, name: str, deadly: set[str]) -> None:
         super().__init__(name, deadly=deadly)
         self.gate = asyncio.Event()
+        self.given: list[tuple[int, bool]] = []  # (job id, alive then) of each job handed over
+
+    async def generate(self, run: JobRun, sink: Any, image_path: Any) -> Any:
+        self.given.append((run.job.id, self.alive))
+        return await super().generate(run, sink, image_path)
 
     async def wait_alive(self) -> None:
         await self.gate.wait()
@@ -183,12 +188,20 @@ async def test_with_no_worker_alive_jobs_wait_and_users_are_told() -> None:
         await asyncio.sleep(0.01)
     assert not any(w.alive for w in workers)
     later = await sched.submit(NewJob(user_id=2, work=request("later")))
-    await asyncio.sleep(0.1)
+    await sched.rec.wait(Notice, later.id)
     assert _no_worker_notices(sched, first.id) == 1 and _no_worker_notices(sched, later.id) == 1
-    assert not sched.rec.of(Started, later.id)  # it waits
+    opened_at = len(sched.rec.events)
     workers[1].gate.set()
     for job in (first, later):
         assert len(await sched.rec.wait(Finished, job.id)) == 1
+    # It waited: no start before the gate opened, and never handed to a dead worker.
+    assert not [
+        e for e in sched.rec.events[:opened_at] if isinstance(e, Started) and e.job.id == later.id
+    ]
+    assert all(alive for w in workers for _, alive in w.given)
+    assert [given for w in workers for given in w.given if given[0] == later.id] == [
+        (later.id, True)
+    ]
     assert _no_worker_notices(sched, later.id) == 1  # told once, not on every pass
     workers[0].gate.set()
     await sched.stop()
@@ -201,10 +214,13 @@ async def test_a_worker_added_while_serving_takes_the_waiting_job() -> None:
     await sched.rec.wait(Started, long.id)  # the only worker is busy until released
     job = await sched.submit(NewJob(user_id=1, work=request("waits")))
     assert not sched.rec.of(Started, job.id)
+    await sched.rec.wait(Queued, job.id)
     joined = FakeWorker("new-node")
     await sched.add_worker(joined)
     assert len(await sched.rec.wait(Finished, job.id, timeout=5)) == 1
-    assert joined.ran == [job.id] and sched.workers == [first, joined]
+    assert len(sched.rec.of(Started, job.id)) == 1
+    assert first.ran == [] and joined.ran == [job.id]  # it waited for the new worker
+    assert sched.workers == [first, joined]
     assert [i.name for i in sched.workers_info()] == ["w0", "new-node"]
     first.release.set()
     await sched.stop()

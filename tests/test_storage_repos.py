@@ -186,9 +186,23 @@ async def test_lora_names_for_autocomplete(storage: Storage) -> None:
 
 
 def test_storage_implements_job_store_protocol_exactly() -> None:
-    for name in ("create_job", "set_job_status", "update_job_reference", "unfinished_jobs"):
+    methods = sorted(
+        name
+        for name, value in vars(JobStore).items()
+        if inspect.isfunction(value) and not name.startswith("_")
+    )
+    assert methods == [
+        "create_job",
+        "mark_delivered",
+        "set_job_status",
+        "undelivered_jobs",
+        "unfinished_jobs",
+        "update_job_reference",
+    ]
+    for name in methods:
         expected = inspect.signature(getattr(JobStore, name))
         assert inspect.signature(getattr(Storage, name)) == expected, name
+        assert inspect.iscoroutinefunction(getattr(Storage, name)), name
 
 
 async def test_job_lifecycle(storage: Storage) -> None:

@@ -62,15 +62,19 @@ class Fault:
     retry_after: float = 0.0
     is_global: bool = False
     delay: float = 0.0
+    settled: int = 0  # held requests whose handling has ended (answered or cut off)
 
     async def serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer ``request`` as this fault does."""
         if self.kind == "hang":
             # Received in full, then answered late and handled as usual: like a real timeout,
             # the client cannot know whether it took effect.
-            await read_body(request)
-            await asyncio.sleep(self.delay)
-            return await handler(request)
+            try:
+                await read_body(request)
+                await asyncio.sleep(self.delay)
+                return await handler(request)
+            finally:
+                self.settled += 1
         await request.read()  # drain the upload so the client sees the answer, not a reset
         if self.kind == "rate_limit":
             return rate_limited(request, self.retry_after, is_global=self.is_global)

@@ -241,7 +241,8 @@ class FakeDiscord:
         """Hold the next ``count`` matching requests for ``delay`` seconds, then handle them.
 
         Simulates a timeout: a client that gives up first never learns whether the request
-        took effect (it does, late, unless the fake stops first).
+        took effect (it does, late, unless the fake stops first). The fault's ``settled``
+        counts the held requests whose handling has ended, for a test to wait on.
         """
         return self.faults.arm(Fault("hang", count, route, delay=delay))
 
