@@ -41,9 +41,9 @@ def test_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     # Both bad settings are named on one line, each with its value and what it must be.
-    assert line.startswith("error: ")
-    assert "Invalid setting BOT_NSFW_MODE='sometimes': must be one of" in line
-    assert "Invalid setting GEN_WIDTH='500': must be a multiple of 8" in line
+    assert line.startswith("error: Invalid setting ")
+    assert "BOT_NSFW_MODE='sometimes': must be one of" in line
+    assert "GEN_WIDTH='500': must be a multiple of 8" in line
     assert "Traceback" not in proc.stderr
 
 

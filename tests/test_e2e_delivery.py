@@ -90,7 +90,8 @@ async def test_deleted_original_falls_back_to_a_channel_message(
 async def test_hung_upload_is_retried_without_a_visible_duplicate(
     world, tiny_model_dir: Path
 ) -> None:
-    async with running(world, tiny_model_dir, upload_timeout_s=5) as bot:
+    # No previews: the only channel post with files is then the result, which the hang targets.
+    async with running(world, tiny_model_dir, upload_timeout_s=5, queue={"previews": False}) as bot:
         bot.outbox.upload_timeout_s = 1.0
         bot.outbox.first_backoff_s = 0.05
         bot.executor.pause()
