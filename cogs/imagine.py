@@ -35,7 +35,7 @@ from cogs._ui import (
 )
 from cogs.errors import never_failing
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
-from engine.img2img import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
+from engine.init_image import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
 from engine.requests import MAX_SEED, random_seed
 from engine.schedulers import SCHEDULER_NAMES
 from scheduling.events import JobEvent, Notice, Progress, Queued, Started
