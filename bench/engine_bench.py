@@ -67,7 +67,7 @@ def engine_overhead(pairs: int = 3, steps: int = STEPS) -> dict[str, Any]:
         **result,
         "steps": steps,
         "size": SIZE,
-        "scheduler": gen._scheduler_name,
+        "scheduler": gen.slot.scheduler_name,
         "identical_images": same,
         "target": "median ratio engine/direct <= 1.03",
         "pass": result["median_ratio"] <= 1.03,
@@ -185,8 +185,7 @@ def lora_switch(pairs: int = 10) -> dict[str, Any]:
             f"  pair {i + 1}/{pairs}: switch {switches[-1] * 1000:.1f} ms, reload {reloads[-1]:.3f}s"
         )
     ratios = [r / s for s, r in zip(switches, reloads, strict=True)]
-    manager.unload_all()
-    gen._default_lora = None
+    gen.unload_lora_weights()
     data = {
         "pairs": pairs,
         "first_load_s": first_load,

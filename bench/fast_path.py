@@ -132,7 +132,7 @@ def fast_path(tiny: bool = False) -> dict[str, Any]:
     )
 
     def run(fast: bool) -> dict[str, Any]:
-        gen.pipe.vae = gen.tiny_vae if fast else full_vae  # what OPT_TINY_VAE_DECODE=true does
+        gen.pipe.vae = gen.slot.tiny_vae if fast else full_vae  # what OPT_TINY_VAE_DECODE=true does
         request = GenerationRequest(prompt=PROMPT, seed=SEED, fast=fast)
         started, cpu_started = time.perf_counter(), time.process_time()
         with RssSampler() as rss:

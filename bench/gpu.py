@@ -164,7 +164,7 @@ def measure_row(
     gen = TextToImageGenerator(config)
     try:
         gen.load_model()
-        row.applied = list(gen.applied)
+        row.applied = list(gen.slot.applied)
         gen.generate(PROMPT, seed=1, num_inference_steps=2)  # warm-up (kernels, hooks)
         if cuda:
             torch.cuda.synchronize()

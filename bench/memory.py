@@ -75,7 +75,7 @@ def child(setting: str, model_dir: str, size: int, steps: int) -> dict[str, Any]
     seconds = time.perf_counter() - started
     return {
         "setting": setting,
-        "applied": gen.applied,
+        "applied": gen.slot.applied,
         "after_load_mb": after_load / MB,
         "load_peak_mb": load_peak / MB,
         "generation_peak_mb": sampler.peak / MB,

@@ -12,7 +12,7 @@ from cogs._checks import UserFacingError, is_admin
 from cogs._imagine_options import max_images, sizes
 from cogs._inline_loras import inline_lora_entries
 from cogs._models import check_embeddings_fit, check_lora_fits, pick_model
-from engine.img2img import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
+from engine.init_image import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
 from engine.requests import GenerationRequest, random_seed
 from scheduling.jobs import JobRecord, NewJob
 

@@ -10,7 +10,7 @@ import discord
 
 from cogs._attachments import check_attachment, read_attachment, shown_name
 from cogs._checks import UserFacingError
-from engine.img2img import MAX_INIT_PIXELS, fit_size
+from engine.init_image import MAX_INIT_PIXELS, fit_size
 from storage.files import FileRoots, atomic_write_bytes
 
 

@@ -25,7 +25,7 @@ from cogs._imagine_request import build_request, from_image, submit_for
 from cogs._job_views import JobButton
 from cogs._sources import save_source
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
-from engine.img2img import DEFAULT_STRENGTH
+from engine.init_image import DEFAULT_STRENGTH
 from engine.requests import MAX_SEED, random_seed
 from scheduling.events import JobEvent
 from scheduling.jobs import JobRecord

@@ -18,6 +18,14 @@ from engine.config import (
     check_range,
     check_size,
 )
+from engine.init_image import (
+    DEFAULT_STRENGTH,
+    UPSCALE_STRENGTH,
+    check_strength,
+    fit_size,
+    init_image_size,
+    upscaled_size,
+)
 from engine.lora_stack import LoraUse, stack_from_entries
 from engine.prompt_syntax import find_lora_tags, parse_weights, strip_lora_tags
 from engine.schedulers import canonical_scheduler_name
@@ -224,15 +232,6 @@ def _resolve_init(
     request: GenerationRequest, defaults: GenerationConfig, model_defaults: dict[str, Any]
 ) -> dict[str, Any]:
     """The img2img fields decided: path, strength, upscale and the output width and height."""
-    from engine.img2img import (
-        DEFAULT_STRENGTH,
-        UPSCALE_STRENGTH,
-        check_strength,
-        fit_size,
-        init_image_size,
-        upscaled_size,
-    )
-
     path = request.init_image
     if path is None:
         if request.strength is not None:

@@ -73,7 +73,7 @@ async def test_embedding_add_list_use_and_restart(world, tiny_model_dir: Path) -
 
         assert (await wait_result(it)).files
     async with running(world, tiny_model_dir) as bot:
-        assert "zzneg" in bot.generator.embeddings.loaded  # loaded again at start-up
+        assert "zzneg" in bot.generator.adapters.embeddings.loaded  # loaded again at start-up
         assert "zzneg_1" in bot.generator.pipe.tokenizer.get_vocab()
         delete = "embedding delete"
         await refused(
@@ -89,4 +89,4 @@ async def test_embedding_add_list_use_and_restart(world, tiny_model_dir: Path) -
         listed = await answer(await world.slash(world.bob, "embedding list"))
         assert "No embeddings yet" in listed.data["content"]
     async with running(world, tiny_model_dir) as bot:
-        assert "zzneg" not in bot.generator.embeddings.loaded
+        assert "zzneg" not in bot.generator.adapters.embeddings.loaded

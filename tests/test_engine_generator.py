@@ -12,8 +12,9 @@ import pytest
 
 from engine.config import AppConfig, ModelConfig, OptimizationConfig
 from engine.errors import EngineError, GenerationCancelled, ModelNotAvailableError
-from engine.generator import MEMORY_RUNGS, TextToImageGenerator
+from engine.generator import TextToImageGenerator
 from engine.metadata import parse_parameters, read_parameters
+from engine.model_slot import MEMORY_RUNGS
 from engine.optimizations import attention_processors, memory_rungs
 from engine.pipeline import ModelSource, load_pipeline
 from engine.requests import GenerationRequest
@@ -336,7 +337,7 @@ def test_each_optimization_flag_runs_on_cpu(
         assert f"skipping GPU-only options on cpu: {flag}" in caplog.text
     if flag == "channels_last":
         assert "skipping channels-last on cpu" in caplog.text
-    assert gen.dtype.is_floating_point and str(gen.dtype) == "torch.float32"
+    assert gen.slot.dtype.is_floating_point and str(gen.slot.dtype) == "torch.float32"
 
 
 def processor_names(gen: TextToImageGenerator) -> dict[str, set[str]]:
@@ -375,7 +376,7 @@ def test_memory_ladder_without_sdpa_restores_the_processor_in_use(
 
     assert memory_rungs(sdpa=False)[0] == "attention slicing"
     unet = tiny_generator.pipe.unet
-    tiny_generator.memory_rungs = memory_rungs(sdpa=False)
+    tiny_generator.slot.memory_rungs = memory_rungs(sdpa=False)
     # Stands in for xformers (not installable here): only the class is checked, nothing runs.
     unet.set_attn_processor(XFormersAttnProcessor())
     try:
@@ -390,7 +391,7 @@ def test_memory_ladder_without_sdpa_restores_the_processor_in_use(
         tiny_generator.set_memory_level(0)
         assert processor_names(tiny_generator)["unet"] == {"XFormersAttnProcessor"}
     finally:
-        tiny_generator.memory_rungs = MEMORY_RUNGS
+        tiny_generator.slot.memory_rungs = MEMORY_RUNGS
         tiny_generator.set_memory_level(0)
         unet.set_attn_processor(AttnProcessor2_0())
 
@@ -400,7 +401,7 @@ def test_torch_compile_is_opt_in(tiny_model_dir: Path) -> None:
     cfg.optimization = OptimizationConfig(enable_torch_compile=True)
     gen = TextToImageGenerator(cfg)
     gen.load_model()
-    assert "torch.compile (UNet)" in gen.applied
+    assert "torch.compile (UNet)" in gen.slot.applied
     assert type(gen.pipe.unet).__name__ == "OptimizedModule"
 
 
@@ -466,7 +467,7 @@ def test_tiny_vae_previews_and_decode(tiny_model_dir: Path, tmp_path: Path) -> N
     cfg.optimization = OptimizationConfig(tiny_vae=str(tmp_path / "taesd"), tiny_vae_decode=True)
     fast = TextToImageGenerator(cfg)
     fast.load_model()
-    assert "tiny VAE decode" in fast.applied
+    assert "tiny VAE decode" in fast.slot.applied
     decoded = fast.generate("a tree", seed=1)[0]
     assert decoded.size == baseline.size
     assert np.abs(pixels(decoded) - pixels(baseline)).mean() > 1  # a different decoder ran

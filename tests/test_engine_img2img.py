@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from engine.config import GenerationConfig
-from engine.img2img import fit_size, img2img_pipeline, source_parameters
+from engine.img2img import img2img_pipeline, source_parameters
+from engine.init_image import fit_size
 from engine.metadata import parse_parameters, read_parameters
 from engine.requests import GenerationRequest, resolve_request
 from engine.vram import estimate_vram
@@ -75,7 +76,7 @@ def test_img2img_reuses_the_loaded_modules(tiny_generator) -> None:
     i2i = img2img_pipeline(pipe)
     for name in ("unet", "vae", "text_encoder", "scheduler", "tokenizer"):
         assert getattr(i2i, name) is getattr(pipe, name), name
-    assert pipe.unet.dtype == tiny_generator.dtype
+    assert pipe.unet.dtype == tiny_generator.slot.dtype
 
 
 def test_img2img_generates_at_the_init_size_with_metadata(tiny_generator, source_png) -> None:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from engine.config import QueueConfig
-from engine.generator import MEMORY_RUNGS, TextToImageGenerator
+from engine.generator import TextToImageGenerator
+from engine.model_slot import MEMORY_RUNGS
 from engine.requests import GenerationRequest
 from scheduling.events import (
     Cancelled,

@@ -42,7 +42,7 @@ def test_stack_of_two_matches_diffusers_by_hand(
     assert 'LoRAs: "ink:0.7, detail:-0.4"' in result.parameters[0]
     assert result.parameters[0].startswith("a red castle <lora:ink:0.7> <lora:detail:-0.4>\n")
 
-    reference = StableDiffusionPipeline.from_pretrained(tiny_generator.source.location)
+    reference = StableDiffusionPipeline.from_pretrained(tiny_generator.slot.source.location)
     reference.load_lora_weights(str(tiny_lora.parent), adapter_name="a")
     reference.load_lora_weights(str(tiny_lora_b.parent), adapter_name="b")
     reference.set_adapters(["a", "b"], adapter_weights=[0.7, -0.4])

@@ -117,14 +117,19 @@ def test_generator_switches_models_and_writes_each_name(tmp_path: Path) -> None:
     other = gen.generate("a red castle", seed=3, num_images=1, model="two")[0]
     assert gen.model_name == "two" and "Model: two" in other.info["parameters"]
     assert first.tobytes() != other.tobytes()
-    assert "zzneg" in gen.embeddings.loaded  # loaded again on the new text encoder
+    assert "zzneg" in gen.adapters.embeddings.loaded  # loaded again on the new text encoder
     gen.generate("a red castle", seed=3, num_images=1, model="wide")
-    assert gen.text_width == 48 and "zzneg" not in gen.embeddings.loaded  # 32 wide: left out
+    assert (
+        gen.text_width == 48 and "zzneg" not in gen.adapters.embeddings.loaded
+    )  # 32 wide: left out
     back = gen.generate("a red castle", seed=3, num_images=1, model="one")[0]
-    assert back.tobytes() == first.tobytes() and "zzneg" in gen.embeddings.loaded
+    assert back.tobytes() == first.tobytes() and "zzneg" in gen.adapters.embeddings.loaded
     assert gen.unload_embedding("zzneg")  # /embedding delete: gone after the next switch too
     gen.generate("a red castle", seed=3, num_images=1, model="two")
-    assert "zzneg" not in gen.embeddings.loaded and "zzneg" not in gen.pipe.tokenizer.get_vocab()
+    assert (
+        "zzneg" not in gen.adapters.embeddings.loaded
+        and "zzneg" not in gen.pipe.tokenizer.get_vocab()
+    )
     (wide / "unet" / "config.json").unlink()  # a broken folder: the switch fails, one stays
     with pytest.raises(EngineError):
         gen.generate("a red castle", seed=3, num_images=1, model="wide")

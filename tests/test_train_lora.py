@@ -279,7 +279,7 @@ def test_resume_after_crash_matches_uninterrupted(
     straight = LoraTrainer(make_config(dataset, tiny_model_dir, tmp_path / "a", max_steps=12))
     straight.setup()
     straight.train_steps(12)
-    want_unet, _ = straight.lora_state()
+    want_unet, _ = straight.checkpoints.lora_state()
 
     out = tmp_path / "b"
     first = LoraTrainer(make_config(dataset, tiny_model_dir, out, max_steps=12, checkpoint_every=6))
@@ -300,7 +300,7 @@ def test_resume_after_crash_matches_uninterrupted(
     assert not (out / ".tmp-checkpoint-12-dead").exists()
     progress = second.train_steps(100)
     assert progress.step == 12 and progress.done
-    got_unet, _ = second.lora_state()
+    got_unet, _ = second.checkpoints.lora_state()
     assert got_unet.keys() == want_unet.keys()
     for key, value in want_unet.items():
         torch.testing.assert_close(got_unet[key], value, rtol=1e-4, atol=1e-6)
@@ -357,7 +357,7 @@ def test_text_encoder_v_prediction_min_snr(
     trainer.suspend()
     assert not trainer.unet.is_gradient_checkpointing
     trainer.train_steps(3)
-    _, te_state = trainer.lora_state()
+    _, te_state = trainer.checkpoints.lora_state()
     assert te_state and any(v.abs().max() > 0 for k, v in te_state.items() if "lora_B" in k)
     output = trainer.finish()
     assert output.sample_path is None

@@ -22,18 +22,34 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.demo.autoencoder import (
+    encode_pool,
+    finetune_decoder,
+    image_batch,
+    to_image,
+    train_vae,
+)
 from engine.demo.judge import Judge, score
+from engine.demo.models import (
+    IMAGE_SIZE,
+    build_models,
+    count,
+    ema_update,
+    finalize,
+    make_pipeline,
+    tokenize,
+)
 from engine.demo.shapes import (
     caption,
     eval_specs,
     random_rgb_spec,
     random_spec,
-    render,
     varied_caption,
     vocabulary,
 )
@@ -41,8 +57,6 @@ from engine.demo.tokenizer import write_tokenizer
 
 log = logging.getLogger(__name__)
 
-IMAGE_SIZE = 64
-LATENT_SIZE = 16  # a factor-4 VAE (3 blocks)
 ENGINE_DEFAULTS = {
     "width": 64,
     "height": 64,
@@ -51,169 +65,6 @@ ENGINE_DEFAULTS = {
     "negative_prompt": "",
     "scheduler": "DPM++ 2M Karras",
 }
-
-
-def build_models(args: argparse.Namespace, vocab_size: int):
-    """Build the untrained VAE, text encoder and UNet from the command-line sizes."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(args.seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=IMAGE_SIZE,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=args.text_width,
-            intermediate_size=args.text_width * 2,
-            num_hidden_layers=args.text_layers,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    channels = tuple(int(c) for c in args.unet_channels.split(","))
-    unet = UNet2DConditionModel(
-        sample_size=LATENT_SIZE,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=channels,
-        layers_per_block=args.layers_per_block,
-        cross_attention_dim=args.text_width,
-        attention_head_dim=4,
-        norm_num_groups=32,
-    )
-    return vae, text_encoder, unet
-
-
-def count(module: torch.nn.Module) -> int:
-    """Number of parameters of a module."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def image_batch(specs: list) -> torch.Tensor:
-    """Render specs to a (N, 3, 64, 64) tensor in [-1, 1]."""
-    arrays = np.stack([np.asarray(render(s), dtype=np.float32) for s in specs])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
-
-
-def autoencoder_batch(rng: random.Random, size: int = 16) -> list:
-    """Half palette specs, half arbitrary colours: the latent space must hold any flat colour."""
-    return [random_spec(rng, held_out=None) if i % 2 else random_rgb_spec(rng) for i in range(size)]
-
-
-def train_vae(vae, args: argparse.Namespace, rng: random.Random) -> None:
-    """Train the autoencoder on rendered images (reconstruction + a tiny KL term)."""
-    with torch.no_grad():  # start with a small posterior variance so the decoder sees clean latents
-        vae.quant_conv.bias[vae.config.latent_channels :] = -8.0
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=3e-4, weight_decay=0.0)
-    vae.train()
-    start = time.time()
-    for step in range(1, args.vae_steps + 1):
-        batch = image_batch(autoencoder_batch(rng))
-        posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        kl = posterior.kl().mean() / (4 * LATENT_SIZE * LATENT_SIZE)
-        loss = F.mse_loss(recon, batch) + 0.1 * F.l1_loss(recon, batch) + 1e-5 * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 50 == 0 or step == args.vae_steps:
-            log.info("vae step %d loss %.5f (%.0f s)", step, loss.item(), time.time() - start)
-    vae.eval()
-
-
-def finetune_decoder(vae, steps: int, seed: int) -> None:
-    """Sharpen the decoder with the encoder frozen, so the latent space (and the UNet) stay valid."""
-    rng = random.Random(seed + 1)
-    vae.requires_grad_(False)
-    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
-    vae.decoder.train()
-    start = time.time()
-    for step in range(1, steps + 1):
-        batch = image_batch(autoencoder_batch(rng))
-        with torch.no_grad():
-            latents = vae.encode(batch).latent_dist.sample()
-        recon = vae.decode(latents).sample
-        loss = F.mse_loss(recon, batch) + 0.5 * F.l1_loss(recon, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 100 == 0 or step == steps:
-            log.info("decoder step %d loss %.5f (%.0f s)", step, loss.item(), time.time() - start)
-    vae.eval()
-    vae.requires_grad_(False)
-
-
-@torch.no_grad()
-def encode_pool(vae, specs: list) -> torch.Tensor:
-    """Encode rendered specs to latent means (unscaled)."""
-    chunks = [
-        vae.encode(image_batch(specs[i : i + 256])).latent_dist.mean
-        for i in range(0, len(specs), 256)
-    ]
-    return torch.cat(chunks)
-
-
-def to_image(tensor: torch.Tensor):
-    """A (3, H, W) tensor in [-1, 1] as a PIL image."""
-    from PIL import Image
-
-    array = ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(array)
-
-
-def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
-    """Token ids padded to the tokenizer's max length."""
-    return tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
-def make_pipeline(vae, text_encoder, unet, tokenizer, prediction_type: str):
-    """Assemble a StableDiffusionPipeline with the DPM++ 2M Karras scheduler."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        prediction_type=prediction_type,
-        algorithm_type="dpmsolver++",
-        use_karras_sigmas=True,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        unet=unet,
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
 
 
 @torch.no_grad()
@@ -233,30 +84,8 @@ def evaluate(pipe, judge: Judge, specs: list, seed: int, short: bool = False) ->
     return score([judge(im) for im in images], specs)
 
 
-def finalize(out: Path) -> None:
-    """Store the UNet weights as fp16 (they load as fp32) and add vocab.json and merges.txt."""
-    from safetensors.torch import load_file, save_file
-
-    path = out / "unet" / "diffusion_pytorch_model.safetensors"
-    weights = load_file(path)
-    save_file(
-        {k: v.half().contiguous() for k, v in weights.items()}, path, metadata={"format": "pt"}
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer(Path(tmp), vocabulary())
-        for name in ("vocab.json", "merges.txt"):
-            (out / "tokenizer" / name).write_bytes((Path(tmp) / name).read_bytes())
-
-
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """Exponential moving average of parameters."""
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Train the VAE, then the UNet and text encoder jointly, and save the best pipeline."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of the demo training."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("models/demo"))
     parser.add_argument("--seed", type=int, default=0)
@@ -306,7 +135,40 @@ def main(argv: list[str] | None = None) -> None:
         help="only fine-tune the decoder of this VAE folder (encoder frozen) and save it back",
     )
     parser.add_argument("--decoder-steps", type=int, default=3000)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def check_autoencoder(
+    vae: Any, latents: torch.Tensor, scaling: float, specs: list, judge: Judge
+) -> None:
+    """Log how well the autoencoder reconstructs the pool and arbitrary colours."""
+    with torch.no_grad():
+        recon = vae.decode(latents[:64] / scaling).sample
+        log.info("vae reconstruction mse %.5f", F.mse_loss(recon, image_batch(specs[:64])).item())
+        images = [to_image(r) for r in recon]
+        log.info(
+            "judge on vae reconstructions: %s", score([judge(im) for im in images], specs[:64])
+        )
+        arbitrary = [random_rgb_spec(random.Random(7 + i)) for i in range(64)]
+        batch = image_batch(arbitrary)
+        recon = vae.decode(vae.encode(batch).latent_dist.mean).sample
+        log.info(
+            "vae reconstruction mse on arbitrary colours %.5f", F.mse_loss(recon, batch).item()
+        )
+
+
+def save_pipeline(pipe: Any, out: Path, info: dict[str, Any]) -> None:
+    """Save the pipeline for the engine: fp16 UNet, tokenizer files, defaults and training log."""
+    pipe.save_pretrained(out, safe_serialization=True)
+    finalize(out)
+    (out / "engine_defaults.json").write_text(json.dumps(ENGINE_DEFAULTS, indent=2) + "\n")
+    (out / "training_log.json").write_text(json.dumps(info, indent=2) + "\n")
+    log.info("saved to %s", out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the VAE, then the UNet and text encoder jointly, and save the best pipeline."""
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     if args.decoder_only is not None:
@@ -356,20 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info(
         "pool of %d latents, scaling factor %.4f (%.0f s)", len(specs), scaling, time.time() - t0
     )
-    with torch.no_grad():
-        recon = vae.decode(latents[:64] / scaling).sample
-        log.info("vae reconstruction mse %.5f", F.mse_loss(recon, image_batch(specs[:64])).item())
-        judge = Judge()
-        images = [to_image(r) for r in recon]
-        log.info(
-            "judge on vae reconstructions: %s", score([judge(im) for im in images], specs[:64])
-        )
-        arbitrary = [random_rgb_spec(random.Random(7 + i)) for i in range(64)]
-        batch = image_batch(arbitrary)
-        recon = vae.decode(vae.encode(batch).latent_dist.mean).sample
-        log.info(
-            "vae reconstruction mse on arbitrary colours %.5f", F.mse_loss(recon, batch).item()
-        )
+    judge = Judge()
+    check_autoencoder(vae, latents, scaling, specs, judge)
     caption_rng = random.Random(args.seed + 2)
     tokens = tokenize(
         tokenizer, [varied_caption(s, caption_rng, args.caption_variation) for s in specs]
@@ -467,11 +317,6 @@ def main(argv: list[str] | None = None) -> None:
             )
             if total >= best or args.keep == "last":
                 best = total
-                pipe.save_pretrained(args.out, safe_serialization=True)
-                finalize(args.out)
-                (args.out / "engine_defaults.json").write_text(
-                    json.dumps(ENGINE_DEFAULTS, indent=2) + "\n"
-                )
                 info = {
                     "step": step,
                     "held_out": rates,
@@ -479,8 +324,7 @@ def main(argv: list[str] | None = None) -> None:
                     "held_out_short_captions": rates_short,
                     "args": {k: str(v) for k, v in vars(args).items()},
                 }
-                (args.out / "training_log.json").write_text(json.dumps(info, indent=2) + "\n")
-                log.info("saved to %s", args.out)
+                save_pipeline(pipe, args.out, info)
         if out_of_time:
             log.info("time limit reached at step %d", step)
             break

@@ -1,4 +1,4 @@
-"""The model side of LoRA training: adding the adapters, the diffusion loss, the weights."""
+"""The model side of LoRA training: its pipeline, the adapters, the diffusion loss, the weights."""
 
 from __future__ import annotations
 
@@ -12,6 +12,21 @@ import torch.nn.functional as F
 from engine.training.config import TEXT_ENCODER_TARGETS, UNET_TARGETS, TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+def load_training_pipeline(model: str, dtype: torch.dtype, device: str) -> Any:
+    """Load the pipeline of a standalone training run (no shared inference pipeline)."""
+    from engine.optimizations import xformers_available
+    from engine.pipeline import load_pipeline, resolve_model_source
+
+    pipe = load_pipeline(resolve_model_source(model), dtype=dtype)
+    pipe.to(device)
+    if str(device).startswith("cuda") and xformers_available():
+        try:
+            pipe.enable_xformers_memory_efficient_attention()
+        except Exception as exc:  # a broken xformers build: PyTorch SDPA is the default anyway
+            log.warning("xformers could not be enabled (%s); using PyTorch SDPA", exc)
+    return pipe
 
 
 def add_lora_adapters(

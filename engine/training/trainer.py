@@ -16,7 +16,11 @@ from engine.training import files
 from engine.training.checkpoints import Checkpoints
 from engine.training.config import TrainConfig
 from engine.training.data import group_by_shape, load_examples, pick_batch
-from engine.training.lora_model import add_lora_adapters, diffusion_loss
+from engine.training.lora_model import (
+    add_lora_adapters,
+    diffusion_loss,
+    load_training_pipeline,
+)
 from engine.training.results import ProgressFn, TrainOutput, TrainProgress
 from engine.training.state import (
     PeftAttributes,
@@ -34,7 +38,7 @@ log = logging.getLogger(__name__)
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class LoraTrainer(Checkpoints):
+class LoraTrainer:
     """Trains a LoRA step by step, optionally inside a shared inference pipeline.
 
     While suspended the shared pipeline computes exactly what it did before `setup`; `finish` and
@@ -57,7 +61,6 @@ class LoraTrainer(Checkpoints):
         self._active = False
         self._saved: PipelineState | None = None
         self._peft_before: list[PeftAttributes] = []
-        self._checkpointed_step = -1
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -82,7 +85,8 @@ class LoraTrainer(Checkpoints):
         self.options = opts = cfg.resolved(self.device)
         self.autocast_dtype = HALF.get(opts["mixed_precision"])
         if self.pipe is None:
-            self.pipe = self._load_pipeline(self.autocast_dtype or torch.float32)
+            dtype = self.autocast_dtype or torch.float32
+            self.pipe = load_training_pipeline(cfg.model, dtype, self.device)
         pipe = self.pipe
         self.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
         self.vae, self.text_encoder, self.tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
@@ -112,8 +116,13 @@ class LoraTrainer(Checkpoints):
             finally:
                 self.suspend()
             self._build_optimizer()
+            self.checkpoints = Checkpoints(
+                cfg, self.unet, self.text_encoder, self.adapter_name, bool(self.te_params)
+            )
             files.remove_temp_dirs(cfg.output_dir)
-            self._load_newest_checkpoint()
+            resumed = self.checkpoints.load_newest(self.optimizer, self.scaler, self.device)
+            if resumed is not None:
+                self.step, self.losses = resumed
         except BaseException:
             self._detach()
             raise
@@ -127,19 +136,6 @@ class LoraTrainer(Checkpoints):
             self.device,
             ", ".join(f"{k}={v}" for k, v in opts.items()),
         )
-
-    def _load_pipeline(self, dtype: torch.dtype) -> Any:
-        from engine.optimizations import xformers_available
-        from engine.pipeline import load_pipeline, resolve_model_source
-
-        pipe = load_pipeline(resolve_model_source(self.config.model), dtype=dtype)
-        pipe.to(self.device)
-        if str(self.device).startswith("cuda") and xformers_available():
-            try:
-                pipe.enable_xformers_memory_efficient_attention()
-            except Exception as exc:  # a broken xformers build: PyTorch SDPA is the default anyway
-                log.warning("xformers could not be enabled (%s); using PyTorch SDPA", exc)
-        return pipe
 
     @torch.no_grad()
     def _cache(self, examples: list[Any]) -> None:
@@ -243,7 +239,7 @@ class LoraTrainer(Checkpoints):
                 self.step += 1
                 done_here += 1
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+                    self.checkpoints.save(self.step, self.losses, self.optimizer, self.scaler)
                 if progress is not None:
                     progress(self._progress(started, done_here))
         finally:
@@ -345,14 +341,14 @@ class LoraTrainer(Checkpoints):
             raise RuntimeError("LoraTrainer: call setup() first (and finish only once)")
         self.suspend()
         cfg = self.config
-        if self._checkpointed_step != self.step:
-            self.save_checkpoint()
+        if self.checkpoints.saved_step != self.step:
+            self.checkpoints.save(self.step, self.losses, self.optimizer, self.scaler)
         target = cfg.output_dir / "final"
         kohya_name = f"{cfg.name}.safetensors"
         sample_ok = False
         with files.atomic_dir(target) as tmp:
-            self._write_weights(tmp)
-            unet, te = self.lora_state()
+            self.checkpoints.write_weights(tmp)
+            unet, te = self.checkpoints.lora_state()
             meta = {
                 "ss_network_module": "networks.lora",
                 "ss_network_dim": str(cfg.rank),

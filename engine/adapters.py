@@ -1,0 +1,129 @@
+"""Adapters: the LoRAs (the fast-mode LCM-LoRA included) and embeddings on the resident model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from engine.config import AppConfig
+from engine.embeddings import EmbeddingError, EmbeddingInfo, EmbeddingSet
+from engine.errors import EngineError
+from engine.lora import WEIGHT_NAME, LoraManager, resolve_lora_file
+from engine.pipeline import offline
+from engine.requests import ResolvedRequest
+
+log = logging.getLogger(__name__)
+
+FAST_ADAPTER = "lcm_fast"
+
+
+class Adapters:
+    """The LoRA manager and embedding set of the loaded pipeline, and the default LoRA."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.lora: LoraManager | None = None
+        self.embeddings: EmbeddingSet | None = None
+        # Set by load_lora_weights: active whenever a request names no LoRA of its own.
+        self.default_lora: tuple[str, float] | None = None
+        self._embedding_files: dict[str, Path] = {}  # loaded again after a model switch
+
+    def attach(self, pipe: Any) -> None:
+        """Start managing the LoRAs and embeddings of a newly loaded pipeline."""
+        self.lora = LoraManager(pipe)
+        self.embeddings = EmbeddingSet(pipe)
+
+    def detach(self) -> None:
+        """Let go of the pipeline (it is being unloaded) and forget the default LoRA."""
+        self.lora = None
+        self.embeddings = None
+        self.default_lora = None
+
+    def reload_embeddings(self, model_name: str) -> None:
+        """Load the embeddings loaded before a model switch again, those that fit the new model."""
+        assert self.embeddings is not None
+        for token, path in self._embedding_files.items():
+            try:
+                self.embeddings.load(path, token)
+            except EmbeddingError as exc:
+                log.info("embedding %s is not loaded on %s: %s", token, model_name, exc)
+
+    def select(self, resolved: ResolvedRequest) -> None:
+        """Activate the LoRAs a request asks for (else the default LoRA), fast mode's included."""
+        assert self.lora is not None
+        active: list[tuple[str, float]] = []
+        if resolved.lora:
+            active.append((self.lora.load(resolved.lora, resolved.lora_name), resolved.lora_scale))
+        elif self.default_lora is not None:
+            active.append(self.default_lora)
+        for use in resolved.loras:
+            adapter = self.lora.load(use.path, use.name)
+            active = [pair for pair in active if pair[0] != adapter] + [(adapter, use.weight)]
+        if resolved.fast:
+            active.append((self.lora.load(self._fast_lora_file(), FAST_ADAPTER), 1.0))
+        self.lora.activate_many(active)
+
+    def _fast_lora_file(self) -> Path:
+        """The local file of the LCM-LoRA for fast mode (from the hub cache for a hub id)."""
+        ref = self.config.generation.fast_lora.strip()
+        path = Path(ref).expanduser()
+        if path.exists() or not ref or ref.count("/") != 1:
+            return resolve_lora_file(path)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(
+                hf_hub_download(
+                    ref,
+                    WEIGHT_NAME,
+                    cache_dir=str(self.config.model.cache_dir),
+                    local_files_only=self.config.model.local_files_only or offline(),
+                )
+            )
+        except Exception as exc:  # hub errors vary by version; the advice is the same
+            raise EngineError(
+                f"fast mode needs the LCM-LoRA {ref!r}, which is not available offline; run once "
+                f"with internet access or set GEN_FAST_LORA to a local file ({type(exc).__name__})"
+            ) from exc
+
+    def load_lora_weights(
+        self, path: str | Path, scale: float = 1.0, name: str | None = None
+    ) -> str:
+        """Load a LoRA and make it the default for later generations; return its adapter name."""
+        if self.lora is None:
+            raise EngineError("no model loaded; call load_model() first")
+        adapter = self.lora.load(path, name)
+        self.default_lora = (adapter, float(scale))
+        self.lora.activate(adapter, scale)
+        return adapter
+
+    def unload_lora_weights(self) -> None:
+        """Unload every LoRA and return to the base model."""
+        if self.lora is not None:
+            self.lora.unload_all()
+        self.default_lora = None
+
+    def load_embedding(
+        self, path: str | Path, name: str, remember_unfit: bool = False
+    ) -> EmbeddingInfo:
+        """Load a textual-inversion embedding once; prompts then use it by writing `name`.
+
+        With `remember_unfit`, an embedding refused for its width is still loaded after a
+        switch to a model it fits (the registered ones, at start-up).
+        """
+        if self.embeddings is None:
+            raise EngineError("no model loaded; call load_model() first")
+        try:
+            info = self.embeddings.load(path, name)
+        except EmbeddingError:
+            if remember_unfit and Path(path).is_file():
+                self._embedding_files[name] = Path(path)
+            raise
+        self._embedding_files[name] = Path(path)
+        return info
+
+    def unload_embedding(self, name: str) -> bool:
+        """Forget a loaded embedding; its name is a plain word again. False if it was not loaded."""
+        self._embedding_files.pop(name, None)  # nor is it loaded again after a model switch
+        return self.embeddings is not None and self.embeddings.unload(name)
