@@ -208,7 +208,7 @@ class RayWorker:
         self._info["seconds_per_step"] = data.get("seconds_per_step")
         if data.get("model") and data["model"] != self.resident_model:
             # A model switch on the actor dropped every adapter but this job's.
-            self.held_loras = {str(request["lora"])} if request.get("lora") else set()
+            self.held_loras = {str(request.lora)} if request.lora else set()
             self.resident_model = data["model"]
         return result, data
 
