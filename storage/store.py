@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from storage.db import Database, Transaction
 from storage.embeddings import EmbeddingsRepo
 from storage.errors import NotFoundError
 from storage.files import FileRoots
-from storage.generations import GenerationsRepo
+from storage.generations import GenerationRecord, GenerationsRepo
 from storage.jobs import JobsRepo
 from storage.kv import KeyValueRepo
 from storage.loras import LorasRepo
@@ -151,6 +152,15 @@ class Storage:
             tx=tx,
         )
         await self.users.set_last_seed(job.user_id, seeds[0], tx=tx)
+
+    async def delete_generation(self, job_id: int) -> GenerationRecord | None:
+        """Delete a job's images for their user: marked deleted (the row stays for the totals),
+        then its files removed from the outputs folder. None if the job has no generation."""
+        record = await self.generations.mark_deleted(job_id)
+        if record is not None:
+            removed = await asyncio.to_thread(self.files.remove_images, record.image_paths)
+            log.info("generation of job %s deleted (%d file(s) removed)", job_id, removed)
+        return record
 
     async def update_job_reference(self, job_id: int, reference: dict[str, Any]) -> None:
         """Replace the delivery reference of a job (e.g. after the progress message is sent)."""
