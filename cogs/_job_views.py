@@ -11,6 +11,8 @@ from cogs._checks import UserFacingError
 from cogs._imagine_request import can_upscale
 from cogs.errors import handle_interaction_error
 
+DELETED = "That image was deleted."  # the answer to its buttons and to reopening it
+
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button],

@@ -45,11 +45,23 @@ def ended_update(job: JobRecord, name: str, data: dict[str, Any]) -> Update:
         text = f"❌ Training of `{name}` failed: {message} The checkpoints saved so far are kept."
         return Update(content=clip(text, 1900), view=discord.ui.View())
     text = (
-        f"🚫 Training of `{name}` cancelled after step {data.get('step', 0)}; "
-        "the checkpoints saved so far are kept."
+        f"🚫 Training of `{name}` cancelled after step {data.get('step', 0)}."
         if data.get("was_running")
         else f"🚫 Training of `{name}` cancelled before it started."
     )
+    outcome = data.get("lora")
+    if outcome == "checkpoint":
+        total = f" (of {data['max_steps']})" if data.get("max_steps") else ""
+        text += (
+            f" LoRA `{name}` is usable from its checkpoint at step "
+            f"{data.get('checkpoint_step', '?')}{total}: `/lora use {name}`. To train it again "
+            f"under this name, `/lora delete {name}` first."
+        )
+    elif outcome == "freed":
+        text += (
+            f" No checkpoint was saved, so nothing is kept: the name `{name}` is free to "
+            "train again."
+        )
     return Update(content=text, view=discord.ui.View())
 
 

@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._checks import UserFacingError
-from cogs._job_views import result_view
+from cogs._job_views import DELETED, result_view
 from cogs._ui import COLOR_INFO, clip, saved_png_file
 
 if TYPE_CHECKING:
@@ -167,6 +167,8 @@ class History(commands.Cog):
         job = await self.bot.storage.get_job(job_id)
         if generation is None or job is None or generation.user_id != interaction.user.id:
             raise UserFacingError("That generation is not in your history.")
+        if generation.deleted_at is not None:
+            raise UserFacingError(DELETED)
         files = []
         for index, path in enumerate(generation.image_paths):
             try:

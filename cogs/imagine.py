@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from botcore.acks import recorded_defer
+from botcore.progress import token_fresh
 from cogs._attachments import check_attachment
 from cogs._checks import (
     Cooldowns,
@@ -22,7 +25,7 @@ from cogs._checks import (
 from cogs._imagine_messages import final_update, status_update
 from cogs._imagine_options import sampler_autocomplete, size_autocomplete
 from cogs._imagine_request import build_request, from_image, submit_for
-from cogs._job_views import JobButton
+from cogs._job_views import DELETED, JobButton
 from cogs._sources import save_source
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
 from engine.init_image import DEFAULT_STRENGTH
@@ -32,6 +35,8 @@ from scheduling.jobs import JobRecord
 
 if TYPE_CHECKING:
     from bot import ImageBot
+
+log = logging.getLogger(__name__)
 
 # The follow-ups of a repainted result: keep more of the source, or repaint more of it.
 SUBTLE_STRENGTH, STRONG_STRENGTH = 0.35, 0.7
@@ -47,6 +52,26 @@ async def can_manage_job(bot: ImageBot, interaction: discord.Interaction, job_id
             "Only the person who asked for these images (or an admin) can do that."
         )
     return job
+
+
+async def delete_result_message(bot: ImageBot, job: JobRecord) -> None:
+    """Remove the channel message that shows a job's images, where it is known (best effort)."""
+    ref = job.reference
+    channel_id = ref.get("channel_id") or job.channel_id
+    # Where botcore/outbox.py put the result: a message of its own, the original response, or
+    # the status message it edited.
+    message_id = ref.get("result_message_id")
+    if not message_id and not (token_fresh(ref) and not ref.get("original_gone")):
+        message_id = None if ref.get("status_gone") else ref.get("message_id")
+    try:
+        if message_id and channel_id and not ref.get("dm"):
+            channel = bot.get_partial_messageable(int(channel_id))
+            await channel.get_partial_message(int(message_id)).delete()
+        elif not message_id and token_fresh(ref) and not ref.get("original_gone"):
+            webhook = discord.Webhook.partial(int(ref["app_id"]), ref["token"], client=bot)
+            await webhook.delete_message("@original")  # type: ignore[arg-type]
+    except discord.HTTPException as exc:  # gone already, or not ours to remove
+        log.info("could not remove the message of deleted job %s: %s", job.id, exc)
 
 
 class Imagine(commands.Cog):
@@ -150,27 +175,14 @@ class Imagine(commands.Cog):
             await interaction.response.send_message(text, ephemeral=True)
             return
         if action == "del":
-            await can_manage_job(bot, interaction, job_id)
-            message = interaction.message
-            if message is not None and message.flags.ephemeral:
-                # A /history Open is ephemeral: not in the channel, so only the interaction's
-                # webhook can remove it (a deferred update makes it the "original" response).
-                await interaction.response.defer()
-                await interaction.delete_original_response()
-                return
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            text = "Deleted."
-            if interaction.message is not None:
-                try:
-                    await interaction.message.delete()
-                except discord.NotFound:
-                    text = "That message was already deleted."
-            await interaction.followup.send(text, ephemeral=True)
+            await self.delete(interaction, await can_manage_job(bot, interaction, job_id))
             return
         job = await bot.storage.get_job(job_id)
         if job is None or job.kind != "generate":
             raise UserFacingError("That job no longer exists.")
         generation = await bot.storage.generations.get_generation_by_job(job_id)
+        if generation is not None and generation.deleted_at is not None:
+            raise UserFacingError(DELETED)
         seeds = list(generation.seeds) if generation else [job.request.seed or 0]
         if action == "seed":
             profile = await bot.storage.users.set_fixed_seed(interaction.user.id, seeds[0])
@@ -200,6 +212,25 @@ class Imagine(commands.Cog):
         else:  # variations: the same prompt with the seeds right after these
             request["seed"] = (max(seeds) + 1) % (MAX_SEED + 1)
         await submit_for(bot, interaction, request)
+
+    async def delete(self, interaction: discord.Interaction, job: JobRecord) -> None:
+        """Delete a job's images for good (out of /history, files removed) and their message."""
+        bot = self.bot
+        await bot.storage.delete_generation(job.id)
+        message = interaction.message
+        if message is not None and message.flags.ephemeral:
+            # A /history Open is ephemeral: not in the channel, so only the interaction's
+            # webhook can remove it (a deferred update makes it the "original" response).
+            await interaction.response.defer()
+            await interaction.delete_original_response()
+            await delete_result_message(bot, job)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        text = "Deleted: the images are gone from `/history` and from the bot's disk."
+        if message is not None:
+            with contextlib.suppress(discord.NotFound):
+                await message.delete()
+        await interaction.followup.send(text, ephemeral=True)
 
     # ----- job events --------------------------------------------------------------------
     @commands.Cog.listener()

@@ -83,8 +83,11 @@ def remove_lora_files(root: Path, stored: str) -> bool:
         return True
     if target.is_file():
         target = target.parent
-    if target.name == "final" and target.parent.parent == root:
-        target = target.parent  # a LoRA trained here: loras/<name>/final plus its checkpoints
+    trained = target.name == "final" or target.name.startswith("checkpoint-")
+    if trained and target.parent.parent == root:
+        # A LoRA trained here: loras/<name>/final (or a cancelled run's checkpoint-<step>)
+        # beside its other checkpoints.
+        target = target.parent
     if target.parent != root or not target.is_dir():
         log.warning("not deleting %s: it is not a LoRA folder under %s", stored, root)
         return False

@@ -27,7 +27,7 @@ from scheduling.job_runner import ImagePath, JobRunner
 from scheduling.jobs import JobRecord, JobStore, NewJob
 from scheduling.outcomes import Outcomes, StoreFailure
 from scheduling.queue import FairQueue, QueueFullError
-from scheduling.training_runner import TrainerFactory, TrainingRunner
+from scheduling.training_runner import TrainerFactory, TrainingRunner, cancel_leftovers
 from scheduling.workers.base import Worker, WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -307,10 +307,11 @@ class Scheduler:
         """Cancel a job: 'queued' (removed at once), 'running' (stops at next step) or None."""
         job = self.queue.remove(job_id)
         if job is not None:
+            result = {"was_running": False, "step": 0}
+            # A training queued again after a restart may have checkpoints already.
+            result.update(await asyncio.to_thread(cancel_leftovers, job))
             try:
-                await self.outcomes.record(
-                    job, "cancelled", result={"was_running": False, "step": 0}
-                )
+                await self.outcomes.record(job, "cancelled", result=result)
             except StoreFailure as exc:
                 self.queue.push(job)
                 raise exc.__cause__ from None  # type: ignore[misc]

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PureWindowsPath
@@ -188,6 +188,24 @@ class FileRoots:
             raise ValueError("job_id and index must be non-negative")
         day = (when or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
         return safe_join(self.outputs_dir, day, f"job{int(job_id)}-{int(index)}.png")
+
+    def remove_images(self, paths: Iterable[str]) -> int:
+        """Delete these image files if they lie under the outputs root; return how many went."""
+        root = self.outputs_dir.resolve()
+        removed = 0
+        for text in paths:
+            path = Path(text).resolve()  # a symlink pointing elsewhere resolves outside the root
+            if not path.is_relative_to(root):
+                log.warning("not deleting %s: it is not under %s", text, root)
+                continue
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not delete %s: %s", path, exc)
+        return removed
 
     def source_path(self, sha256: str) -> Path:
         """Path of an img2img source image, named by its content: ``outputs/sources/ab/<sha>.png``."""

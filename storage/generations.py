@@ -37,6 +37,7 @@ class GenerationRecord:
     timings: Mapping[str, float] = field(default_factory=dict)
     duration_s: float | None = None
     created_at: float = 0.0
+    deleted_at: float | None = None  # its user deleted it: out of /history, files removed
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,10 @@ class GenerationsRepo:
     async def recent_for_user(
         self, user_id: int, *, limit: int = 5, offset: int = 0
     ) -> list[GenerationRecord]:
-        """The user's generations, newest first, one page of ``limit`` from ``offset``."""
+        """The user's generations (not deleted ones), newest first, ``limit`` from ``offset``."""
         rows = await self._db.fetchall(
-            f"SELECT {_COLUMNS} FROM generations WHERE user_id = ? ORDER BY id DESC "
-            "LIMIT ? OFFSET ?",
+            f"SELECT {_COLUMNS} FROM generations WHERE user_id = ? AND deleted_at IS NULL "
+            "ORDER BY id DESC LIMIT ? OFFSET ?",
             (user_id, int(limit), int(offset)),
         )
         return [_record(row) for row in rows]
@@ -169,8 +170,24 @@ class GenerationsRepo:
         )
         return None if row is None else _record(row)
 
+    async def mark_deleted(self, job_id: int) -> GenerationRecord | None:
+        """Mark the job's generation deleted (the first time only); the record, or None if none."""
+        async with self._db.transaction() as tx:
+            await tx.execute(
+                "UPDATE generations SET deleted_at = ? WHERE job_id = ? AND deleted_at IS NULL",
+                (time.time(), job_id),
+            )
+            row = await tx.fetchone(
+                f"SELECT {_COLUMNS} FROM generations WHERE job_id = ? ORDER BY id DESC LIMIT 1",
+                (job_id,),
+            )
+        return None if row is None else _record(row)
+
     async def stats(self, user_id: int | None = None) -> GenerationStats:
-        """Jobs finished ('done'), images generated and mean seconds per image (all or one user)."""
+        """Jobs finished ('done'), images generated and mean seconds per image (all or one user).
+
+        Deleted generations still count: they were made and served.
+        """
         user_filter, params = ("", ()) if user_id is None else (" AND user_id = ?", (user_id,))
         jobs = await self._db.fetchone(
             "SELECT count(*) FROM jobs WHERE status = 'done'" + user_filter, params

@@ -128,9 +128,10 @@ class LorasRepo:
         log.info("Registered LoRA %s (%s, owner %s)", name, status, owner_id)
         return _record(row)
 
-    async def get_lora(self, name: str) -> LoraRecord | None:
+    async def get_lora(self, name: str, *, tx: Transaction | None = None) -> LoraRecord | None:
         """The LoRA called ``name`` (any letter case), or None."""
-        row = await self._db.fetchone(f"SELECT {_COLUMNS} FROM loras WHERE name = ?", (name,))
+        query = f"SELECT {_COLUMNS} FROM loras WHERE name = ?"
+        row = await (tx or self._db).fetchone(query, (name,))
         return None if row is None else _record(row)
 
     async def list_loras(
@@ -179,14 +180,16 @@ class LorasRepo:
         status: LoraStatus,
         *,
         sha256: str | None = None,
+        path: str | None = None,
         tx: Transaction | None = None,
     ) -> LoraRecord:
-        """Change a LoRA's status (e.g. training -> ready) and optionally record its sha256."""
+        """Change a LoRA's status (e.g. training -> ready), optionally its sha256 and path."""
         _check_status(status)
         async with self._db.within(tx) as tx:
             result = await tx.execute(
-                "UPDATE loras SET status = ?, sha256 = coalesce(?, sha256) WHERE name = ?",
-                (status, sha256, name),
+                "UPDATE loras SET status = ?, sha256 = coalesce(?, sha256),"
+                " path = coalesce(?, path) WHERE name = ?",
+                (status, sha256, path, name),
             )
             if result.rowcount == 0:
                 raise NotFoundError(f"there is no LoRA named {name!r}")
@@ -206,9 +209,10 @@ class LorasRepo:
         assert row is not None
         return _record(row)
 
-    async def delete_lora(self, name: str) -> bool:
+    async def delete_lora(self, name: str, *, tx: Transaction | None = None) -> bool:
         """Forget a LoRA (users who had it active go back to none); False if it did not exist."""
-        result = await self._db.execute("DELETE FROM loras WHERE name = ?", (name,))
+        async with self._db.within(tx) as tx:
+            result = await tx.execute("DELETE FROM loras WHERE name = ?", (name,))
         if result.rowcount:
             log.info("Deleted LoRA record %s", name)
         return result.rowcount > 0

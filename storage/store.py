@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from storage.db import Database, Transaction
 from storage.embeddings import EmbeddingsRepo
 from storage.errors import NotFoundError
 from storage.files import FileRoots
-from storage.generations import GenerationsRepo
+from storage.generations import GenerationRecord, GenerationsRepo
 from storage.jobs import JobsRepo
 from storage.kv import KeyValueRepo
 from storage.loras import LorasRepo
@@ -91,7 +92,8 @@ class Storage:
 
         In the same transaction: a finished generation job gets its generations row (at most one
         per job) and the user's last seed; a finished training registers its LoRA as ready, a
-        failed or cancelled one marks it failed. So a crash can never leave a job finished
+        failed one marks it failed, a cancelled one leaves its newest checkpoint as the LoRA or
+        frees the name (see _record_training). So a crash can never leave a job finished
         without its record, or a LoRA trained but not usable.
         """
         job = None
@@ -109,23 +111,48 @@ class Storage:
                 assert job is not None and result is not None
                 await self._record_generation(job, result, tx)
             if job is not None and job.kind == "train":
-                await self._record_training(job, status, result, tx)
+                outcome = await self._record_training(job, status, result, tx)
+                if outcome is not None:
+                    result = {**(result or {}), "lora": outcome}
             await self.jobs.set_job_status(job_id, status, error=error, result=result, tx=tx)
 
     async def _record_training(
         self, job: JobRecord, status: JobStatus, result: dict[str, Any] | None, tx: Transaction
-    ) -> None:
+    ) -> str | None:
+        """The LoRA's side of a training's end; for a cancel, what became of it.
+
+        A cancel leaves the newest checkpoint as the usable LoRA ('checkpoint'), or without a
+        checkpoint forgets the LoRA so its name is free again ('freed').
+        """
         name = job.train.name
         if not name:
-            return
+            return None
+        data = result or {}
+        if status == "cancelled":
+            lora = await self.loras.get_lora(name, tx=tx)
+            if lora is None or lora.status != "training":  # not this training's any more
+                log.warning("training job %s: its LoRA %r is not in training", job.id, name)
+                return None
         try:
             if status in ("finished", "done"):
-                sha = (result or {}).get("sha256")
-                await self.loras.set_lora_status(name, "ready", sha256=sha, tx=tx)
-            elif status in ("failed", "cancelled"):
+                await self.loras.set_lora_status(name, "ready", sha256=data.get("sha256"), tx=tx)
+            elif status == "failed":
                 await self.loras.set_lora_status(name, "failed", tx=tx)
+            elif status == "cancelled" and data.get("checkpoint_path"):
+                await self.loras.set_lora_status(
+                    name,
+                    "ready",
+                    sha256=data.get("sha256"),
+                    path=str(data["checkpoint_path"]),
+                    tx=tx,
+                )
+                return "checkpoint"
+            elif status == "cancelled":
+                await self.loras.delete_lora(name, tx=tx)
+                return "freed"
         except NotFoundError:
             log.warning("training job %s: its LoRA %r is no longer registered", job.id, name)
+        return None
 
     async def _record_generation(
         self, job: JobRecord, result: dict[str, Any], tx: Transaction
@@ -151,6 +178,15 @@ class Storage:
             tx=tx,
         )
         await self.users.set_last_seed(job.user_id, seeds[0], tx=tx)
+
+    async def delete_generation(self, job_id: int) -> GenerationRecord | None:
+        """Delete a job's images for their user: marked deleted (the row stays for the totals),
+        then its files removed from the outputs folder. None if the job has no generation."""
+        record = await self.generations.mark_deleted(job_id)
+        if record is not None:
+            removed = await asyncio.to_thread(self.files.remove_images, record.image_paths)
+            log.info("generation of job %s deleted (%d file(s) removed)", job_id, removed)
+        return record
 
     async def update_job_reference(self, job_id: int, reference: dict[str, Any]) -> None:
         """Replace the delivery reference of a job (e.g. after the progress message is sent)."""

@@ -59,7 +59,25 @@ async def test_training_registers_its_lora_in_the_same_transaction(tmp_path: Pat
         await storage.set_job_status(bad.id, "cancelled", result={"was_running": True})
         pinky = await storage.loras.get_lora("pinky")
         assert pinky is not None and pinky.status == "ready" and pinky.sha256 == "ab" * 32
-        assert (await storage.loras.get_lora("gone")).status == "failed"
+        # A cancel without a checkpoint frees the name; with one, the checkpoint is the LoRA.
+        assert await storage.loras.get_lora("gone") is None
+        assert (await storage.jobs.get_job_result(bad.id) or {})["lora"] == "freed"
+        await storage.loras.add_lora(name="kept", path=str(tmp_path / "k"), status="training")
+        kept = await storage.create_job(NewJob(user_id=1, work=TrainSpec("kept")))
+        step8 = str(tmp_path / "k" / "checkpoint-8")
+        await storage.set_job_status(
+            kept.id,
+            "cancelled",
+            result={"was_running": True, "checkpoint_path": step8, "sha256": "ef" * 32},
+        )
+        record = await storage.loras.get_lora("kept")
+        assert record is not None and record.status == "ready"
+        assert (record.path, record.sha256) == (step8, "ef" * 32)
+        assert (await storage.jobs.get_job_result(kept.id) or {})["lora"] == "checkpoint"
+        await storage.loras.add_lora(name="broken", path=str(tmp_path / "b"), status="training")
+        broken = await storage.create_job(NewJob(user_id=1, work=TrainSpec("broken")))
+        await storage.set_job_status(broken.id, "failed", result={"message": "boom"})
+        assert (await storage.loras.get_lora("broken")).status == "failed"
         # If the job write fails, the LoRA must not be ready either (one transaction).
         await storage.loras.add_lora(name="atomic", path=str(tmp_path / "a"), status="training")
         job = await storage.create_job(NewJob(user_id=1, work=TrainSpec("atomic")))

@@ -185,6 +185,12 @@ def test_remove_lora_files_takes_a_trained_lora_folder_whole(tmp_path: Path) -> 
     (root / "castle" / "checkpoint-10").mkdir()
     assert remove_lora_files(root, str(final)) is True
     assert not (root / "castle").exists()
+    # A cancelled training's LoRA is its newest checkpoint: the whole folder goes too.
+    kept = root / "stopped" / "checkpoint-8"
+    kept.mkdir(parents=True)
+    (root / "stopped" / "checkpoint-4").mkdir()
+    assert remove_lora_files(root, str(kept)) is True
+    assert not (root / "stopped").exists()
     outside = tmp_path / "elsewhere" / "final"
     outside.mkdir(parents=True)
     assert remove_lora_files(root, str(outside)) is False and outside.exists()

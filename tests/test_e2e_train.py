@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -310,7 +311,7 @@ async def test_training_runs_between_imagines_and_registers_the_lora(
         assert "castle-style" in str(styled_result.payload["embeds"][0])
 
 
-async def test_cancel_keeps_the_checkpoints(
+async def test_a_cancel_after_a_checkpoint_leaves_a_usable_lora(
     world, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running(world, tiny_model_dir, queue={"train_slice_steps": 2}) as bot:
@@ -328,23 +329,66 @@ async def test_cancel_keeps_the_checkpoints(
         click = await world.fake.send_component(world.admin, status.message, "sd:cancel:1")
         assert (await click.wait_callback(timeout=30)).type == 4
         final = await wait_train_message(world, "stopme", "cancelled after step")
-        assert "checkpoints" in (final.payload.get("content") or "")
-        lora = await bot.storage.loras.get_lora("stopme")
-        assert lora is not None and lora.status == "failed"
         job = await bot.storage.get_job(1)
         assert job is not None and job.status == "cancelled"
         assert not bot.executor.snapshot().running
         folder = world.tmp / "loras" / "stopme"
-        assert (folder / "checkpoint-8").is_dir(), sorted(folder.iterdir())
-        assert not (folder / "final").exists()
+        steps = [int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*")]
+        newest = max(steps)
+        assert newest >= 8 and not (folder / "final").exists()
+        content = final.payload.get("content") or ""
+        assert f"usable from its checkpoint at step {newest} (of 400)" in content, content
+        assert "/lora use stopme" in content
+        # The newest checkpoint is the LoRA: ready, and its weights are what gets loaded.
+        lora = await bot.storage.loras.get_lora("stopme")
+        assert lora is not None and lora.status == "ready"
+        weights = resolve_lora_file(lora.path)
+        assert weights == folder / f"checkpoint-{newest}" / "pytorch_lora_weights.safetensors"
+        assert lora.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
 
-        # Once the LoRA is deleted, the name is free again and a new run starts from scratch.
-        await bot.storage.loras.delete_lora("stopme")
+        use = await world.slash(world.alice, "lora use", {"name": "stopme"})
+        said = (await use.wait_callback(timeout=30)).content or ""
+        assert "stopme" in said and "not ready" not in said, said
+        styled = await world.slash(world.alice, "imagine", {"prompt": "zxq castle", "seed": 7})
+        assert "stopme" in str((await wait_images(styled)).payload["embeds"][0])
+
+        # /lora delete takes the whole training folder, checkpoints and all.
+        gone = await world.slash(world.admin, "lora delete", {"name": "stopme"})
+        assert "Deleted" in ((await gone.wait_followup(timeout=30)).content or "")
+        assert not folder.exists()
+
+
+async def test_a_cancel_before_any_checkpoint_frees_the_name(
+    world, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(world, tiny_model_dir, queue={"train_slice_steps": 2}) as bot:
+        module = sys.modules[type(bot.get_cog("Train")).__module__]
+        monkeypatch.setattr(module, "checkpoint_interval", lambda steps: 1000)
+        bot.get_cog("Train").edit_interval = 0
+        log = EngineLog()
+        bot.executor.subscribe(log)
+        it = await world.slash(world.admin, "train", train_options(world, "stopme", steps=400))
+        await it.wait_followup(timeout=SLOW)
+        await log.wait_step(1, 2)
+        status = await wait_train_message(world, "stopme", "step")
+        assert status.message is not None
+        click = await world.fake.send_component(world.admin, status.message, "sd:cancel:1")
+        assert (await click.wait_callback(timeout=30)).type == 4
+        final = await wait_train_message(world, "stopme", "cancelled after step")
+        content = final.payload.get("content") or ""
+        assert "No checkpoint was saved" in content and "free to train again" in content
+        assert await bot.storage.loras.get_lora("stopme") is None
+        folder = world.tmp / "loras" / "stopme"
+        assert not folder.exists()
+
+        # The same name trains again at once, from scratch.
         again = await world.slash(world.admin, "train", train_options(world, "stopme", steps=3))
         assert "queued" in ((await again.wait_followup(timeout=SLOW)).content or "")
         await wait_train_message(world, "stopme", "is ready")
         assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["checkpoint-3", "final"]
         assert (folder / "before-after.png").is_file()  # kept for a retried delivery
+        lora = await bot.storage.loras.get_lora("stopme")
+        assert lora is not None and lora.status == "ready"
 
 
 async def test_restart_resumes_training_from_the_newest_checkpoint(
