@@ -114,6 +114,7 @@ class Train(commands.Cog):
         learning_rate="Learning rate (default: the model's recipe; 0.000001 to 0.01)",
     )
     @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)  # listed to admins; still checked
     @admin_only()
     async def train(
         self,
