@@ -181,12 +181,13 @@ class Train(commands.Cog):
                     config,
                     max_mb=settings.max_attachment_mb,
                     min_images=settings.train_min_images,
+                    left_out=left_out,
                 )
                 config = replace(config, sample_prompt=used[0])
                 job = await self._register_and_submit(interaction, config)
                 await ack.forget()
                 await interaction.followup.send(
-                    queued_text(job, config, used, left_out + reasons), ephemeral=True
+                    queued_text(job, config, used, reasons), ephemeral=True
                 )
         except BaseException:
             if job is None:
