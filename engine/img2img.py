@@ -54,6 +54,18 @@ def fit_size(width: int, height: int, max_width: int, max_height: int) -> tuple[
     return min(w8, MAX_SIDE), min(h8, MAX_SIDE)
 
 
+def cover(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The image at exactly width×height: centre-cropped to that shape, then resized (Lanczos)."""
+    scale = max(width / image.width, height / image.height)
+    crop_w, crop_h = (
+        min(image.width, round(width / scale)),
+        min(image.height, round(height / scale)),
+    )
+    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+    box = (left, top, left + crop_w, top + crop_h)
+    return image.resize((width, height), Image.Resampling.LANCZOS, box=box)
+
+
 def upscaled_size(width: int, height: int, factor: float) -> tuple[int, int]:
     """The size an upscale by `factor` makes; ValueError past the size limit."""
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 < factor <= 4:
