@@ -23,7 +23,10 @@ class EncodedPrompts:
 def dropped_note(field_name: str, text: str) -> str:
     """What a user reads when the end of a prompt was cut: which field and how much, not the text."""
     words = len(text.split())
-    amount = f"its last {words} word{'s' if words != 1 else ''}" if words else "its end"
+    if words == 1:
+        amount = "its last word was"
+    else:
+        amount = f"its last {words} words were" if words else "its end was"
     return (
         f"The {field_name} is too long: {amount} left out "
         f"(the model reads at most {MAX_CHUNKS * 75} tokens)."

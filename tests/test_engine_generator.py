@@ -82,8 +82,9 @@ def test_overlong_prompt_reports_what_was_dropped(tiny_generator: TextToImageGen
     warnings = tiny_generator.last_result.warnings
     # Which field and how much, in words; not the dropped text pasted back.
     assert warnings == [
-        "The prompt is too long: its last 2 words left out (the model reads at most 600 tokens).",
-        "The negative prompt is too long: its last 10 words left out "
+        "The prompt is too long: its last 2 words were left out (the model reads at most 600 "
+        "tokens).",
+        "The negative prompt is too long: its last 10 words were left out "
         "(the model reads at most 600 tokens).",
     ]
 
