@@ -73,7 +73,7 @@ class Imagine(commands.Cog):
         steps="Denoising steps (more = slower, finer)",
         cfg=f"How closely to follow the prompt ({MIN_CFG}-{MAX_CFG})",
         seed="Seed for reproducible images",
-        size="Image size",
+        size="Image size: a name from the list, or width x height like 512x768",
         count="Number of images",
         sampler="Sampler (scheduler)",
         fast="Fast mode: LCM, 4-8 steps (negative prompts have little effect)",

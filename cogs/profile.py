@@ -149,7 +149,7 @@ class Profile(commands.Cog):
     @app_commands.describe(
         steps=f"Denoising steps ({MIN_STEPS}-{MAX_STEPS})",
         cfg=f"How closely to follow the prompt ({MIN_CFG:g}-{MAX_CFG:g})",
-        size="Image size",
+        size="Image size: a name from the list, or width x height like 512x768",
         sampler="Sampler (scheduler)",
         negative="What to avoid in every image",
         model="Base model for your images (from the server's list)",
