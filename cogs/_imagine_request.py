@@ -9,7 +9,7 @@ import discord
 
 from botcore.progress import interaction_reference
 from cogs._checks import UserFacingError, is_admin
-from cogs._imagine_options import max_images, sizes
+from cogs._imagine_options import max_images, pick_size, sizes
 from cogs._inline_loras import inline_lora_entries
 from cogs._models import check_embeddings_fit, check_lora_fits, pick_model
 from engine.init_image import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
@@ -30,10 +30,7 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
     size = options.get("size")
     width = height = None
     if size:
-        choices = sizes(bot)
-        if size not in choices:
-            raise UserFacingError(f"Unknown size {size!r}; choose one of: {', '.join(choices)}.")
-        width, height = choices[size]
+        width, height = pick_size(size, sizes(bot))
     count = options.get("count")
     if count is not None and count > max_images(bot):
         raise UserFacingError(f"At most {max_images(bot)} images per request on this machine.")

@@ -21,10 +21,13 @@ async def stage_dataset(
     *,
     max_mb: float,
     min_images: int,
+    left_out: list[str],
 ) -> tuple[list[str], list[str]]:
     """Download into folder/raw, prepare folder/dataset; refuse too few usable images.
 
-    Returns the reasons for images left out and the captions of the images used.
+    ``left_out``: the reasons for attachments refused before the download (check_uploads); the
+    count and the reasons of a refusal cover every attachment. Returns the reasons for all images
+    left out and the captions of the images used.
     """
     raw = folder / "raw"
     shutil.rmtree(folder, ignore_errors=True)  # leftovers of an earlier attempt at this name
@@ -48,14 +51,15 @@ async def stage_dataset(
         trigger_word=config.trigger_word,
         template=config.caption_template,
     )
-    reasons = [
+    reasons = left_out + [
         f"{shown_name(originals.get(r.path.name, r.path.name))}: {r.reason}"
         for r in report.rejected
     ]
     if len(report.written) < min_images:
+        attached = len(uploads) + len(left_out)
         head = (
             f"Training needs at least {min_images} usable images; "
-            f"only {len(report.written)} of {len(uploads)} could be used."
+            f"only {len(report.written)} of the {attached} files attached could be used."
         )
         raise UserFacingError(with_reasons(head, reasons))
     used = await asyncio.to_thread(_read_captions, report.written)

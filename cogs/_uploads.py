@@ -52,7 +52,8 @@ def check_uploads(
     if len(uploads) < min_images:
         head = (
             f"Training needs at least {min_images} usable images; "
-            f"{count_of(len(uploads), 'usable image')} attached."
+            f"{len(uploads)} of the {count_of(len(attachments), 'file')} attached "
+            f"{'is a usable image' if len(uploads) == 1 else 'are usable images'}."
         )
         raise UserFacingError(with_reasons(head, problems))
     return uploads, problems

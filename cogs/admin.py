@@ -25,7 +25,13 @@ log = logging.getLogger(__name__)
 class Admin(commands.Cog):
     """Server-admin controls; every command refuses non-admins with a plain message."""
 
-    group = app_commands.Group(name="admin", description="Bot controls for server admins")
+    # Listed only to members with Manage Server (server admins can change who sees it under
+    # Integrations); every subcommand still checks, since listing is not permission.
+    group = app_commands.Group(
+        name="admin",
+        description="Bot controls for server admins",
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
 
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot

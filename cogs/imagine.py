@@ -98,7 +98,7 @@ class Imagine(commands.Cog):
         steps="Denoising steps (more = slower, finer)",
         cfg=f"How closely to follow the prompt ({MIN_CFG}-{MAX_CFG})",
         seed="Seed for reproducible images",
-        size="Image size",
+        size="Image size: a name from the list, or width x height like 512x768",
         count="Number of images",
         sampler="Sampler (scheduler)",
         fast="Fast mode: LCM, 4-8 steps (negative prompts have little effect)",
@@ -126,9 +126,7 @@ class Imagine(commands.Cog):
         user = interaction.user
         await ensure_not_banned(bot, user.id)
         await ensure_prompt_allowed(bot, prompt, negative)
-        wait = self.cooldowns.remaining(user.id)
-        if wait > 0 and not is_admin(bot, user):
-            raise UserFacingError(f"Slow down: you can use /imagine again in {wait:.0f} s.")
+        self._check_cooldown(user)
         request = await build_request(
             bot, user.id, prompt, negative=negative, steps=steps, cfg=cfg, seed=seed,
             size=size, count=count, sampler=sampler, fast=fast,
@@ -148,7 +146,7 @@ class Imagine(commands.Cog):
         # a record, so a crash before the job is written is answered at the next start.
         async with recorded_defer(bot.storage, interaction) as ack:
             path, fit_w, fit_h = await save_source(
-                bot.storage.files, image, int(width), int(height), max_mb
+                bot.storage.files, image, int(width), int(height), max_mb, exact=size is not None
             )
             request.update(
                 init_image=path, width=fit_w, height=fit_h,
@@ -157,6 +155,12 @@ class Imagine(commands.Cog):
             await submit_for(bot, interaction, request, deferred=True)
             await ack.forget()
         self.cooldowns.mark(user.id)
+
+    def _check_cooldown(self, user: discord.abc.User) -> None:
+        """Refuse a member who made images less than BOT_COOLDOWN_S ago (admins are exempt)."""
+        wait = self.cooldowns.remaining(user.id)
+        if wait > 0 and not is_admin(self.bot, user):
+            raise UserFacingError(f"Slow down: you can make new images again in {wait:.0f} s.")
 
     # ----- buttons -----------------------------------------------------------------------
     async def on_button(
@@ -192,11 +196,14 @@ class Imagine(commands.Cog):
             )
             return
         await ensure_not_banned(bot, interaction.user.id)
+        # Every button below queues new images: the same cooldown as /imagine.
+        self._check_cooldown(interaction.user)
         request = job.request.to_dict()
         if action in ("up", "vary"):
             await submit_for(
                 bot, interaction, from_image(request, generation, seeds, action, index)
             )
+            self.cooldowns.mark(interaction.user.id)
             return
         if action in ("subtle", "strong"):
             source = request.get("init_image")
@@ -212,6 +219,7 @@ class Imagine(commands.Cog):
         else:  # variations: the same prompt with the seeds right after these
             request["seed"] = (max(seeds) + 1) % (MAX_SEED + 1)
         await submit_for(bot, interaction, request)
+        self.cooldowns.mark(interaction.user.id)
 
     async def delete(self, interaction: discord.Interaction, job: JobRecord) -> None:
         """Delete a job's images for good (out of /history, files removed) and their message."""

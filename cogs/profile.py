@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._checks import UserFacingError
-from cogs._imagine_options import sampler_autocomplete, size_autocomplete, sizes
+from cogs._imagine_options import pick_size, sampler_autocomplete, size_autocomplete, sizes
 from cogs._models import check_model_name, model_autocomplete
 from cogs._ui import clip, info_embed
 from engine.config import MAX_CFG, MAX_STEPS, MIN_CFG, MIN_STEPS
@@ -149,7 +149,7 @@ class Profile(commands.Cog):
     @app_commands.describe(
         steps=f"Denoising steps ({MIN_STEPS}-{MAX_STEPS})",
         cfg=f"How closely to follow the prompt ({MIN_CFG:g}-{MAX_CFG:g})",
-        size="Image size",
+        size="Image size: a name from the list, or width x height like 512x768",
         sampler="Sampler (scheduler)",
         negative="What to avoid in every image",
         model="Base model for your images (from the server's list)",
@@ -178,12 +178,7 @@ class Profile(commands.Cog):
                 raise UserFacingError(f"CFG must be from {MIN_CFG:g} to {MAX_CFG:g}.")
             changes["cfg"] = float(cfg)
         if size is not None:
-            choices = sizes(self.bot)
-            if size not in choices:
-                raise UserFacingError(
-                    f"Unknown size `{size}`; choose one of: {', '.join(choices)}."
-                )
-            changes["width"], changes["height"] = choices[size]
+            changes["width"], changes["height"] = pick_size(size, sizes(self.bot))
         if sampler is not None:
             try:
                 changes["sampler"] = canonical_scheduler_name(sampler)

@@ -114,6 +114,7 @@ class Train(commands.Cog):
         learning_rate="Learning rate (default: the model's recipe; 0.000001 to 0.01)",
     )
     @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)  # listed to admins; still checked
     @admin_only()
     async def train(
         self,
@@ -180,12 +181,13 @@ class Train(commands.Cog):
                     config,
                     max_mb=settings.max_attachment_mb,
                     min_images=settings.train_min_images,
+                    left_out=left_out,
                 )
                 config = replace(config, sample_prompt=used[0])
                 job = await self._register_and_submit(interaction, config)
                 await ack.forget()
                 await interaction.followup.send(
-                    queued_text(job, config, used, left_out + reasons), ephemeral=True
+                    queued_text(job, config, used, reasons), ephemeral=True
                 )
         except BaseException:
             if job is None:

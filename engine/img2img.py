@@ -21,6 +21,18 @@ log = logging.getLogger(__name__)
 RESAMPLER = "Lanczos"
 
 
+def cover(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The image at exactly width×height: centre-cropped to that shape, then resized (Lanczos)."""
+    scale = max(width / image.width, height / image.height)
+    crop_w, crop_h = (
+        min(image.width, round(width / scale)),
+        min(image.height, round(height / scale)),
+    )
+    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+    box = (left, top, left + crop_w, top + crop_h)
+    return image.resize((width, height), Image.Resampling.LANCZOS, box=box)
+
+
 def open_init_image(path: str | Path) -> Image.Image:
     """Open an untrusted init image as RGB (EXIF-rotated, alpha on white); ValueError if bad."""
     from engine.prepare_dataset import ImageRejected, load_image

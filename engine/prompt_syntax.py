@@ -68,6 +68,54 @@ def strip_lora_tags(prompt: str) -> str:
     return re.sub(r"[ \t]{2,}", " ", _LORA_TAG.sub("", prompt)).strip()
 
 
+_AND = re.compile(r"(?<![\w\\])AND(?!\w)")
+_BREAK = re.compile(r"\s*(?<!\w)BREAK(?!\w)\s*")
+
+
+def check_supported(text: str, field_name: str = "prompt") -> None:
+    """Refuse web-UI syntax that would silently draw something else: `AND`, `[a:b:when]`, `[a|b]`."""
+    if _AND.search(text):
+        raise ValueError(
+            f"{field_name}: `AND` (mixing two prompts, from other web UIs) is not supported here; "
+            "write `and` in lower case to mean the word"
+        )
+    group = _switching_group(strip_lora_tags(text))
+    if group is not None:
+        what = "alternating words" if "|" in group else "switching words during the steps"
+        raise ValueError(
+            f"{field_name}: `{group[:60]}` ({what}, from other web UIs) is not supported here; "
+            "write the words you want, or `[word]` to weaken one"
+        )
+
+
+def _switching_group(text: str) -> str | None:
+    """The first `[...]` group holding a `:` or `|` of its own (prompt editing), if any."""
+    stack: list[tuple[str, int]] = []
+    escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "([":
+            stack.append((char, index))
+        elif char in ")]" and stack:
+            stack.pop()
+        elif char in ":|" and stack and stack[-1][0] == "[":
+            start = stack[-1][1]
+            end = text.find("]", index)
+            return text[start : end + 1] if end != -1 else text[start:]
+    return None
+
+
+def drop_break(text: str) -> tuple[str, bool]:
+    """The text without the web UIs' `BREAK` (not supported: read as one text) and whether it had one."""
+    if "BREAK" not in text:
+        return text, False
+    cleaned = _BREAK.sub(" ", text).strip()
+    return cleaned, cleaned != text.strip()
+
+
 def parse_weights(text: str) -> list[tuple[str, float]]:
     """Split web-UI weighted text into (fragment, weight) pairs; plain text gives one pair at 1.0.
 

@@ -12,12 +12,30 @@ MAX_CHUNKS = 8  # 8 × 75 tokens; beyond this the rest is dropped and reported
 
 @dataclass
 class EncodedPrompts:
-    """Prompt and negative-prompt embeddings ready for the pipeline, plus what was dropped."""
+    """Prompt and negative-prompt embeddings ready for the pipeline, plus a note per text cut short."""
 
     prompt_embeds: torch.Tensor
     negative_embeds: torch.Tensor | None
     chunks: int
     dropped: list[str] = field(default_factory=list)
+
+
+def dropped_note(field_name: str, text: str) -> str:
+    """What a user reads when the end of a prompt was cut: which field and how much, not the text."""
+    words = len(text.split())
+    if words == 1:
+        amount = "its last word was"
+    else:
+        amount = f"its last {words} words were" if words else "its end was"
+    return (
+        f"The {field_name} is too long: {amount} left out "
+        f"(the model reads at most {MAX_CHUNKS * 75} tokens)."
+    )
+
+
+def _notes(pos_dropped: str, neg_dropped: str) -> list[str]:
+    pairs = (("prompt", pos_dropped), ("negative prompt", neg_dropped))
+    return [dropped_note(name, text) for name, text in pairs if text.strip()]
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:
@@ -69,8 +87,7 @@ def encode_long_prompt(
     neg_chunks += [[]] * (count - len(neg_chunks))
     prompt_embeds = _encode_chunks(pipe, pos_chunks, device)
     negative_embeds = _encode_chunks(pipe, neg_chunks, device) if guidance else None
-    dropped = [d for d in (pos_dropped, neg_dropped) if d]
-    return EncodedPrompts(prompt_embeds, negative_embeds, count, dropped)
+    return EncodedPrompts(prompt_embeds, negative_embeds, count, _notes(pos_dropped, neg_dropped))
 
 
 def prompt_arguments(
@@ -81,9 +98,21 @@ def prompt_arguments(
     `<lora:…>` tags are removed; text without weights takes exactly today's path (diffusers' own
     encoding, or 75-token windows when long); weighted text is encoded by compel in the same windows.
     """
-    from engine.prompt_syntax import is_plain, parse_weights, plain_text, strip_lora_tags
+    from engine.prompt_syntax import (
+        drop_break,
+        is_plain,
+        parse_weights,
+        plain_text,
+        strip_lora_tags,
+    )
 
     prompt, negative = strip_lora_tags(prompt), strip_lora_tags(negative)
+    notes: list[str] = []
+    prompt, had_break = drop_break(prompt)
+    negative, neg_break = drop_break(negative)
+    for name, found in (("prompt", had_break), ("negative prompt", neg_break)):
+        if found:
+            notes.append(f"`BREAK` in the {name} is not supported here and was ignored.")
     pos = parse_weights(prompt)
     neg = parse_weights(negative) if guidance else [("", 1.0)]
     if not (is_plain(pos) and is_plain(neg)):
@@ -94,7 +123,7 @@ def prompt_arguments(
         if _has_syntax(negative):
             negative = plain_text(neg)
         if not needs_chunking(pipe.tokenizer, prompt, negative):
-            return {"prompt": prompt, "negative_prompt": negative or None}, []
+            return {"prompt": prompt, "negative_prompt": negative or None}, notes
         convert = getattr(pipe, "maybe_convert_prompt", None)
         if convert is not None:  # multi-vector embeddings: 'name' -> 'name name_1 …'
             prompt, negative = convert(prompt, pipe.tokenizer), convert(negative, pipe.tokenizer)
@@ -102,7 +131,7 @@ def prompt_arguments(
     kwargs: dict[str, Any] = {"prompt_embeds": encoded.prompt_embeds}
     if encoded.negative_embeds is not None:
         kwargs["negative_prompt_embeds"] = encoded.negative_embeds
-    return kwargs, [f"prompt too long; dropped: {d}" for d in encoded.dropped]
+    return kwargs, notes + encoded.dropped
 
 
 def _has_syntax(text: str) -> bool:
@@ -174,7 +203,7 @@ def encode_weighted_prompt(
             pos, neg = compel.pad_conditioning_tensors_to_same_length([pos, neg])
     dtype = pipe.text_encoder.dtype
     chunks = pos.shape[1] // pipe.tokenizer.model_max_length
-    dropped = [d for d in (pos_dropped, neg_dropped) if d]
+    dropped = _notes(pos_dropped, neg_dropped)
     return EncodedPrompts(
         pos.to(device, dtype), None if neg is None else neg.to(device, dtype), chunks, dropped
     )

@@ -27,7 +27,12 @@ from engine.init_image import (
     upscaled_size,
 )
 from engine.lora_stack import LoraUse, stack_from_entries
-from engine.prompt_syntax import find_lora_tags, parse_weights, strip_lora_tags
+from engine.prompt_syntax import (
+    check_supported,
+    find_lora_tags,
+    parse_weights,
+    strip_lora_tags,
+)
 from engine.schedulers import canonical_scheduler_name
 
 MAX_SEED = 2**32 - 1
@@ -118,9 +123,13 @@ def random_seed() -> int:
 
 
 def check_prompt_syntax(text: str, field_name: str = "prompt") -> None:
-    """Refuse bad weights or <lora:…> tags before any work starts (ValueError naming the field)."""
+    """Refuse bad weights, <lora:…> tags or unsupported syntax before any work starts.
+
+    ValueError naming the field.
+    """
     try:
         find_lora_tags(text)
+        check_supported(text)
         parse_weights(strip_lora_tags(text))
     except ValueError as exc:
         raise ValueError(str(exc).replace("prompt:", f"{field_name}:", 1)) from None

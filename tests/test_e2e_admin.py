@@ -40,6 +40,20 @@ async def test_non_admins_are_refused_every_admin_command(world, tiny_model_dir:
         assert await bot.storage.users.get_user(world.bob.id) is None
 
 
+async def test_only_admin_commands_are_hidden_from_members(world, tiny_model_dir: Path) -> None:
+    async with running(world, tiny_model_dir):
+        synced = world.fake.registered_commands[world.guild.id]
+        permissions = {c["name"]: c["default_member_permissions"] for c in synced}
+        # Manage Server (0x20): Discord lists these only to members holding it.
+        assert permissions.pop("admin") == permissions.pop("train") == "32"
+        assert permissions and set(permissions.values()) == {None}, permissions
+        for name in ("imagine", "lora", "history", "settings", "seed", "queue", "cancel"):
+            assert name in permissions
+        # Listing is not permission: a member who calls it anyway is still refused.
+        reply = await answer(await world.slash(world.alice, "admin stats"))
+        assert reply.data["content"] == "Only server admins can use this command."
+
+
 async def test_listed_admin_without_manage_server_is_allowed(world, tiny_model_dir: Path) -> None:
     async with running(world, tiny_model_dir, admin_user_ids=[world.bob.id]):
         reply = await answer(await world.slash(world.bob, "admin blocked"))

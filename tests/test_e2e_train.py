@@ -161,7 +161,19 @@ async def test_bad_input_is_refused_before_anything_is_queued(world, tiny_model_
         options = train_options(world, "typed", count=3)
         options["image4"] = world.fake.add_attachment("notes.txt", b"text", "text/plain")
         text = await refusal(await world.slash(admin, "train", options))
-        assert "3 usable images" in text and "notes.txt" in text and "not a PNG" in text
+        assert "3 of the 4 files attached are usable images" in text
+        assert "notes.txt" in text and "not a PNG" in text
+
+        # Six files: a .txt, refused by its type, and five pictures of which four are copies.
+        options = train_options(world, "copies", count=1)
+        for i in range(2, 6):
+            options[f"image{i}"] = world.fake.add_attachment(
+                f"copy {i}.png", png_bytes(0), "image/png"
+            )
+        options["image6"] = world.fake.add_attachment("notes.txt", b"text", "text/plain")
+        text = await refusal(await world.slash(admin, "train", options))
+        assert "only 1 of the 6 files attached could be used" in text, text
+        assert "notes.txt" in text and text.count("duplicate of") == 4
 
         options = train_options(world, "huge", count=3)
         options["image4"] = world.fake.add_attachment("huge.png", png_bytes(9, 256), "image/png")

@@ -78,10 +78,16 @@ def test_long_prompt_is_not_truncated(tiny_generator: TextToImageGenerator) -> N
 
 
 def test_overlong_prompt_reports_what_was_dropped(tiny_generator: TextToImageGenerator) -> None:
-    prompt = " ".join(["red"] * 8 * 75) + " sks"
-    tiny_generator.generate(prompt, seed=1)
+    prompt = " ".join(["red"] * 8 * 75) + " sks tower"
+    tiny_generator.generate(prompt, seed=1, negative_prompt="blurry " * 610)
     warnings = tiny_generator.last_result.warnings
-    assert len(warnings) == 1 and "sks" in warnings[0]
+    # Which field and how much, in words; not the dropped text pasted back.
+    assert warnings == [
+        "The prompt is too long: its last 2 words were left out (the model reads at most 600 "
+        "tokens).",
+        "The negative prompt is too long: its last 10 words were left out "
+        "(the model reads at most 600 tokens).",
+    ]
 
 
 # The web-UI sampler name -> the diffusers class and settings, from diffusers' own mapping table

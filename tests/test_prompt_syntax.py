@@ -6,12 +6,15 @@ import pytest
 
 from engine.prompt_syntax import (
     LoraTag,
+    check_supported,
+    drop_break,
     find_lora_tags,
     is_plain,
     parse_weights,
     plain_text,
     strip_lora_tags,
 )
+from engine.requests import check_prompt_syntax
 
 
 def test_plain_text_is_one_fragment_at_weight_one() -> None:
@@ -74,3 +77,44 @@ def test_lora_tags_found_and_stripped() -> None:
 def test_bad_lora_tags_are_refused(prompt: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         find_lora_tags(prompt)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "named"),
+    [
+        ("a cat AND a dog", "`AND` (mixing two prompts"),
+        ("a [cat:dog:0.5] on a sofa", "`[cat:dog:0.5]` (switching words during the steps"),
+        ("a [cat::10]", "`[cat::10]` (switching words"),
+        ("a (red [cat:dog:4]:1.2)", "`[cat:dog:4]`"),
+        ("a [cat|dog]", "`[cat|dog]` (alternating words"),
+    ],
+)
+def test_unsupported_syntax_is_refused_naming_it(prompt: str, named: str) -> None:
+    with pytest.raises(ValueError) as info:
+        check_supported(prompt)
+    assert str(info.value).startswith("prompt: " + named), info.value
+    assert "not supported here" in str(info.value)
+    # Refused by the request check (before any job is queued), under the field's name.
+    with pytest.raises(ValueError, match=r"^negative_prompt: "):
+        check_prompt_syntax(prompt, "negative_prompt")
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a cat and a dog",
+        "BANDIT, ANDROID",
+        "a (cat:1.2) [dog]",
+        "[(cat:1.2)]",
+        "\\[cat:dog\\]",
+        "[<lora:ink:0.5>]",
+        "a cat: sitting | still",
+    ],
+)
+def test_supported_text_passes(prompt: str) -> None:
+    check_supported(prompt)
+
+
+def test_break_is_dropped_and_reported() -> None:
+    assert drop_break("a castle BREAK a red sky") == ("a castle a red sky", True)
+    assert drop_break("BREAKFAST at a castle, break") == ("BREAKFAST at a castle, break", False)

@@ -61,7 +61,11 @@ def test_weighted_long_prompt_uses_75_token_windows(tiny_generator: TextToImageG
     too_long = "(red:1.2) castle " * 400
     kwargs, notes = prompt_arguments(pipe, too_long, "", CPU, True)
     assert kwargs["prompt_embeds"].shape[1] == length * 8
-    assert notes and notes[0].startswith("prompt too long; dropped: ")
+    (note,) = notes
+    assert note.startswith("The prompt is too long: its last ") and "castle" not in note
+    kwargs, notes = prompt_arguments(pipe, "a castle", "(blurry:1.2) " * 700, CPU, True)
+    (note,) = notes
+    assert note.startswith("The negative prompt is too long: its last ")
 
 
 def test_weighted_prompt_generates_and_keeps_the_prompt_as_written(

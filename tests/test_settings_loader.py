@@ -170,8 +170,34 @@ def test_docs_list_every_setting_once_and_old_names_only_as_renamed() -> None:
     rows = _documented(readme)
     assert sorted(rows) == sorted(names)  # every setting, each once
     example = (ROOT / ".env.example").read_text()
-    assert sorted(set(re.findall(r"^([A-Z_]+)=", example, re.M))) == sorted(names)
+    # Each setting once, as `NAME=value` or commented out as `# NAME=value`.
+    assert sorted(n for n, _ in _example_lines(example)) == sorted(names)
     for old in RENAMED:
         # Only in the short note on renamed settings.
-        assert readme.count(f"`{old}`") == 1 and f"\n{old}=" not in example
+        assert readme.count(f"`{old}`") == 1 and old not in dict(_example_lines(example))
         assert example.count(old) == 1
+
+
+def _example_lines(text: str) -> list[tuple[str, str]]:
+    """(name, value) of each setting line of .env.example, commented out (`# NAME=`) or not."""
+    return re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=(.*)$", text, re.M)
+
+
+def test_a_copied_example_file_changes_nothing(tmp_path: Path) -> None:
+    example = (ROOT / ".env.example").read_text()
+    # Only the token is a line to fill in, and empty it is no value at all.
+    assert re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", example, re.M) == [("DISCORD_TOKEN", "")]
+    env = tmp_path / ".env"
+    env.write_text(example)
+    copied, bare = load_settings(env), load_settings(env_file=None)
+    assert copied == bare
+    sections = (copied.config.model, copied.config.generation, copied.bot, copied.storage)
+    assert all(not section.model_fields_set for section in sections)
+
+
+def test_every_commented_line_shows_the_default(tmp_path: Path) -> None:
+    lines = _example_lines((ROOT / ".env.example").read_text())
+    env = tmp_path / ".env"
+    # Every line uncommented: each value set on purpose, and each the default.
+    env.write_text("".join(f"{name}={value}\n" for name, value in lines))
+    assert load_settings(env) == load_settings(env_file=None)

@@ -159,6 +159,8 @@ class RestApi:
         stored = []
         for command in await request.json():
             old = previous.get(command["name"])
+            # Discord answers a permission bitfield as a string, whatever number it was sent.
+            permissions = command.get("default_member_permissions")
             stored.append(
                 {
                     **command,
@@ -167,7 +169,7 @@ class RestApi:
                     "guild_id": str(guild_id) if guild_id else None,
                     "type": command.get("type", 1),
                     "version": str(self.fake.ids.next()),
-                    "default_member_permissions": command.get("default_member_permissions"),
+                    "default_member_permissions": None if permissions is None else str(permissions),
                     "description": command.get("description", ""),
                 }
             )
