@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from pathlib import Path
@@ -236,8 +235,10 @@ class Imagine(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         text = "Deleted: the images are gone from `/history` and from the bot's disk."
         if message is not None:
-            with contextlib.suppress(discord.NotFound):
+            try:
                 await message.delete()
+            except discord.NotFound:
+                text = "That message was already deleted."
         await interaction.followup.send(text, ephemeral=True)
 
     # ----- job events --------------------------------------------------------------------

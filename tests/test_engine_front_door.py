@@ -161,9 +161,9 @@ def test_native_size_is_the_configured_one_else_the_models(models: dict[str, Pat
     plain = tiny_config(models["tiny"])
     plain.generation = type(plain.generation)()  # nothing set: the model's defaults apply
     unset = TextToImageGenerator(plain)
-    unset.model_defaults = {"width": 128, "height": 64}
+    unset.slot.model_defaults = {"width": 128, "height": 64}
     assert EngineDoor(unset, unused).native_size() == (128, 64)
-    unset.model_defaults = {}
+    unset.slot.model_defaults = {}
     assert EngineDoor(unset, unused).native_size() == (plain.generation.width,) * 2
 
 
