@@ -12,6 +12,7 @@ from cogs._checks import UserFacingError, is_admin
 from cogs._imagine_options import max_images, pick_size, sizes
 from cogs._inline_loras import inline_lora_entries
 from cogs._models import check_embeddings_fit, check_lora_fits, pick_model
+from cogs._option_names import refusal
 from engine.init_image import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
 from engine.requests import GenerationRequest, random_seed
 from scheduling.jobs import JobRecord, NewJob
@@ -91,7 +92,7 @@ async def submit_for(
             GenerationRequest.from_dict(request)
         )  # refuse bad values before deferring
     except ValueError as exc:
-        raise UserFacingError(f"Invalid request: {exc}") from None
+        raise UserFacingError(refusal(exc)) from None
     if not admin:
         executor.check_caps(user.id)
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from cogs._checks import UserFacingError
 from cogs._models import check_lora_fits
+from cogs._option_names import refusal
 from engine.lora_stack import resolve_lora_stack
 from engine.prompt_syntax import find_lora_tags
 
@@ -24,7 +25,7 @@ async def inline_lora_entries(
     try:
         tags = find_lora_tags(prompt)
     except ValueError as exc:
-        raise UserFacingError(f"Invalid request: {exc}") from None
+        raise UserFacingError(refusal(exc)) from None
     paths: dict[str, str] = {}
     for tag in tags:
         record = await bot.storage.loras.get_lora(tag.name)
@@ -38,5 +39,5 @@ async def inline_lora_entries(
     try:
         stack = resolve_lora_stack(prompt, (), paths.get, bot.config.generation.max_loras)
     except ValueError as exc:
-        raise UserFacingError(f"Invalid request: {exc}") from None
+        raise UserFacingError(refusal(exc)) from None
     return [use.to_entry() for use in stack]

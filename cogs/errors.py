@@ -21,7 +21,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs._checks import UserFacingError
-from engine.errors import EngineError
+from cogs._option_names import refusal
+from engine.errors import EngineError, RequestError
 from scheduling.queue import QueueFullError
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ def describe(error: Exception) -> str | None:
         return f"Slow down: try again in {error.retry_after:.0f} s."
     if isinstance(error, app_commands.CheckFailure):
         return str(error) or "You cannot use this command here."
+    if isinstance(error, RequestError):
+        return refusal(error)
     if isinstance(error, ValueError):
         return f"Invalid value: {error}"
     if isinstance(error, discord.NotFound):

@@ -307,11 +307,12 @@ class Lora(commands.Cog):
             except LoraMismatchError as exc:
                 raise UserFacingError(
                     f"`{file.filename}` is not a LoRA for this bot's base model "
-                    f"({exc.model}): {_reason(exc)}"
+                    f"(`{exc.model}`): this LoRA {exc.problem}."
                 ) from None
             except LoraError as exc:
+                # The engine names the scratch copy; the user knows the file they uploaded.
                 raise UserFacingError(
-                    f"`{file.filename}` is not a usable LoRA: {_reason(exc)}"
+                    f"`{file.filename}` is not a usable LoRA: it {exc.problem}."
                 ) from None
         folder = bot.storage.files.lora_path(name)
         # Claim the name first (as 'failed' until the file is in place), so two uploads or a
@@ -347,11 +348,6 @@ class Lora(commands.Cog):
             name, interaction.user.id, fit.info.format, fit.info.rank, len(data),
         )  # fmt: skip
         return record
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc)
-    return text.removeprefix("LoRA: ") if text else type(exc).__name__
 
 
 async def setup(bot: ImageBot) -> None:

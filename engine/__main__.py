@@ -13,8 +13,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from engine.adapters import fast_lora_missing
 from engine.config import AppConfig, ConfigError, load_config
-from engine.errors import EngineError
+from engine.errors import EngineError, LoraError, RequestError
 from engine.lora import inspect_lora_file
 from engine.lora_stack import folder_resolver, resolve_lora_stack
 from engine.pipeline import resolve_model_source
@@ -24,6 +25,26 @@ from engine.vram import estimate_for_config
 
 log = logging.getLogger("engine.cli")
 LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "accelerate", "peft", "torch")
+# GenerationRequest field -> the flag that sets it, so a refusal names what the user typed.
+FLAGS = {
+    "prompt": "prompt",
+    "negative_prompt": "--negative",
+    "num_inference_steps": "--steps",
+    "guidance_scale": "--cfg",
+    "seed": "--seed",
+    "width": "--width",
+    "height": "--height",
+    "num_images": "--num",
+    "scheduler": "--scheduler",
+    "fast": "--fast",
+    "init_image": "--init-image",
+    "strength": "--strength",
+    "upscale": "--factor",
+    "model": "--model",
+    "lora": "--lora",
+    "lora_scale": "--lora-scale",
+    "loras": "prompt",  # <lora:NAME:w> tags
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         request.loras = [use.to_entry() for use in stack]
         resolved = resolve_request(request, config.generation, {})
+        problem = fast_lora_missing(config) if resolved.fast else None
+        if problem is not None:
+            raise RequestError("fast", problem)
         if args.estimate_vram:
             estimate = estimate_for_config(
                 config,
@@ -201,12 +225,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(estimate.format())
             return 0
         resolve_model_source(config.model.model_id, config.model.allow_ckpt)
-        for path in [args.lora] * bool(args.lora) + [use.path for use in stack]:
-            inspect_lora_file(path)
+        for field, path in [("lora", args.lora)] * bool(args.lora) + [
+            ("loras", use.path) for use in stack
+        ]:
+            try:
+                inspect_lora_file(path)
+            except LoraError as exc:
+                raise RequestError(field, f"{exc.subject} {exc.problem}") from None
         return _generate(config, request, args.quiet, args.prefix)
     except (ConfigError, EngineError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {refusal(exc)}", file=sys.stderr)
         return 2
+
+
+def refusal(exc: Exception, flags: dict[str, str] = FLAGS) -> str:
+    """One line for a refused command: a bad request value under the flag that set it."""
+    if not isinstance(exc, ValueError) or isinstance(exc, ConfigError):
+        return str(exc)
+    error = RequestError.from_value_error(exc)
+    if not error.field:
+        return error.detail
+    return f"{flags.get(error.field, error.field)}: {error.detail}"
 
 
 def _upscale_main(argv: list[str]) -> int:
@@ -234,7 +273,7 @@ def _upscale_main(argv: list[str]) -> int:
         resolve_model_source(config.model.model_id, config.model.allow_ckpt)
         return _generate(config, request, args.quiet, args.prefix)
     except (ConfigError, EngineError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {refusal(exc, {**FLAGS, 'init_image': 'image'})}", file=sys.stderr)
         return 2
 
 

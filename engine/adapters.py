@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.config import AppConfig
 from engine.embeddings import EmbeddingError, EmbeddingInfo, EmbeddingSet
-from engine.errors import EngineError
+from engine.errors import EngineError, LoraError
 from engine.lora import WEIGHT_NAME, LoraManager, resolve_lora_file
 from engine.pipeline import offline
 from engine.requests import ResolvedRequest
@@ -16,6 +16,45 @@ from engine.requests import ResolvedRequest
 log = logging.getLogger(__name__)
 
 FAST_ADAPTER = "lcm_fast"
+FAST_UNAVAILABLE = (
+    "fast mode is not available on this machine now (its LCM-LoRA is not here and cannot be "
+    "downloaded); turn fast mode off"
+)
+
+
+def fast_lora_missing(config: AppConfig) -> str | None:
+    """Why fast mode's LCM-LoRA cannot be had now, for the owner (with the fix); None if it can.
+
+    Nothing is downloaded: a hub id counts as available while the hub may be contacted.
+    """
+    ref = config.generation.fast_lora.strip()
+    path = Path(ref).expanduser()
+    if not _is_hub_id(ref, path):
+        try:
+            resolve_lora_file(path)
+        except LoraError as exc:
+            return f"the LCM-LoRA {exc.subject} {exc.problem}; set GEN_FAST_LORA to a LoRA file"
+        return None
+    if not _hub_off(config):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(ref, WEIGHT_NAME, cache_dir=str(config.model.cache_dir))
+    if isinstance(cached, str):
+        return None
+    return (
+        f"the LCM-LoRA {ref!r} is not in the cache and the hub is switched off "
+        "(HF_HUB_OFFLINE or MODEL_LOCAL_FILES_ONLY); run once online or set GEN_FAST_LORA "
+        "to a local file"
+    )
+
+
+def _is_hub_id(ref: str, path: Path) -> bool:
+    return bool(ref) and not path.exists() and ref.count("/") == 1
+
+
+def _hub_off(config: AppConfig) -> bool:
+    return config.model.local_files_only or offline()
 
 
 class Adapters:
@@ -61,14 +100,22 @@ class Adapters:
             adapter = self.lora.load(use.path, use.name)
             active = [pair for pair in active if pair[0] != adapter] + [(adapter, use.weight)]
         if resolved.fast:
-            active.append((self.lora.load(self._fast_lora_file(), FAST_ADAPTER), 1.0))
+            try:
+                fast = self.lora.load(self._fast_lora_file(), FAST_ADAPTER)
+            except LoraError as exc:
+                log.warning("fast mode's LCM-LoRA (GEN_FAST_LORA) did not load: %s", exc)
+                raise EngineError(
+                    f"fast mode is not available on this model (its LCM-LoRA {exc.problem}); "
+                    "turn fast mode off"
+                ) from exc
+            active.append((fast, 1.0))
         self.lora.activate_many(active)
 
     def _fast_lora_file(self) -> Path:
         """The local file of the LCM-LoRA for fast mode (from the hub cache for a hub id)."""
         ref = self.config.generation.fast_lora.strip()
         path = Path(ref).expanduser()
-        if path.exists() or not ref or ref.count("/") != 1:
+        if not _is_hub_id(ref, path):
             return resolve_lora_file(path)
         from huggingface_hub import hf_hub_download
 
@@ -78,14 +125,12 @@ class Adapters:
                     ref,
                     WEIGHT_NAME,
                     cache_dir=str(self.config.model.cache_dir),
-                    local_files_only=self.config.model.local_files_only or offline(),
+                    local_files_only=_hub_off(self.config),
                 )
             )
         except Exception as exc:  # hub errors vary by version; the advice is the same
-            raise EngineError(
-                f"fast mode needs the LCM-LoRA {ref!r}, which is not available offline; run once "
-                f"with internet access or set GEN_FAST_LORA to a local file ({type(exc).__name__})"
-            ) from exc
+            log.warning("fast mode: the LCM-LoRA %r could not be fetched: %r", ref, exc)
+            raise EngineError(FAST_UNAVAILABLE) from exc
 
     def load_lora_weights(
         self, path: str | Path, scale: float = 1.0, name: str | None = None

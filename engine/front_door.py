@@ -7,17 +7,21 @@ bot wires to its job system so that it runs between two jobs on the engine's thr
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.adapters import fast_lora_missing
 from engine.embeddings import EmbeddingInfo
-from engine.errors import EngineError, LoraError, LoraMismatchError
+from engine.errors import EngineError, LoraError, LoraMismatchError, RequestError
 from engine.generator import TextToImageGenerator
 from engine.lora import LoraFileInfo, adapter_name_for, inspect_lora_file
 from engine.requests import GenerationRequest, ResolvedRequest, native_size
+
+log = logging.getLogger(__name__)
 
 # between_jobs(fn, *args) runs fn(*args) on the engine's thread between jobs and returns its value.
 BetweenJobs = Callable[..., Awaitable[Any]]
@@ -68,7 +72,7 @@ class EngineDoor:
             # A name of its own, so a resident adapter of the same LoRA name stays untouched.
             adapter = manager.load(path, f"check_{uuid.uuid4().hex[:8]}")
         except LoraError as exc:
-            raise LoraMismatchError(str(exc), model) from exc
+            raise LoraMismatchError(exc.problem, path.name, model) from exc
         manager.unload(adapter)
         return model, generator.text_width
 
@@ -167,5 +171,19 @@ class EngineDoor:
         return native_size(self._generator.config.generation, self._generator.model_defaults)
 
     def prepare(self, request: GenerationRequest) -> ResolvedRequest:
-        """Validate a request and fill its defaults (ValueError naming the bad parameter)."""
-        return self._generator.prepare(request)
+        """Validate a request and fill its defaults (RequestError naming the bad field).
+
+        Fast mode is refused here, before anything is queued, when its LCM-LoRA is neither on
+        this machine nor downloadable (the owner's fix goes to the log).
+        """
+        resolved = self._generator.prepare(request)
+        if resolved.fast:
+            problem = fast_lora_missing(self._generator.config)
+            if problem is not None:
+                log.warning("fast mode refused: %s", problem)
+                raise RequestError(
+                    "fast",
+                    "fast mode is not available on this bot now (its LCM-LoRA is not on this "
+                    "machine); leave it off",
+                )
+        return resolved

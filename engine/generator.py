@@ -22,7 +22,7 @@ from engine import img2img, outputs
 from engine.adapters import Adapters
 from engine.config import AppConfig
 from engine.embeddings import EmbeddingInfo
-from engine.errors import EngineError, GenerationCancelled
+from engine.errors import EngineError, GenerationCancelled, RequestError
 from engine.init_image import UPSCALE_STRENGTH
 from engine.lora import LoraManager
 from engine.lora_stack import LoraResolver, folder_resolver, resolve_lora_stack
@@ -142,21 +142,24 @@ class TextToImageGenerator:
         return self.slot.preview(latents, max_side)
 
     def prepare(self, request: GenerationRequest) -> ResolvedRequest:
-        """Validate a request and fill its defaults (raises ValueError naming the parameter).
+        """Validate a request and fill its defaults (RequestError naming the field).
 
         A request whose `loras` is None gets the LoRAs its prompt's <lora:…> tags name, resolved
-        with `lora_resolver` (unknown names raise ValueError).
+        with `lora_resolver` (unknown names are refused).
         """
-        if request.loras is None and "<" in str(request.prompt):
-            stack = resolve_lora_stack(
-                str(request.prompt), (), self.lora_resolver, self.config.generation.max_loras
-            )
-            request = replace(request, loras=[use.to_entry() for use in stack])
+        try:
+            if request.loras is None and "<" in str(request.prompt):
+                stack = resolve_lora_stack(
+                    str(request.prompt), (), self.lora_resolver, self.config.generation.max_loras
+                )
+                request = replace(request, loras=[use.to_entry() for use in stack])
+            if request.model is not None:
+                request = replace(request, model=self.models.resolve(request.model))
+        except ValueError as exc:
+            raise RequestError.from_value_error(exc) from None
         defaults = self.model_defaults
-        if request.model is not None:
-            request = replace(request, model=self.models.resolve(request.model))
-            if request.model != self.model_name:
-                defaults = self.models.defaults(request.model, self.config.model.allow_ckpt)
+        if request.model is not None and request.model != self.model_name:
+            defaults = self.models.defaults(request.model, self.config.model.allow_ckpt)
         return resolve_request(request, self.config.generation, defaults)
 
     def generate(

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_KEY_MARKERS = ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up")
 _ADAPTER_NAME_RE = re.compile(r"[^A-Za-z0-9_]")
+MADE_FOR_ANOTHER = "it was made for another base model"
+MISFIT = f"does not fit the loaded model ({MADE_FOR_ANOTHER})"
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,11 @@ def resolve_lora_file(path: str | Path) -> Path:
         files = sorted(p.glob("*.safetensors"))
         if len(files) == 1:
             return files[0]
-        raise LoraError(f"LoRA: no {WEIGHT_NAME} in folder {p}")
+        raise LoraError(f"holds no {WEIGHT_NAME} (nor a single .safetensors file)", f"folder {p}")
     if not p.exists():
-        raise LoraError(f"LoRA: file not found: {p}")
+        raise LoraError("was not found", f"file {p}")
     if p.suffix.lower() != ".safetensors":
-        raise LoraError(f"LoRA: {p.name} is not a .safetensors file")
+        raise LoraError("is not a .safetensors file", p.name)
     return p
 
 
@@ -66,10 +68,11 @@ def inspect_lora_file(path: str | Path) -> LoraFileInfo:
                     rank = int(handle.get_slice(key).get_shape()[0])
                     break
     except Exception as exc:
-        raise LoraError(f"LoRA: {file.name} is not a readable safetensors file ({exc})") from None
+        log.info("LoRA file %s is not readable: %s", file, exc)
+        raise LoraError("is not a readable safetensors file", file.name) from None
     lora_keys = [k for k in keys if any(m in k for m in LORA_KEY_MARKERS)]
     if not lora_keys:
-        raise LoraError(f"LoRA: {file.name} holds no LoRA weights (is it a full model?)")
+        raise LoraError("holds no LoRA weights (is it a full model?)", file.name)
     if any(k.startswith(("lora_unet_", "lora_te")) for k in lora_keys):
         fmt = "kohya"
     elif any(k.startswith(("unet.", "text_encoder.")) for k in lora_keys):
@@ -105,8 +108,16 @@ class LoraManager:
         self._enabled = True  # peft adapters start enabled; enable_lora() walks every module
 
     def load(self, path: str | Path, name: str | None = None) -> str:
-        """Load a LoRA file as a resident adapter (no-op if already loaded); return its name."""
-        info = inspect_lora_file(path)
+        """Load a LoRA file as a resident adapter (no-op if already loaded); return its name.
+
+        A LoraError names the LoRA by `name` when given (a stored file's name means nothing
+        to the person who uploaded it).
+        """
+        try:
+            info = inspect_lora_file(path)
+        except LoraError as exc:
+            raise exc.about(f"`{name}`") if name else exc from None
+        label = f"`{name}`" if name else lora_display_name(info.path)
         adapter = adapter_name_for(name or lora_display_name(info.path))
         if adapter in self.resident and self.resident[adapter] == info.path:
             self.resident.move_to_end(adapter)
@@ -123,12 +134,12 @@ class LoraManager:
             )
         except Exception as exc:
             self._forget(adapter)
-            raise LoraError(
-                f"LoRA: {info.path.name} does not fit this base model ({_short(exc)})"
-            ) from exc
+            # The library's words (a state_dict size mismatch) are for the log, not the user.
+            log.warning("LoRA %s (%s) did not load: %s", adapter, info.path, _short(exc))
+            raise LoraError(MISFIT, label) from exc
         if not self._adapter_present(adapter):
             self._forget(adapter)
-            raise LoraError(f"LoRA: {info.path.name} matched no layer of this base model")
+            raise LoraError(f"matched no layer of the loaded model ({MADE_FOR_ANOTHER})", label)
         self.resident[adapter] = info.path
         self._apply()
         log.info(
@@ -144,7 +155,7 @@ class LoraManager:
         """Make exactly these resident adapters active, each at its scale (none: base model)."""
         for name, _scale in adapters:
             if name not in self.resident:
-                raise LoraError(f"LoRA: {name!r} is not loaded")
+                raise LoraError("is not loaded", f"`{name}`")
         wanted = tuple((name, float(scale)) for name, scale in adapters)
         if wanted != self.active:
             self.active = wanted

@@ -57,6 +57,13 @@ def folder_resolver(root: str | Path) -> LoraResolver:
     return resolve
 
 
+def too_many(max_loras: int) -> str:
+    """What is wrong with a stack longer than `max_loras` (the owner's limit, GEN_MAX_LORAS)."""
+    if max_loras <= 0:
+        return "LoRA tags are switched off on this machine"
+    return f"at most {max_loras} LoRA{'s' if max_loras > 1 else ''} in one prompt"
+
+
 def check_weight(weight: Any, where: str) -> float:
     """A LoRA weight as a float in -2..2, or ValueError naming where it came from."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
@@ -93,8 +100,9 @@ def resolve_lora_stack(
         stack[use.name.lower()] = use
     if len(stack) > max_loras:
         raise ValueError(
-            f"loras: at most {max_loras} LoRAs per request (GEN_MAX_LORAS); got {len(stack)}: "
+            f"loras: {too_many(max_loras)} (got {len(stack)}: "
             + ", ".join(u.name for u in stack.values())
+            + ")"
         )
     return list(stack.values())
 
@@ -111,7 +119,7 @@ def _resolve_one(ref: str, weight: float, resolver: LoraResolver | None) -> Lora
         if looks_like_path(ref):
             raise ValueError(f"loras: file not found: {ref}")
         raise ValueError(
-            f"unknown LoRA {ref!r}; use the name of a registered LoRA (see /lora list "
+            f"loras: unknown LoRA {ref!r}; use the name of a registered LoRA (see /lora list "
             "or the folders under models/lora)"
         )
     return LoraUse(ref, str(found), weight)
@@ -122,7 +130,7 @@ def stack_from_entries(entries: Sequence[Any], max_loras: int) -> tuple[LoraUse,
     if not isinstance(entries, (list, tuple)):
         raise ValueError("loras: must be a list of [path, weight, name] entries")
     if len(entries) > max_loras:
-        raise ValueError(f"loras: at most {max_loras} LoRAs per request (GEN_MAX_LORAS)")
+        raise ValueError(f"loras: {too_many(max_loras)} (got {len(entries)})")
     stack: list[LoraUse] = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, (list, tuple)) or len(entry) not in (2, 3):

@@ -18,6 +18,7 @@ from engine.config import (
     check_range,
     check_size,
 )
+from engine.errors import RequestError
 from engine.init_image import (
     DEFAULT_STRENGTH,
     UPSCALE_STRENGTH,
@@ -138,7 +139,19 @@ def check_prompt_syntax(text: str, field_name: str = "prompt") -> None:
 def resolve_request(
     request: GenerationRequest, defaults: GenerationConfig, model_defaults: dict[str, Any]
 ) -> ResolvedRequest:
-    """Fill unset fields (request, then model defaults, then settings) and validate everything."""
+    """Fill unset fields (request, then model defaults, then settings) and validate everything.
+
+    RequestError (a ValueError) names the field of the first bad value.
+    """
+    try:
+        return _resolve(request, defaults, model_defaults)
+    except ValueError as exc:
+        raise RequestError.from_value_error(exc) from None
+
+
+def _resolve(
+    request: GenerationRequest, defaults: GenerationConfig, model_defaults: dict[str, Any]
+) -> ResolvedRequest:
 
     fast = bool(request.fast)
     fast_defaults = {

@@ -58,7 +58,7 @@ def canonical_scheduler_name(name: str) -> str:
         if known.lower() == wanted:
             return known
     raise ValueError(
-        f"scheduler: unknown name {name!r}; choose one of: {', '.join(SCHEDULER_NAMES)}"
+        f"scheduler: unknown sampler {name!r}; choose one of: {', '.join(SCHEDULER_NAMES)}"
     )
 
 

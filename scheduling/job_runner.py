@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.config import QueueConfig
-from engine.errors import EngineError, GenerationCancelled
+from engine.errors import EngineError, GenerationCancelled, RequestError
 from scheduling.active import ActiveRuns
 from scheduling.announcer import Announcer
 from scheduling.events import Cancelled, Notice, Started
@@ -108,7 +108,7 @@ class JobRunner:
                 announcer.emit(Cancelled(job, was_running=True, step=run.step))
         except StoreFailure as exc:
             raise exc.__cause__ from None  # type: ignore[misc]
-        except (OutOfMemoryExhausted, EngineError, ValueError) as exc:
+        except (OutOfMemoryExhausted, EngineError, RequestError) as exc:
             await self.outcomes.fail(job, str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)

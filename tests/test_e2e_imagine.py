@@ -135,7 +135,11 @@ async def test_refusals_are_ephemeral_and_queue_nothing(world, tiny_model_dir: P
             (world.bob, {"prompt": "a cat"}, "banned"),
             (world.alice, {"prompt": "a cat with gore"}, "blocked word"),
             (world.alice, {"prompt": "a cat", "size": "gigantic"}, "Unknown size"),
-            (world.alice, {"prompt": "a cat", "sampler": "Warp"}, "unknown name 'Warp'"),
+            (
+                world.alice,
+                {"prompt": "a cat", "sampler": "Warp"},
+                "`sampler`: unknown sampler 'Warp'",
+            ),
         ]
         for user, options, expected in cases:
             it = await world.slash(user, "imagine", options)

@@ -78,23 +78,31 @@ def test_cli_bad_input_one_line_nonzero(tiny_model_dir: Path, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--num", "0"), "num_images: must be between 1 and 8 (got 0)"),
-        (("--width", "0"), "width: must be a multiple of 8 between 64 and 2048 (got 0)"),
-        (("--height", "0"), "height: must be a multiple of 8 between 64 and 2048 (got 0)"),
-        (("--cfg", "-1"), "guidance_scale: must be between 0 and 30 (got -1.0)"),
-        (("--steps", "151"), "num_inference_steps: must be between 1 and 150 (got 151)"),
-        (("--width", "100"), "width: must be a multiple of 8 between 64 and 2048 (got 100)"),
+        (("--num", "0"), "--num: must be between 1 and 8 (got 0)"),
+        (("--width", "0"), "--width: must be a multiple of 8 between 64 and 2048 (got 0)"),
+        (("--height", "0"), "--height: must be a multiple of 8 between 64 and 2048 (got 0)"),
+        (("--cfg", "-1"), "--cfg: must be between 0 and 30 (got -1.0)"),
+        (("--steps", "0"), "--steps: must be between 1 and 150 (got 0)"),
+        (("--steps", "151"), "--steps: must be between 1 and 150 (got 151)"),
+        (("--width", "100"), "--width: must be a multiple of 8 between 64 and 2048 (got 100)"),
         (
             ("--scheduler", "nope"),
-            "scheduler: unknown name 'nope'; choose one of: DPM++ 2M Karras, "
+            "--scheduler: unknown sampler 'nope'; choose one of: DPM++ 2M Karras, "
             "DPM++ 2M, DPM++ SDE Karras, DPM++ 2M SDE Karras, Euler, Euler a, DDIM, UniPC, LMS, Heun, "
             "PNDM, LCM",
         ),
-        (("--lora", "missing.safetensors"), "LoRA: file not found: missing.safetensors"),
+        (("--lora", "missing.safetensors"), "--lora: file missing.safetensors was not found"),
+        (("--strength", "0.5"), "--strength: only applies with an init image"),
+        (
+            ("--fast",),
+            "--fast: the LCM-LoRA 'latent-consistency/lcm-lora-sdv1-5' is not in the cache and "
+            "the hub is switched off (HF_HUB_OFFLINE or MODEL_LOCAL_FILES_ONLY); run once online "
+            "or set GEN_FAST_LORA to a local file",
+        ),
     ],
 )
 def test_cli_zero_and_out_of_range_refused_in_process(
-    extra: tuple[str, str],
+    extra: tuple[str, ...],
     message: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

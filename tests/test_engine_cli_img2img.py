@@ -59,15 +59,16 @@ def test_cli_bad_image_input_exits_2_with_one_line(
     not_image.write_text("hello")
     big = tmp_path / "big.png"
     Image.new("RGB", (1536, 1024)).save(big, pnginfo=None)
+    # Each refusal names the flag (or argument) the user typed.
     cases = [
-        (["a cat", "--init-image", str(tmp_path / "gone.png")], "init_image: no such file"),
+        (["a cat", "--init-image", str(tmp_path / "gone.png")], "--init-image: no such file"),
         (["a cat", "--init-image", str(not_image)], "notes.png is not a readable image"),
-        (["a cat", "--init-image", str(source_png), "--strength", "1.5"], "strength: must be"),
-        (["a cat", "--strength", "0.5"], "strength: only applies with an init image"),
-        (["upscale", str(tmp_path / "gone.png")], "init_image: no such file"),
+        (["a cat", "--init-image", str(source_png), "--strength", "1.5"], "--strength: must be"),
+        (["a cat", "--strength", "0.5"], "--strength: only applies with an init image"),
+        (["upscale", str(tmp_path / "gone.png")], "error: image: no such file"),
         (["upscale", str(not_image), "--prompt", "x"], "notes.png is not a readable image"),
-        (["upscale", str(source_png), "--prompt", "x", "--strength", "0"], "strength: must be"),
-        (["upscale", str(big), "--prompt", "x"], "upscale: 2x of 1536x1024 is 3072x2048, over"),
+        (["upscale", str(source_png), "--prompt", "x", "--strength", "0"], "--strength: must be"),
+        (["upscale", str(big), "--prompt", "x"], "--factor: 2x of 1536x1024 is 3072x2048, over"),
         (["upscale", str(source_png)], "prompt: the image has no parameters"),
     ]
     for argv, message in cases:

@@ -92,7 +92,7 @@ async def test_check_lora_tells_a_bad_file_from_one_for_another_model(
         await door.check_lora(junk)
     assert not isinstance(bad.value, LoraMismatchError)
     assert engine.ran == []  # a bad header never reaches the engine thread
-    with pytest.raises(LoraMismatchError, match="does not fit this base model") as other:
+    with pytest.raises(LoraMismatchError, match="does not fit the loaded model") as other:
         await door.check_lora(foreign_lora)
     assert other.value.model == "Tiny"
 

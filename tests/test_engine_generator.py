@@ -190,7 +190,7 @@ def test_progress_callback_and_cancel(tiny_generator: TextToImageGenerator) -> N
         ({"guidance_scale": -1}, "guidance_scale: must be between 0 and 30"),
         ({"num_images": 9}, "num_images: must be between 1 and 8"),
         ({"scheduler": ""}, "scheduler: empty name"),
-        ({"scheduler": "Turbo"}, "unknown name 'Turbo'; choose one of"),
+        ({"scheduler": "Turbo"}, "unknown sampler 'Turbo'; choose one of"),
         ({"seed": -5}, "seed: must be a whole number"),
         ({"lora_scale": 5}, "lora_scale: must be between 0 and 2"),
     ],
