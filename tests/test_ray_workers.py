@@ -251,7 +251,9 @@ async def test_imagine_end_to_end_with_ray_workers(
     monkeypatch.setattr(ray_backend.RayWorker, "close", lambda self: _closed(closed, self.name))
     settings = {"backend": "ray", "count": 1, "cache_dir": world.tmp / "worker-cache"}
     async with running(world, tiny_model_dir, workers=settings) as bot:
-        assert bot.executor.workers == made and not any(w.shares_process for w in bot.executor.workers)
+        assert bot.executor.workers == made and not any(
+            w.shares_process for w in bot.executor.workers
+        )
         it = await world.slash(world.alice, "imagine", {"prompt": "a red castle", "seed": 5})
         result = await wait_result(it, timeout=120)
         [upload] = result.files

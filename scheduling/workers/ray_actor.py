@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import AppConfig, QueueConfig
-from engine.errors import EngineError, GenerationCancelled
+from engine.errors import EngineError, GenerationCancelled, RequestError
 from engine.generator import TextToImageGenerator
 from engine.metadata import png_info
 from scheduling.jobs import JobRecord
@@ -145,7 +145,7 @@ class WorkerActor:
             return {"error": "cancelled", "step": run.step}
         except OutOfMemoryExhausted as exc:
             return {"error": "oom", "message": str(exc)}
-        except (EngineError, ValueError) as exc:
+        except (EngineError, RequestError) as exc:  # words for users; anything else is logged
             return {"error": "engine", "message": str(exc)}
         finally:
             self.runs.pop(record.id, None)
