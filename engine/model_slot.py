@@ -14,6 +14,7 @@ from engine.embeddings import text_encoder_width
 from engine.errors import EngineError
 from engine.model_choices import ModelCatalog
 from engine.optimizations import (
+    VAE_SLICING_TILING,
     AttentionProcessors,
     apply_memory_level,
     apply_optimizations,
@@ -33,6 +34,7 @@ from engine.pipeline import (
 )
 from engine.preview import preview_or_none
 from engine.schedulers import make_scheduler
+from engine.vae_tiles import ALWAYS, OFF, WHEN_NEEDED, tile_size
 from engine.vram import resolve_optimizations
 
 log = logging.getLogger(__name__)
@@ -174,6 +176,18 @@ class ModelSlot:
         if name != self.scheduler_name:
             self.pipe.scheduler = make_scheduler(name, self._base_scheduler_config)
             self.scheduler_name = name
+
+    def vae_tiling_mode(self, upscale: bool) -> str:
+        """ALWAYS after running out of memory; WHEN_NEEDED with the setting or for an upscale."""
+        if VAE_SLICING_TILING in self.memory_rungs[: self.memory_level]:
+            return ALWAYS
+        return WHEN_NEEDED if upscale or (self._opt and self._opt.enable_vae_tiling) else OFF
+
+    def vae_tile_size(self, width: int, height: int, images: int, upscale: bool) -> int | None:
+        """The tile side (px) for this run's VAE encode/decode, or None to run them whole."""
+        vae = self.pipe.vae
+        at_once = 1 if getattr(vae, "use_slicing", False) else images
+        return tile_size(vae, self.device, width, height, at_once, self.vae_tiling_mode(upscale))
 
     def set_memory_level(self, level: int) -> None:
         """Apply the first `level` rungs of `memory_rungs` on top of the configured settings."""
