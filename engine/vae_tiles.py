@@ -3,8 +3,9 @@
 diffusers' tiling (``vae.enable_tiling()``) runs each tile through the encoder or decoder on
 its own, so every GroupNorm normalises with that tile's statistics: a dark tile and a light
 tile come out with different brightness and colour, which shows as rectangles and seams
-(issue 20). Here every tile is normalised with the same statistics, measured once on the whole
-image shrunk to one tile, and overlapping tiles are blended with linear ramps. The engine
+(issue 20). Here every tile is normalised with the same statistics: first those of the whole
+image shrunk to one tile, then those summed over a pass through all tiles; overlapping tiles
+are blended with linear ramps. A tiled pass thus costs about two untiled ones. The engine
 tiles only when memory needs it (see ``tile_size``); diffusers' own tiling is off during a run.
 """
 
@@ -25,6 +26,7 @@ from engine.vram import MB, vae_pass_mb
 log = logging.getLogger(__name__)
 
 OFF, WHEN_NEEDED, ALWAYS = "off", "when needed", "always"
+MIN_TILE_LATENT = 32  # smaller tiles are mostly border (the demo VAE's own size is 16)
 OVERLAP = 0.25  # of a tile's side, shared with each neighbour and blended
 HEADROOM = 1.5  # the estimate is not yet checked on a card: ask for half as much again
 RESERVE_MB = 256.0  # left free for the allocator and whatever else runs
@@ -71,7 +73,8 @@ def tile_size(
 ) -> int | None:
     """The tile side in pixels for a VAE pass at width×height, or None to run it whole.
 
-    OFF never tiles; ALWAYS (memory already ran out) tiles at the VAE's own tile size or less;
+    OFF never tiles; ALWAYS (memory already ran out) tiles at the VAE's own tile size or less
+    (never under MIN_TILE_LATENT latent pixels);
     WHEN_NEEDED tiles on a GPU only when the whole pass would not fit in `available` MB (free
     GPU memory when not given), with the largest tiles that fit. A CPU has RAM to spare.
     """
@@ -79,18 +82,18 @@ def tile_size(
         return None
     if available is None and device.startswith("cuda"):
         available = available_mb(device)
-    step = 8 * scale_factor(vae)
-    native = max(step, int(vae.config.sample_size) // step * step)
+    step, smallest = 8 * scale_factor(vae), MIN_TILE_LATENT * scale_factor(vae)
+    native = max(smallest, int(vae.config.sample_size) // step * step)
     if available is None:  # no GPU: RAM is not what runs out
         tile = native if mode == ALWAYS else None
     else:
         budget = (available - RESERVE_MB) / HEADROOM
         if mode == WHEN_NEEDED and pass_mb(vae, width, height, images) <= budget:
             return None
-        fits = step
+        fits = smallest
         while fits < max(width, height) and pass_mb(vae, fits + step, fits + step, 1) <= budget:
             fits += step
-        tile = min(native, max(fits, step)) if mode == ALWAYS else max(native, fits)
+        tile = min(native, fits) if mode == ALWAYS else max(native, fits)
     return tile if tile is not None and tile < max(width, height) else None
 
 
