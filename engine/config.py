@@ -82,7 +82,9 @@ class OptimizationConfig(SettingsSection):
     vram_preset: VramPreset = Field("auto", description="auto, none, 2gb, 3gb, 4gb, 6gb, 8gb")
     enable_attention_slicing: bool = Field(False, description="Compute attention in slices")
     enable_vae_slicing: bool = Field(False, description="Decode batch images one at a time")
-    enable_vae_tiling: bool = Field(False, description="Decode large images in tiles")
+    enable_vae_tiling: bool = Field(
+        False, description="Let the VAE work in tiles when GPU memory needs it"
+    )
     enable_model_cpu_offload: bool = Field(
         False, description="Keep only the active model on the GPU"
     )

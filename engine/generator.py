@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine import img2img, outputs
+from engine import img2img, outputs, vae_tiles
 from engine.adapters import Adapters
 from engine.config import AppConfig
 from engine.embeddings import EmbeddingInfo
@@ -279,7 +279,10 @@ class TextToImageGenerator:
         else:
             call = pipe
             kwargs.update(width=resolved.width, height=resolved.height)
-        with img2img.vae_tiling(pipe.vae, on=resolved.upscale is not None):
+        tile = self.slot.vae_tile_size(
+            resolved.width, resolved.height, resolved.num_images, resolved.upscale is not None
+        )
+        with vae_tiles.vae_pass(pipe.vae, tile):
             output = call(
                 **kwargs,
                 num_inference_steps=resolved.num_inference_steps,

@@ -186,19 +186,6 @@ def init_pixels(resolved: Any, model: ModelUpscaler | None) -> Image.Image:
     return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
 
-@contextmanager
-def vae_tiling(vae: Any, on: bool) -> Iterator[None]:
-    """Turn VAE tiling on for the duration (when asked), then restore what was configured."""
-    before = bool(getattr(vae, "use_tiling", False))
-    if on and not before and hasattr(vae, "enable_tiling"):
-        vae.enable_tiling()
-    try:
-        yield
-    finally:
-        if on and not before and hasattr(vae, "disable_tiling"):
-            vae.disable_tiling()
-
-
 def upscale_request(
     image: Image.Image | str | Path,
     factor: float,

@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
+from engine import vae_tiles
 from engine.config import AppConfig
 from engine.embeddings import text_encoder_width
 from engine.errors import EngineError
 from engine.model_choices import ModelCatalog
 from engine.optimizations import (
+    VAE_SLICING_TILING,
     AttentionProcessors,
     apply_memory_level,
     apply_optimizations,
@@ -174,6 +176,20 @@ class ModelSlot:
         if name != self.scheduler_name:
             self.pipe.scheduler = make_scheduler(name, self._base_scheduler_config)
             self.scheduler_name = name
+
+    def vae_tiling_mode(self, upscale: bool) -> str:
+        """ALWAYS after running out of memory; WHEN_NEEDED with the setting or for an upscale."""
+        if VAE_SLICING_TILING in self.memory_rungs[: self.memory_level]:
+            return vae_tiles.ALWAYS
+        wanted = upscale or (self._opt is not None and self._opt.enable_vae_tiling)
+        return vae_tiles.WHEN_NEEDED if wanted else vae_tiles.OFF
+
+    def vae_tile_size(self, width: int, height: int, images: int, upscale: bool) -> int | None:
+        """The tile side (px) for this run's VAE encode/decode, or None to run them whole."""
+        vae = self.pipe.vae
+        at_once = 1 if getattr(vae, "use_slicing", False) else images
+        mode = self.vae_tiling_mode(upscale)
+        return vae_tiles.tile_size(vae, self.device, width, height, at_once, mode)
 
     def set_memory_level(self, level: int) -> None:
         """Apply the first `level` rungs of `memory_rungs` on top of the configured settings."""

@@ -77,8 +77,8 @@ def apply_optimizations(pipe: Any, opt: Any, device: str) -> list[str]:
         pipe.vae.enable_slicing()
         applied.append("VAE slicing")
     if opt.enable_vae_tiling:
-        pipe.vae.enable_tiling()
-        applied.append("VAE tiling")
+        # Not vae.enable_tiling(): each run decides (engine/vae_tiles.py) and tiles seamlessly.
+        applied.append("VAE tiling when memory needs it")
     if opt.channels_last and on_cuda:
         pipe.unet.to(memory_format=torch.channels_last)
         applied.append("channels-last")
@@ -175,15 +175,11 @@ def apply_memory_level(
     else:
         # Not disable_attention_slicing(): it installs the default, dropping xformers.
         restore_attention_processors(pipe, attention)
-    vae_rung = VAE_SLICING_TILING in active
-    if opt.enable_vae_slicing or vae_rung:
+    # The tiling of this rung is decided per run (ModelSlot.vae_tile_size), not switched on here.
+    if opt.enable_vae_slicing or VAE_SLICING_TILING in active:
         pipe.vae.enable_slicing()
     else:
         pipe.vae.disable_slicing()
-    if opt.enable_vae_tiling or vae_rung:
-        pipe.vae.enable_tiling()
-    else:
-        pipe.vae.disable_tiling()
     if device.startswith("cuda"):
         pipe.remove_all_hooks()
         updates = {

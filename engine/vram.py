@@ -185,6 +185,14 @@ def _counts_from_folder(path: str) -> dict[str, float] | None:
         return None
 
 
+def vae_pass_mb(
+    width: int, height: int, element_bytes: int, channels: int = 128, factor: int = 8
+) -> float:
+    """One image's VAE encode or decode (MB): the full-size feature maps and mid-block attention."""
+    latent_px = (width // factor) * (height // factor)
+    return (6 * width * height * channels * element_bytes + latent_px**2 * element_bytes * 2) / MB
+
+
 def estimate_vram(
     model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
     *,
@@ -227,10 +235,9 @@ def estimate_vram(
         attention = 0.0
     else:
         attention = batch * heads * latent_px**2 * b * 2 / MB
-    decode_px = min(width * height, 512 * 512) if vae_tiling else width * height
-    decode_latent_px = min(latent_px, 64 * 64) if vae_tiling else latent_px
+    tiled = vae_tiling and width * height > 512 * 512
     images_at_once = 1 if vae_slicing else batch_size
-    one_image = (6 * decode_px * 128 * b + decode_latent_px**2 * b * 2) / MB
+    one_image = vae_pass_mb(512, 512, b) if tiled else vae_pass_mb(width, height, b)
     vae_decode = images_at_once * one_image
     if img2img:
         vae_decode = max(vae_decode, one_image)  # the encode of the init image

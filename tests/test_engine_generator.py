@@ -329,12 +329,12 @@ def test_each_optimization_flag_runs_on_cpu(
     image = gen.generate("a small red star", seed=9, num_images=2)[1]
     reference = baseline.generate("a small red star", seed=9, num_images=2)[1]
     diff = np.abs(pixels(image) - pixels(reference))
+    # Slicing and memory layout change only how the work is split, not the picture; VAE
+    # tiling is allowed but a CPU never needs it (engine/vae_tiles.py).
+    assert diff.max() <= 3
     if flag == "enable_vae_tiling":
-        # Tiles (32 px here) are blended at their seams, so pixels move a little there.
-        assert diff.mean() < 8
-    else:
-        # Slicing and memory layout change only how the work is split, not the picture.
-        assert diff.max() <= 3
+        assert gen.slot.vae_tiling_mode(False) == "when needed"
+        assert not gen.pipe.vae.use_tiling
     if flag in (
         "enable_model_cpu_offload",
         "enable_sequential_cpu_offload",
@@ -366,13 +366,14 @@ def test_memory_ladder_on_torch2_never_slices_attention(
         for level in range(1, len(MEMORY_RUNGS) + 1):
             tiny_generator.set_memory_level(level)
             assert processor_names(tiny_generator) == before
-            assert vae.use_tiling and vae.use_slicing
+            assert vae.use_slicing and tiny_generator.slot.vae_tiling_mode(False) == "always"
         image = tiny_generator.generate("a red circle", seed=3)[0]
         assert image.size == (64, 64)
     finally:
         tiny_generator.set_memory_level(0)
     assert processor_names(tiny_generator) == before
     assert not vae.use_tiling and not vae.use_slicing
+    assert tiny_generator.slot.vae_tiling_mode(False) == "off"
 
 
 def test_memory_ladder_without_sdpa_restores_the_processor_in_use(

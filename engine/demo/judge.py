@@ -132,3 +132,21 @@ def self_check(count: int = 200, seed: int = 99) -> dict[str, float]:
     rng = random.Random(seed)
     specs = [random_spec(rng, held_out=None) for _ in range(count)]
     return score([judge(render(spec)) for spec in specs], specs)
+
+
+def block_shifts(image: Image.Image, source: Image.Image, block: int = 16) -> np.ndarray:
+    """Per block of `block` px, how far its mean colour moved from the Lanczos-enlarged source.
+
+    The figure is the largest of the three channels' differences, 0-255.
+    """
+    reference = np.asarray(
+        source.convert("RGB").resize(image.size, Image.Resampling.LANCZOS), dtype=np.float32
+    )
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    rows, cols = array.shape[0] // block, array.shape[1] // block
+
+    def means(pixels: np.ndarray) -> np.ndarray:
+        cropped = pixels[: rows * block, : cols * block]
+        return cropped.reshape(rows, block, cols, block, 3).mean(axis=(1, 3))
+
+    return np.abs(means(array) - means(reference)).max(axis=-1)
