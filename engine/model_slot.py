@@ -85,7 +85,7 @@ class ModelSlot:
         self.dtype = resolve_dtype(cfg.model.precision, self.device)
         if self.device == "cpu":
             threads, why = apply_cpu_threads(cfg.optimization.cpu_threads)
-            log.info("%d torch threads (%s)", threads, why)
+            log.info("torch threads: %d (%s)", threads, why)
         opt, self.preset = resolve_optimizations(cfg.optimization, self.device)
         started = time.perf_counter()
         pipe = load_pipeline(

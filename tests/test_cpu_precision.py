@@ -136,8 +136,19 @@ def test_an_explicit_precision_loads_on_the_cpu(
     expected = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     assert gen.pipe.unet.dtype == expected and gen.slot.dtype == expected
     assert f"precision {precision} on the CPU: set explicitly" in caplog.text
-    image = gen.generate("a castle", seed=1, num_inference_steps=2)[0]
-    assert image.size == (64, 64)
+    previews = []
+
+    def progress(step: int, total: int, latents: object) -> None:
+        previews.append(gen.preview(latents))
+
+    image = gen.generate("a castle", seed=1, num_inference_steps=2, progress=progress)[0]
+    assert image.size == (64, 64) and previews and previews[-1] is not None
+    assert gen.upscale(image, 1.5, prompt="a castle", seed=1, num_inference_steps=4).size == (
+        96,
+        96,
+    )
+    init = gen.generate("a castle", seed=2, num_inference_steps=2, init_image=image)[0]
+    assert init.size == (64, 64)
 
 
 def test_auto_loads_bf16_on_a_bf16_cpu(
