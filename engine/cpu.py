@@ -102,12 +102,9 @@ def _torch_probe(name: str) -> bool:
 
 def _physical_cores(cpuinfo_text: str, logical: int) -> int:
     """Physical cores this process may use: psutil, else /proc/cpuinfo, else the logical count."""
-    try:
-        import psutil  # a dependency (accelerate needs it too); it counts cores on Windows
+    import psutil  # counts physical cores on Windows and macOS as well
 
-        physical = psutil.cpu_count(logical=False)
-    except ImportError:
-        physical = None
+    physical = psutil.cpu_count(logical=False)
     physical = physical or cpuinfo_physical_cores(cpuinfo_text) or logical
     # In a container or under taskset fewer CPUs may be ours than the machine has.
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
