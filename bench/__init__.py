@@ -25,6 +25,8 @@ def set_threads(n: int = THREADS) -> None:
     """Pin torch to n intra-op threads (the suite's measurements all use the same number)."""
     import torch
 
+    # The engine leaves torch's thread count alone when OMP_NUM_THREADS is set (engine/cpu.py).
+    os.environ["OMP_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)
 
 

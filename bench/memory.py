@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import THREADS, load_average, record
+from bench import load_average, record, set_threads
 
 SETTINGS: dict[str, dict[str, bool]] = {
     "baseline": {},
@@ -56,13 +56,12 @@ class RssSampler:
 def child(setting: str, model_dir: str, size: int, steps: int) -> dict[str, Any]:
     """Load the model with one setting, generate once, and report RSS figures (MB)."""
     import psutil
-    import torch
 
     from bench.models import app_config
     from engine.config import OptimizationConfig
     from engine.generator import TextToImageGenerator
 
-    torch.set_num_threads(THREADS)
+    set_threads()
     config = app_config(Path(model_dir), width=size, height=size, num_inference_steps=steps)
     config.optimization = OptimizationConfig(vram_preset="none", **SETTINGS[setting])
     gen = TextToImageGenerator(config)

@@ -14,9 +14,7 @@ import argparse
 import statistics
 import time
 
-import torch
-
-from bench import WORK, models
+from bench import WORK, models, set_threads
 
 
 def _tiny_pair() -> tuple[str, str]:
@@ -38,7 +36,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.full else 5)
-    torch.set_num_threads(1)
+    set_threads(1)
     if args.full:
         first = second = str(models.ensure_sd15())
         label = "full-size SD 1.5 architecture, fp32, CPU"

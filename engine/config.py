@@ -37,7 +37,9 @@ class ModelConfig(SettingsSection):
         description="Hub id, local diffusers folder, single-file .safetensors, or 'demo'",
     )
     precision: Precision = Field(
-        "auto", description="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16"
+        "auto",
+        description="auto (fp16 on CUDA; on a CPU bf16 where it computes bf16 natively, else "
+        "fp32), fp32, fp16, bf16",
     )
     cache_dir: Path = Field(Path("models/cache"), description="Where downloaded weights are cached")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
@@ -99,6 +101,12 @@ class OptimizationConfig(SettingsSection):
     channels_last: bool = Field(False, description="channels-last memory format for the UNet")
     tiny_vae: str = Field("", description="Tiny autoencoder (TAESD) folder or hub id for previews")
     tiny_vae_decode: bool = Field(False, description="Also decode final images with the tiny VAE")
+    cpu_threads: int = Field(
+        0,
+        ge=0,
+        description="Torch threads for CPU inference; 0: OMP_NUM_THREADS if set, else the physical "
+        "cores",
+    )
 
 
 class GenerationConfig(SettingsSection):

@@ -8,6 +8,7 @@ read from the environment and `.env` by name, without importing `storage/` or `b
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import sys
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import ENV_FILE, ConfigError, ModelConfig, OptimizationConfig, load_config
+from engine.cpu import CpuInfo, choose_threads, cpu_dtype, detect_cpu
+from engine.errors import EngineError
+from engine.optimizations import resolve_device
 from engine.settings_base import read_env
 from engine.vram import MB, pick_preset_for_free_vram, resolve_optimizations
 
@@ -139,6 +143,31 @@ def check_vram(free_mb: float, opt: OptimizationConfig | None = None) -> Check:
     return Check("vram", summary)
 
 
+def check_cpu(
+    model: ModelConfig, opt: OptimizationConfig, cpu: CpuInfo | None = None, device: str = ""
+) -> Check:
+    """The CPU, the precision images get on it and why, and torch's thread count."""
+    cpu = cpu or detect_cpu()
+    device = device or resolve_device(model.device)
+    threads, source = choose_threads(opt.cpu_threads, os.environ, cpu)
+    cores = f"{cpu.physical_cores} physical / {cpu.logical_cores} logical cores"
+    about = f"{cpu.name} ({cpu.capability}, {cores})"
+    if device != "cpu":
+        return Check("cpu", f"{about}; images are made on {device}")
+    try:
+        _dtype, choice = cpu_dtype(model.precision, cpu)
+    except EngineError as exc:
+        return Check("cpu", f"{about}: {exc}", False, "set MODEL_PRECISION=auto", fatal=True)
+    plural = "s" * (threads != 1)
+    summary = (
+        f"{about}: images in {choice.precision} ({choice.reason}); "
+        f"{threads} torch thread{plural} ({source})"
+    )
+    if choice.slow:
+        return Check("cpu", summary, False, "set MODEL_PRECISION=auto for the fastest precision")
+    return Check("cpu", summary)
+
+
 def _existing(path: Path) -> Path:
     """The path itself or its nearest existing parent (where it would be created)."""
     path = path.expanduser().absolute()
@@ -180,7 +209,6 @@ def hub_model_cached(repo: str, cache_dir: Path) -> bool:
 
 def check_model(model: ModelConfig) -> Check:
     """Whether MODEL_ID is present locally, or cached, or at least downloadable."""
-    from engine.errors import EngineError
     from engine.pipeline import offline, resolve_model_source
 
     ref = model.model_id
@@ -239,6 +267,7 @@ def run_checks(env_file: str | Path = ENV_FILE) -> list[Check]:
         return [*checks, Check("settings", str(exc), False, "fix that setting", fatal=True)]
     model = config.model
     checks += check_gpu(config.optimization)
+    checks.append(check_cpu(model, config.optimization))
     checks.append(model_check := check_model(model))
     need = DOWNLOAD_MB if NOT_CACHED in model_check.summary else LOW_FREE_MB
     checks.append(check_disk("model cache", model.cache_dir, need))

@@ -11,6 +11,7 @@ import torch
 
 from engine import vae_tiles
 from engine.config import AppConfig
+from engine.cpu import apply_cpu_threads
 from engine.embeddings import text_encoder_width
 from engine.errors import EngineError
 from engine.model_choices import ModelCatalog
@@ -84,6 +85,9 @@ class ModelSlot:
         source = resolve_model_source(model_id, cfg.model.allow_ckpt)
         self.device = resolve_device(cfg.model.device)
         self.dtype = resolve_dtype(cfg.model.precision, self.device)
+        if self.device == "cpu":
+            threads, why = apply_cpu_threads(cfg.optimization.cpu_threads)
+            log.info("torch threads: %d (%s)", threads, why)
         opt, self.preset = resolve_optimizations(cfg.optimization, self.device)
         started = time.perf_counter()
         pipe = load_pipeline(

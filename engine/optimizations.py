@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from engine.cpu import cpu_dtype
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -34,10 +36,16 @@ def resolve_device(name: str = "auto") -> str:
 
 
 def resolve_dtype(precision: str, device: str) -> torch.dtype:
-    """fp16 on CUDA for 'auto'; always fp32 on the CPU (half precision there is slow or missing)."""
+    """The dtype to load in: on CUDA fp16 for 'auto'; on the CPU see engine/cpu.py (bf16 or fp32)."""
+    if device == "cpu":
+        dtype, choice = cpu_dtype(precision)
+        (log.warning if choice.slow else log.info)(
+            "precision %s on the CPU: %s", choice.precision, choice.reason
+        )
+        return dtype
     if not device.startswith("cuda"):
         if precision not in ("auto", "fp32"):
-            log.info("precision %s needs a GPU; using fp32 on %s", precision, device)
+            log.warning("precision %s is not supported on %s; using fp32", precision, device)
         return torch.float32
     if precision == "auto":
         return torch.float16

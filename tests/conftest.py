@@ -66,7 +66,8 @@ def tiny_config(model_dir: Path, **generation: object):
     gen = {"width": 64, "height": 64, "num_inference_steps": 3, "negative_prompt": "blurry"}
     gen.update(generation)
     return AppConfig(
-        model=ModelConfig(model_id=str(model_dir), device="cpu"),
+        # fp32 on every CPU: 'auto' is bf16 on a CPU with AVX512-BF16 or AMX (engine/cpu.py).
+        model=ModelConfig(model_id=str(model_dir), device="cpu", precision="fp32"),
         optimization=OptimizationConfig(),
         generation=GenerationConfig(**gen),
     )

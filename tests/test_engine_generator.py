@@ -412,14 +412,6 @@ def test_torch_compile_is_opt_in(tiny_model_dir: Path) -> None:
     assert type(gen.pipe.unet).__name__ == "OptimizedModule"
 
 
-def test_fp16_request_on_cpu_falls_back_to_fp32(tiny_model_dir: Path) -> None:
-    cfg = tiny_config(tiny_model_dir)
-    cfg.model = cfg.model.model_copy(update={"precision": "fp16"})
-    gen = TextToImageGenerator(cfg)
-    gen.load_model()
-    assert str(gen.pipe.unet.dtype) == "torch.float32"
-
-
 def test_unload_frees_the_pipeline(tiny_model_dir: Path) -> None:
     gen = TextToImageGenerator(tiny_config(tiny_model_dir))
     gen.load_model()
