@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -138,14 +137,22 @@ def test_cli_prints_no_library_noise_on_the_demo_model(tmp_path: Path) -> None:
 
 
 def test_importing_the_engine_leaves_library_logging_alone() -> None:
-    from diffusers.utils import logging as diffusers_logging
-
-    import engine.__main__
-    import engine.generator  # noqa: F401
-
-    assert diffusers_logging.get_verbosity() == logging.WARNING
-    assert diffusers_logging.is_progress_bar_enabled()
-    assert "TRANSFORMERS_VERBOSITY" not in os.environ
+    # A fresh interpreter: in this one, an in-process CLI run by another test may have quieted them.
+    code = (
+        "import logging, os\n"
+        "import engine.__main__, engine.generator\n"
+        "from diffusers.utils import logging as d\n"
+        "assert d.get_verbosity() == logging.WARNING, d.get_verbosity()\n"
+        "assert d.is_progress_bar_enabled()\n"
+        "assert 'TRANSFORMERS_VERBOSITY' not in os.environ\n"
+        "print('untouched')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY")}
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0 and "untouched" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_estimate_vram_loads_no_model(tmp_path: Path) -> None:
