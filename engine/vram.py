@@ -1,27 +1,40 @@
 """VRAM presets for small GPUs and a peak-VRAM estimator.
 
-Estimator formula (all figures in MB, ``b`` = bytes per weight/activation element):
+Estimator formula (all figures in MB, ``b`` = bytes per weight/activation element). Constants
+marked *calibrated* were fitted to ``torch.cuda.max_memory_allocated`` of full-size SD v1.5 at
+512×512 fp16, one image with CFG, in /work/shared/gpu-frontier.md §1 (the engine's presets) and §2
+(plain diffusers); tests/test_vram_calibration.py pins every figure there to ±10 %.
 
-* weights on the GPU: the sum of UNet, text encoder and VAE parameters × b when resident;
-  with model CPU offload only the largest component (the UNet) is on the GPU at a time;
-  with sequential or group offload only about one block (``OFFLOAD_RESIDENT_MB``) is.
-* UNet activations per denoising pass: ``batch × latent_pixels × 320 × b × 40`` (the live
-  feature maps, skip connections and feed-forward buffers of SD v1 scale roughly as 40 copies
-  of the first block's 320-channel map); ``batch`` doubles with classifier-free guidance.
+* weights on the GPU: the sum of UNet, text encoder and VAE parameters × b when resident
+  (``weight_storage="fp8"`` stores the UNet's weights at 1 byte each; they are cast to fp16 one
+  layer at a time to compute, which costs no visible extra). Model CPU offload: only the UNet at
+  the denoising peak, only the VAE at the decoding peak. Sequential offload and leaf-level group
+  offload: one layer at a time, ``OFFLOAD_LEAF_RESIDENT_MB``. Block-level group offload (what the
+  engine applies, one block per group with a prefetching CUDA stream): the block computing, the
+  next one being prefetched and the ungrouped mid block and embeddings, taken as
+  ``GROUP_BLOCK_UNET_FRACTION`` of the UNet's weights (SD v1.5's up-blocks 0 and 1 alone are
+  420 M of 860 M parameters; *calibrated* to 0.57 on §1/§2's 1,118 MB).
+* UNet activations per denoising pass: ``batch × latent_pixels × 320 × b × 32`` (the live
+  feature maps, skip connections and feed-forward buffers of SD v1 scale roughly as 32 copies
+  of the first block's 320-channel map; *calibrated* on model offload, where the UNet and its
+  activations are all there is at the peak: 1,816 MB fp16, 1,003 MB with fp8 storage);
+  ``batch`` doubles with classifier-free guidance.
 * attention scores: memory-efficient attention (SDPA on CUDA, xformers) keeps none; the
   sliced processor holds ``slice × latent_pixels² × b × 2`` (scores and softmax), with
   ``slice = batch × heads / 2``; the plain math path holds ``batch × heads × latent_pixels² × b × 2``.
-* VAE decode: about ``6 × H × W × 128 × b`` per image decoded at once (one with VAE slicing;
-  tiles of 512 px with VAE tiling) plus the mid-block attention over the latent pixels.
+* VAE decode: about ``9 × H × W × 128 × b`` per image decoded at once (one with VAE slicing;
+  tiles of 512 px with VAE tiling) plus the mid-block attention over the latent pixels
+  (*calibrated* on sequential offload, where the decode is nearly all of the 645 MB peak, and on
+  resident, 2,700 MB = weights + decode).
 * img2img adds a VAE encode of the init image, costed like a decode of one image at a
   time (the pipeline encodes the batch's single source once); an upscale is an img2img at
   the enlarged size with VAE tiling forced on.
-* overhead: ``OVERHEAD_MB`` for the cuBLAS workspace and allocator fragmentation.
+* overhead: ``OVERHEAD_MB`` for the cuBLAS workspace and small buffers (*calibrated*: what
+  §1/§2 leave once the terms above are counted).
 
 The peak is the larger of the denoising phase and the decoding phase. It estimates
-``torch.cuda.max_memory_allocated``; the driver's figure adds the CUDA context (300-500 MB).
-Checked against published SD v1.5 figures at 512×512 fp16: about 3.2 GB with attention
-slicing and under 3 GB with sequential offload; bench/gpu.py measures its error on a real card.
+``torch.cuda.max_memory_allocated``; the driver's figure adds the CUDA context (300-500 MB on a
+small card, more on an H200) and the allocator's cache.
 """
 
 from __future__ import annotations
@@ -33,8 +46,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-OVERHEAD_MB = 300.0
-OFFLOAD_RESIDENT_MB = 120.0
+OVERHEAD_MB = 20.0
+# The largest layer on the GPU at the decoding peak (a 512-channel 3×3 VAE conv, 2.4 M params).
+OFFLOAD_LEAF_RESIDENT_MB = 5.0
+GROUP_BLOCK_UNET_FRACTION = 0.57
+UNET_ACTIVATION_COPIES = 32
+VAE_DECODE_MAPS = 9
+WEIGHT_STORAGES = ("off", "fp8")
+GROUP_OFFLOAD_LEVELS = ("block", "leaf")
 
 # Parameter counts (millions) of well-known models, used when no config is at hand.
 KNOWN_MODELS: dict[str, dict[str, float]] = {
@@ -190,7 +209,10 @@ def vae_pass_mb(
 ) -> float:
     """One image's VAE encode or decode (MB): the full-size feature maps and mid-block attention."""
     latent_px = (width // factor) * (height // factor)
-    return (6 * width * height * channels * element_bytes + latent_px**2 * element_bytes * 2) / MB
+    return (
+        VAE_DECODE_MAPS * width * height * channels * element_bytes
+        + latent_px**2 * element_bytes * 2
+    ) / MB
 
 
 def estimate_vram(
@@ -208,26 +230,41 @@ def estimate_vram(
     model_cpu_offload: bool = False,
     sequential_cpu_offload: bool = False,
     group_offload: bool = False,
+    group_offload_level: str = "block",
+    weight_storage: str = "off",
     img2img: bool = False,
     counts: dict[str, float] | None = None,
 ) -> VramEstimate:
     """Estimate peak VRAM (MB) of one generation; see the module docstring for the formula."""
+    if weight_storage not in WEIGHT_STORAGES:
+        raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, not {weight_storage!r}")
+    if group_offload_level not in GROUP_OFFLOAD_LEVELS:
+        raise ValueError(f"group_offload_level must be one of {GROUP_OFFLOAD_LEVELS}")
     b = 4 if precision == "fp32" else 2
     counts = counts or model_param_counts(model_id)
     heads = counts.get("heads", 8)
     weights = {k: counts[k] * 1e6 * b / MB for k in ("unet", "text_encoder", "vae")}
     notes: list[str] = []
-    if sequential_cpu_offload or group_offload:
-        resident = OFFLOAD_RESIDENT_MB
-        notes.append("weights streamed from CPU RAM block by block")
+    if weight_storage == "fp8":
+        weights["unet"] = counts["unet"] * 1e6 / MB
+        notes.append("UNet weights stored in fp8, computed in fp16 one layer at a time")
+    leaf = sequential_cpu_offload or (group_offload and group_offload_level == "leaf")
+    if leaf:
+        resident = decode_weights = OFFLOAD_LEAF_RESIDENT_MB
+        notes.append("weights streamed from CPU RAM layer by layer")
+    elif group_offload:
+        resident = GROUP_BLOCK_UNET_FRACTION * weights["unet"]
+        decode_weights = weights["vae"]
+        notes.append("weights streamed from CPU RAM block by block, the next block prefetched")
     elif model_cpu_offload:
-        resident = max(weights.values())
+        resident = weights["unet"]
+        decode_weights = weights["vae"]
         notes.append("one component on the GPU at a time")
     else:
-        resident = sum(weights.values())
+        resident = decode_weights = sum(weights.values())
     latent_px = (width // 8) * (height // 8)
     batch = batch_size * (2 if guidance else 1)
-    unet_act = batch * latent_px * 320 * b * 40 / MB
+    unet_act = batch * latent_px * 320 * b * UNET_ACTIVATION_COPIES / MB
     if attention_slicing:
         slice_rows = max(1.0, batch * heads / 2)
         attention = slice_rows * latent_px**2 * b * 2 / MB
@@ -242,7 +279,6 @@ def estimate_vram(
     if img2img:
         vae_decode = max(vae_decode, one_image)  # the encode of the init image
         notes.append("img2img: the init image is VAE-encoded before denoising")
-    decode_weights = weights["vae"] if model_cpu_offload else resident
     denoise_peak = resident + unet_act + attention
     decode_peak = decode_weights + vae_decode
     total = max(denoise_peak, decode_peak) + OVERHEAD_MB
@@ -288,5 +324,6 @@ def estimate_for_config(
         model_cpu_offload=opt.enable_model_cpu_offload,
         sequential_cpu_offload=opt.enable_sequential_cpu_offload,
         group_offload=opt.enable_group_offload,
+        weight_storage=getattr(opt, "weight_storage", "off"),
         img2img=img2img or upscale,
     )

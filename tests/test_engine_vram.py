@@ -42,20 +42,20 @@ def test_breakdown_adds_up_and_formats() -> None:
     weights = (859.5 + 123.1 + 83.7) * 1e6 * 2 / MB  # UNet, text encoder and VAE parameters
     assert sum(est.weights_mb.values()) == pytest.approx(weights)
     assert est.resident_weights_mb == pytest.approx(weights)  # no offload: all on the GPU
-    assert est.unet_activations_mb == 200.0  # 2 x 64x64 latent px x 320 x 2 bytes x 40
+    assert est.unet_activations_mb == 160.0  # 2 x 64x64 latent px x 320 x 2 bytes x 32
     assert est.attention_mb == 512.0  # 8 slices of 4096x4096 scores x 2 bytes x 2
-    assert est.vae_decode_mb == 448.0  # 6 x 512x512 x 128 x 2 bytes + 4096^2 x 2 x 2
-    assert est.overhead_mb == 300.0
-    # Denoising is the peak here (2034 + 200 + 512 > 2034 + 448), plus the overhead.
+    assert est.vae_decode_mb == 640.0  # 9 x 512x512 x 128 x 2 bytes + 4096^2 x 2 x 2
+    assert est.overhead_mb == 20.0
+    # Denoising is the peak here (2034 + 160 + 512 > 2034 + 640), plus the overhead.
     parts = est.resident_weights_mb + est.unet_activations_mb + est.attention_mb + est.overhead_mb
     assert est.total_mb == pytest.approx(parts)
-    assert est.total_mb == pytest.approx(3045.806, abs=1e-3)
+    assert est.total_mb == pytest.approx(2725.806, abs=1e-3)
     # Four images decoded at once: decoding is the peak instead.
     four = estimate_vram(batch_size=4)
-    assert (four.unet_activations_mb, four.attention_mb, four.vae_decode_mb) == (800.0, 0.0, 1792.0)
-    assert four.total_mb == pytest.approx(weights + 1792.0 + 300.0)
+    assert (four.unet_activations_mb, four.attention_mb, four.vae_decode_mb) == (640.0, 0.0, 2560.0)
+    assert four.total_mb == pytest.approx(weights + 2560.0 + 20.0)
     lines = est.format().splitlines()
-    assert lines[0] == "Estimated peak VRAM: 3,046 MB"
+    assert lines[0] == "Estimated peak VRAM: 2,726 MB"
     assert "  weights unet             1,639 MB" in lines
     assert "  attention scores           512 MB" in lines
 
