@@ -6,7 +6,6 @@ worker deaths per job against the kill limit and hands trainings to the Training
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +14,12 @@ from engine.config import QueueConfig
 from engine.errors import EngineError, GenerationCancelled, RequestError
 from scheduling.active import ActiveRuns
 from scheduling.announcer import Announcer
-from scheduling.events import Cancelled, Notice, Started
+from scheduling.events import Notice, Started
 from scheduling.health import EngineHealth
 from scheduling.jobs import JobRecord, JobStore
 from scheduling.outcomes import Outcomes, StoreFailure
 from scheduling.queue import FairQueue
-from scheduling.training_runner import TrainingRunner, cancel_leftovers
+from scheduling.training_runner import TrainingRunner
 from scheduling.workers.base import JobRun, Worker, WorkerLost
 from scheduling.workers.core import OutOfMemoryExhausted
 
@@ -102,10 +101,7 @@ class JobRunner:
                 await self.store.set_job_status(job.id, "queued")
                 log.info("job %s interrupted by shutdown; it will run again after restart", job.id)
             else:
-                result = {"was_running": True, "step": run.step}
-                result.update(await asyncio.to_thread(cancel_leftovers, job))
-                await self.outcomes.record(job, "cancelled", result=result)
-                announcer.emit(Cancelled(job, was_running=True, step=run.step))
+                await self.outcomes.cancel(job, was_running=True, step=run.step)
         except StoreFailure as exc:
             raise exc.__cause__ from None  # type: ignore[misc]
         except (OutOfMemoryExhausted, EngineError, RequestError) as exc:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from pathlib import Path
 from typing import Any
 
 from scheduling.announcer import Announcer
-from scheduling.events import Failed, Finished
+from scheduling.events import Cancelled, Failed, Finished
 from scheduling.jobs import JobRecord, JobStatus, JobStore
 
 
@@ -52,3 +55,39 @@ class Outcomes:
         # The user's words go with the result, so a delivery after a restart can show them.
         await self.record(job, "failed", error=detail or message, result={"message": message})
         self.announcer.emit(Failed(job, message, detail))
+
+    async def cancel(self, job: JobRecord, *, was_running: bool, step: int = 0) -> None:
+        """Record a cancelled job (with what a cancelled training leaves) and emit Cancelled."""
+        result: dict[str, Any] = {"was_running": was_running, "step": step}
+        result.update(await asyncio.to_thread(cancel_leftovers, job))
+        await self.record(job, "cancelled", result=result)
+        self.announcer.emit(Cancelled(job, was_running=was_running, step=step))
+
+
+def cancel_leftovers(job: JobRecord) -> dict[str, Any]:
+    """What a cancelled training leaves, for its recorded result (blocking: file reads).
+
+    Its newest complete checkpoint (``checkpoint_step``, ``checkpoint_path`` of the folder,
+    ``sha256`` of its weights), which the store registers as the LoRA; without one, nothing:
+    the output folder is removed when only unfinished temporaries are left in it.
+    """
+    if job.kind != "train" or not job.train.output_dir:
+        return {}
+    spec = job.train
+    from engine.training import files  # imports torch; a training ran in this process anyway
+
+    output_dir = Path(spec.output_dir)
+    data: dict[str, Any] = {"max_steps": spec.max_steps}
+    found = files.list_checkpoints(output_dir)
+    if not found:
+        files.remove_temp_dirs(output_dir)
+        with contextlib.suppress(OSError):
+            output_dir.rmdir()  # only if empty: anything else in it is not ours to remove
+        return data
+    step, folder = found[-1]
+    data.update(
+        checkpoint_step=step,
+        checkpoint_path=str(folder),
+        sha256=files.sha256_file(folder / files.WEIGHT_NAME),
+    )
+    return data

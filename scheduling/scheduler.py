@@ -21,13 +21,13 @@ from engine.requests import GenerationRequest, ResolvedRequest
 from scheduling import affinity
 from scheduling.active import ActiveRuns
 from scheduling.announcer import Announcer, Listener, job_units
-from scheduling.events import Cancelled, Queued
+from scheduling.events import Queued
 from scheduling.health import EngineHealth
 from scheduling.job_runner import ImagePath, JobRunner
 from scheduling.jobs import JobRecord, JobStore, NewJob
 from scheduling.outcomes import Outcomes, StoreFailure
 from scheduling.queue import FairQueue, QueueFullError
-from scheduling.training_runner import TrainerFactory, TrainingRunner, cancel_leftovers
+from scheduling.training_runner import TrainerFactory, TrainingRunner
 from scheduling.workers.base import Worker, WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -307,15 +307,11 @@ class Scheduler:
         """Cancel a job: 'queued' (removed at once), 'running' (stops at next step) or None."""
         job = self.queue.remove(job_id)
         if job is not None:
-            result = {"was_running": False, "step": 0}
-            # A training queued again after a restart may have checkpoints already.
-            result.update(await asyncio.to_thread(cancel_leftovers, job))
-            try:
-                await self.outcomes.record(job, "cancelled", result=result)
+            try:  # a training queued again after a restart may have checkpoints already
+                await self.outcomes.cancel(job, was_running=False)
             except StoreFailure as exc:
                 self.queue.push(job)
                 raise exc.__cause__ from None  # type: ignore[misc]
-            self.announcer.emit(Cancelled(job, was_running=False))
             return "queued"
         for run in self.active.all():
             if run.job.id == job_id:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -119,35 +118,6 @@ class TrainingRunner:
         finally:
             self.active.start(worker.name, training)
             await trainer.resume()
-
-
-def cancel_leftovers(job: JobRecord) -> dict[str, Any]:
-    """What a cancelled training leaves, for its recorded result (blocking: file reads).
-
-    Its newest complete checkpoint (``checkpoint_step``, ``checkpoint_path`` of the folder,
-    ``sha256`` of its weights), which the store registers as the LoRA; without one, nothing:
-    the output folder is removed when only unfinished temporaries are left in it.
-    """
-    if job.kind != "train" or not job.train.output_dir:
-        return {}
-    spec = job.train
-    from engine.training import files  # imports torch; a training ran in this process anyway
-
-    output_dir = Path(spec.output_dir)
-    data: dict[str, Any] = {"max_steps": spec.max_steps}
-    found = files.list_checkpoints(output_dir)
-    if not found:
-        files.remove_temp_dirs(output_dir)
-        with contextlib.suppress(OSError):
-            output_dir.rmdir()  # only if empty: anything else in it is not ours to remove
-        return data
-    step, folder = found[-1]
-    data.update(
-        checkpoint_step=step,
-        checkpoint_path=str(folder),
-        sha256=files.sha256_file(folder / files.WEIGHT_NAME),
-    )
-    return data
 
 
 def train_output_data(output: Any) -> dict[str, Any]:
