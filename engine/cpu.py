@@ -152,20 +152,16 @@ def choose_cpu_precision(requested: str, cpu: CpuInfo) -> PrecisionChoice:
         )
     if requested == "fp32":
         return PrecisionChoice("fp32", "set explicitly")
-    if requested == "bf16":
-        if cpu.native_bf16:
-            return PrecisionChoice("bf16", f"set explicitly; native on this CPU ({bf16_units})")
+    half = {"bf16": (cpu.native_bf16, bf16_units), "fp16": (cpu.native_fp16, fp16_units)}
+    if requested in half:
+        native, units = half[requested]
+        if native:
+            return PrecisionChoice(requested, f"set explicitly; native on this CPU ({units})")
         return PrecisionChoice(
-            "bf16", "set explicitly, but this CPU emulates bf16: several times slower than fp32",
+            requested,
+            f"set explicitly, but this CPU emulates {requested}: several times slower than fp32",
             slow=True,
-        )  # fmt: skip
-    if requested == "fp16":
-        if cpu.native_fp16:
-            return PrecisionChoice("fp16", f"set explicitly; native on this CPU ({fp16_units})")
-        return PrecisionChoice(
-            "fp16", "set explicitly, but this CPU emulates fp16: several times slower than fp32",
-            slow=True,
-        )  # fmt: skip
+        )
     raise EngineError(f"unknown precision {requested!r}: use auto, fp32, bf16 or fp16")
 
 
