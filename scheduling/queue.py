@@ -351,16 +351,6 @@ class FairQueue:
             self._available.clear()
             await self._available.wait()
 
-    async def get(self) -> JobRecord:
-        """Wait for the next job in fair order (not while paused)."""
-        while True:
-            if not self.paused and self._sorted:
-                job = self.pop_next()
-                if job is not None:
-                    return job
-            self._available.clear()
-            await self._available.wait()
-
     def pause(self) -> None:
         """Stop handing out jobs (submits are still accepted)."""
         self.paused = True
