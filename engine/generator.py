@@ -102,6 +102,19 @@ class TextToImageGenerator:
         return self.slot.memory_rungs
 
     @property
+    def memory_floor(self) -> int:
+        """The memory level the loaded model needed to fit; set_memory_level never goes below."""
+        return self.slot.memory_floor
+
+    def next_memory_level(self, level: int) -> int:
+        """The next level of the out-of-memory ladder (past a saving already in effect)."""
+        return self.slot.next_memory_level(level)
+
+    def take_load_notice(self) -> str:
+        """What the last load gave up to fit in memory, for the user; "" once it was taken."""
+        return self.slot.take_load_notice()
+
+    @property
     def lora(self) -> LoraManager | None:
         """The loaded pipeline's LoRA manager (None when no model is loaded)."""
         return self.adapters.lora

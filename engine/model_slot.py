@@ -16,13 +16,21 @@ from engine.embeddings import text_encoder_width
 from engine.errors import EngineError
 from engine.model_choices import ModelCatalog
 from engine.optimizations import (
+    FP8_STORAGE,
     VAE_SLICING_TILING,
     AttentionProcessors,
     apply_memory_level,
-    apply_optimizations,
     attention_processors,
+    compile_unet,
+    configure_pipeline,
+    configured_offloads,
+    describe_rungs,
     memory_rungs,
+    next_placement_level,
+    offers_fp8,
+    place_on_device,
     precision_name,
+    release_device,
     resolve_device,
     resolve_dtype,
 )
@@ -37,10 +45,12 @@ from engine.pipeline import (
 from engine.preview import preview_or_none
 from engine.schedulers import make_scheduler
 from engine.vram import resolve_optimizations
+from engine.weight_storage import stored_fp8
 
 log = logging.getLogger(__name__)
 
-# The out-of-memory ladder: each rung adds one saving to those below it.
+# The out-of-memory ladder on a CPU or before a load: each rung adds one saving to those below
+# it. A load puts the slot's own ladder in memory_rungs (with fp8 storage on a GPU, see load).
 MEMORY_RUNGS = memory_rungs()
 
 
@@ -62,8 +72,10 @@ class ModelSlot:
         self.safety: SafetyChecker | None = None
         self.tiny_vae: Any = None
         self.scheduler_name = ""  # the sampler on the pipeline now ("" right after a load)
-        self.memory_level = 0
+        self.memory_level = 0  # -1 after a failed change: the next set_memory_level applies in full
+        self.memory_floor = 0  # the level the model needed to load; never stepped below
         self.memory_rungs = MEMORY_RUNGS
+        self.load_notice = ""  # what the last load had to give up to fit, until a job reports it
         self._base_scheduler_config: dict[str, Any] = {}
         self._opt: Any = None
         self._attention: AttentionProcessors = {}
@@ -106,11 +118,20 @@ class ModelSlot:
             )
             pipe.safety_checker = None
         self._base_scheduler_config = dict(pipe.scheduler.config)
-        self.applied = apply_optimizations(pipe, opt, self.device)
+        self.applied = configure_pipeline(pipe, opt, self.device)
+        # fp8 storage chosen for the load goes before this line: offers_fp8 reads it, and the
+        # offload hooks placed next must hold the float8 weights.
+        rungs = memory_rungs(fp8=offers_fp8(pipe, self.device), skip=configured_offloads(opt))
+        attention = attention_processors(pipe)
+        level, placed = self._place(pipe, opt, rungs, attention, self.models.resolve(name))
+        self.applied += placed + compile_unet(pipe, opt)
         # Before the pipeline is published: a failed tiny VAE load leaves no half-loaded model.
         self.tiny_vae = self._load_tiny_vae(pipe, opt)
         self._opt = opt
-        self.memory_level = 0
+        self._attention = attention
+        self.memory_rungs = rungs
+        self.memory_level = self.memory_floor = level
+        self.load_notice = self._notice(self.models.resolve(name), rungs[:level])
         self.pipe = pipe
         self.source = source
         self.model_defaults = read_model_defaults(source)
@@ -131,11 +152,88 @@ class ModelSlot:
         """Free the pipeline and its memory (GPU memory included)."""
         self.pipe = None
         self.safety = None
+        self.load_notice = ""
         self._attention = {}
         self.tiny_vae = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _place(
+        self,
+        pipe: Any,
+        opt: Any,
+        rungs: tuple[str, ...],
+        attention: AttentionProcessors,
+        model: str,
+    ) -> tuple[int, list[str]]:
+        """Put the pipeline on the device; when it does not fit, climb the ladder (load-time).
+
+        Only rungs that change where the weights live or their size can help a load; the level
+        reached includes the cheaper rungs below it, as on the out-of-memory ladder.
+        Returns the level and what was applied.
+        """
+        level = 0
+        while True:
+            try:
+                if level == 0:
+                    return 0, place_on_device(pipe, opt, self.device)
+                active = rungs[:level]
+                # What it stores in fp8 is named in the level's entry (the rung list).
+                apply_memory_level(pipe, opt, self.device, active, attention, self.dtype)
+                return level, [f"memory level {level} at load ({describe_rungs(active)})"]
+            except torch.cuda.OutOfMemoryError:
+                release_device(pipe, self.device)
+                up = next_placement_level(rungs, level)
+                if up is None:
+                    raise EngineError(
+                        f"The model {model} does not fit in this GPU's memory even with every "
+                        f"saving ({describe_rungs(rungs[:-1])}). Free GPU memory (close other "
+                        "programs that use it), choose a smaller model, or run on the CPU "
+                        "(MODEL_DEVICE=cpu)."
+                    ) from None
+                log.warning(
+                    "%s does not fit in GPU memory at memory level %d; trying level %d (%s)",
+                    model,
+                    level,
+                    up,
+                    describe_rungs(rungs[:up]),
+                )
+                level = up
+
+    def _notice(self, model: str, active: tuple[str, ...]) -> str:
+        """What the user is told once when the model needed savings to load ("" when none)."""
+        if not active:
+            return ""
+        log.warning(
+            "%s loaded at memory level %d (%s): generation is slower; a smaller OPT_VRAM_PRESET "
+            "starts there without the failed tries",
+            model,
+            len(active),
+            describe_rungs(active),
+        )
+        return (
+            f"The model {model} did not fit in the GPU's memory as configured, so it was loaded "
+            f"with {describe_rungs(active)}: images take longer until it is loaded again."
+        )
+
+    def take_load_notice(self) -> str:
+        """The load's notice, once: "" after the first call (and when the load needed nothing)."""
+        notice, self.load_notice = self.load_notice, ""
+        return notice
+
+    def next_memory_level(self, level: int) -> int:
+        """The level above `level`, past a rung in effect already (fp8 storage kept from before)."""
+        level += 1
+        rungs = self.memory_rungs
+        if level < len(rungs) and rungs[level - 1] == FP8_STORAGE and self.fp8_kept:
+            level += 1
+        return level
+
+    @property
+    def fp8_kept(self) -> bool:
+        """Whether the UNet's weights are stored in fp8 now (at any memory level)."""
+        return self.pipe is not None and stored_fp8(getattr(self.pipe, "unet", None))
 
     def _load_tiny_vae(self, pipe: Any, opt: Any) -> Any:
         """Load the tiny autoencoder (TAESD) when configured; optionally make it the decoder."""
@@ -196,8 +294,12 @@ class ModelSlot:
         return vae_tiles.tile_size(vae, self.device, width, height, at_once, mode)
 
     def set_memory_level(self, level: int) -> None:
-        """Apply the first `level` rungs of `memory_rungs` on top of the configured settings."""
-        level = max(0, min(level, len(self.memory_rungs)))
+        """Apply the first `level` rungs of `memory_rungs` on top of the configured settings.
+
+        Never below the floor the model needed to load. fp8 weight storage, once on, stays on
+        at lower levels until the model is loaded again (the float8 copies replaced the weights).
+        """
+        level = max(self.memory_floor, min(level, len(self.memory_rungs)))
         if level == self.memory_level or not self.loaded:
             self.memory_level = level
             return
@@ -205,6 +307,16 @@ class ModelSlot:
             # What is in use now (xformers, SDPA, custom) is what stepping back down restores.
             self._attention = attention_processors(self.pipe)
         active = self.memory_rungs[:level]
-        apply_memory_level(self.pipe, self._opt, self.device, active, self._attention)
+        self.memory_level = -1  # until it is all applied: a failed change is redone in full
+        lasting = apply_memory_level(
+            self.pipe, self._opt, self.device, active, self._attention, self.dtype
+        )
         self.memory_level = level
-        log.info("memory level %d (%s)", level, ", ".join(active) or "as configured")
+        log.info("memory level %d (%s)", level, describe_rungs(active) or "as configured")
+        if lasting:
+            self.applied += lasting
+            log.warning(
+                "%s: UNet weights now stored in fp8; they stay so at lower memory levels until "
+                "the model is loaded again",
+                self.model_name,
+            )

@@ -356,14 +356,16 @@ def processor_names(gen: TextToImageGenerator) -> dict[str, set[str]]:
 def test_memory_ladder_on_torch2_never_slices_attention(
     tiny_generator: TextToImageGenerator,
 ) -> None:
-    assert memory_rungs(sdpa=True) == MEMORY_RUNGS  # this torch has SDPA
-    assert "attention slicing" not in MEMORY_RUNGS
-    assert MEMORY_RUNGS[0] == "VAE slicing and tiling" and MEMORY_RUNGS[-1] == "one image at a time"
+    rungs = tiny_generator.memory_rungs
+    assert memory_rungs(sdpa=True) == MEMORY_RUNGS == rungs  # this torch has SDPA; a CPU: no fp8
+    assert "attention slicing" not in rungs and "fp8 weight storage" not in rungs
+    assert rungs[0] == "VAE slicing and tiling" and rungs[-1] == "one image at a time"
+    assert rungs[1:-1] == ("model CPU offload", "group offload", "sequential CPU offload")
     before = processor_names(tiny_generator)
     assert before["unet"] == {"AttnProcessor2_0"}
     vae = tiny_generator.pipe.vae
     try:
-        for level in range(1, len(MEMORY_RUNGS) + 1):
+        for level in range(1, len(rungs) + 1):
             tiny_generator.set_memory_level(level)
             assert processor_names(tiny_generator) == before
             assert vae.use_slicing and tiny_generator.slot.vae_tiling_mode(False) == "always"

@@ -12,7 +12,6 @@ import torch
 
 from engine.config import QueueConfig
 from engine.generator import TextToImageGenerator
-from engine.model_slot import MEMORY_RUNGS
 from engine.requests import GenerationRequest
 from scheduling.events import (
     Cancelled,
@@ -199,7 +198,8 @@ async def test_oom_ladder_steps_down_and_remembers(executor: Scheduler) -> None:
     [done] = await executor.rec.wait(Finished, job.id)
     assert seen == [0, 1, 2] and done.result_data["memory_level"] == 2
     notices = [n.message for n in executor.rec.of(Notice, job.id)]
-    assert len(notices) == 2 and MEMORY_RUNGS[0] in notices[0] and MEMORY_RUNGS[1] in notices[1]
+    rungs = local(executor).generator.memory_rungs
+    assert len(notices) == 2 and rungs[0] in notices[0] and rungs[1] in notices[1]
     seen.clear()
     again = await executor.submit(NewJob(user_id=1, work=request()))
     await executor.rec.wait(Finished, again.id)
@@ -215,7 +215,7 @@ async def test_oom_on_every_rung_fails_with_advice(executor: Scheduler) -> None:
     job = await executor.submit(NewJob(user_id=1, work=request(num_images=2)))
     [failed] = await executor.rec.wait(Failed, job.id)
     assert "smaller size" in failed.message
-    assert len(executor.rec.of(Notice, job.id)) == len(MEMORY_RUNGS)
+    assert len(executor.rec.of(Notice, job.id)) == len(local(executor).generator.memory_rungs)
     local(executor).core.fault_injector = None
     local(executor).generator.set_memory_level(0)
 
@@ -223,7 +223,7 @@ async def test_oom_on_every_rung_fails_with_advice(executor: Scheduler) -> None:
 async def test_last_rung_makes_images_one_at_a_time(
     executor: Scheduler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    last = len(MEMORY_RUNGS)
+    last = len(local(executor).generator.memory_rungs)
 
     def inject(level: int) -> None:
         if level < last:  # every rung but the last runs out of memory

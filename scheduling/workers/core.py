@@ -49,9 +49,12 @@ class GenerationCore:
         # 1. resolve the stored request and make its model the resident one
         request = run.job.request
         self.switch_model(run, sink, request.model)
+        notice = self.generator.take_load_notice()
+        if notice:  # the model needed savings to load (at start-up or just now): say it once
+            sink.notice(run, notice)
         resolved = self.generator.prepare(request)
         size = (resolved.width, resolved.height)
-        level = self.levels.get(size, 0)
+        level = max(self.levels.get(size, 0), self.generator.memory_floor)
         progress = self._throttled_progress(run, sink)
         rungs = self.generator.memory_rungs
         # 2. walk down the out-of-memory ladder until an attempt fits
@@ -74,7 +77,7 @@ class GenerationCore:
                         "The GPU ran out of memory even with every saving turned on. "
                         "Try a smaller size, fewer images, or fewer steps."
                     ) from None
-                level += 1
+                level = self.generator.next_memory_level(level)
                 log.warning("job %s: out of memory, memory level %d", run.job.id, level)
                 sink.notice(
                     run,
