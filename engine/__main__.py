@@ -2,6 +2,7 @@
 
 `python -m engine doctor` checks the machine and the settings instead (engine/doctor.py).
 `python -m engine upscale PATH --factor 2` enlarges an image and repaints it lightly.
+`python -m engine inpaint PATH --mask MASK` / `outpaint PATH --zoom 2` repaint part of an image.
 """
 
 from __future__ import annotations
@@ -181,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor(argv[1:])
     if argv[:1] == ["upscale"]:
         return _upscale_main(argv[1:])
+    if argv[:1] in (["inpaint"], ["outpaint"]):
+        return _region_main(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     _logging(args)
     request = GenerationRequest(
@@ -274,6 +277,30 @@ def _upscale_main(argv: list[str]) -> int:
         return _generate(config, request, args.quiet, args.prefix)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"error: {refusal(exc, {**FLAGS, 'init_image': 'image'})}", file=sys.stderr)
+        return 2
+
+
+def _region_main(command: str, argv: list[str]) -> int:
+    """`python -m engine inpaint|outpaint`: check the input, then repaint (engine/inpaint_cli.py)."""
+    from engine.inpaint_cli import REGION_FLAGS, build_region_parser, region_cli_request
+    from engine.requests import resolve_request
+
+    args = build_region_parser(command, _add_common).parse_args(argv)
+    _logging(args)
+    try:
+        config = _config(args)
+        request = region_cli_request(command, args)
+        resolved = resolve_request(request, config.generation, {})
+        if args.estimate_vram:
+            estimate = estimate_for_config(
+                config, width=resolved.width, height=resolved.height, batch_size=1, img2img=True
+            )
+            print(estimate.format())
+            return 0
+        resolve_model_source(config.model.model_id, config.model.allow_ckpt)
+        return _generate(config, request, args.quiet, args.prefix)
+    except (ConfigError, EngineError, ValueError) as exc:
+        print(f"error: {refusal(exc, {**FLAGS, **REGION_FLAGS})}", file=sys.stderr)
         return 2
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine import img2img, outputs, vae_tiles
+from engine import img2img, inpaint, outputs, vae_tiles
 from engine.adapters import Adapters
 from engine.config import AppConfig
 from engine.embeddings import EmbeddingInfo
@@ -252,6 +252,38 @@ class TextToImageGenerator:
             request.init_image = path
             return self.run(request, progress=progress, cancel=cancel).images[0]
 
+    def inpaint(
+        self,
+        image: Any,
+        mask: Any,
+        prompt: str | None = None,
+        strength: float | None = None,
+        mask_blur: int | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        **fields: Any,
+    ) -> Any:
+        """Repaint the white part of `mask` in `image`; return the new image.
+
+        See engine.inpaint.run_inpaint (masks, defaults from the image's PNG parameters).
+        """
+        fields.update(strength=strength, mask_blur=mask_blur)
+        return inpaint.run_inpaint(self.run, image, mask, prompt, progress, cancel, fields)
+
+    def outpaint(
+        self,
+        image: Any,
+        zoom: float | None = None,
+        pan: str | None = None,
+        prompt: str | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        **fields: Any,
+    ) -> Any:
+        """Zoom out (1.5, 2) or pan (left, right, up, down) and paint the new area; see
+        engine.inpaint.run_outpaint."""
+        return inpaint.run_outpaint(self.run, image, zoom, pan, prompt, progress, cancel, fields)
+
     def run(
         self,
         request: GenerationRequest | ResolvedRequest,
@@ -285,7 +317,12 @@ class TextToImageGenerator:
                 raise GenerationCancelled(f"cancelled after step {step + 1}")
             return tensors
 
-        if resolved.init_image is not None:
+        region = inpaint.region_job(resolved, pipe)
+        if region is not None:
+            call = inpaint.inpaint_pipeline(pipe)
+            kwargs.update(region.pipeline_arguments(pipe.vae_scale_factor))
+            kwargs["strength"] = resolved.strength or 1.0
+        elif resolved.init_image is not None:
             call = img2img.img2img_pipeline(pipe)
             kwargs["image"] = img2img.init_pixels(resolved, self._upscaler())
             kwargs["strength"] = resolved.strength
@@ -304,7 +341,7 @@ class TextToImageGenerator:
                 generator=generators,
                 callback_on_step_end=on_step_end,
             )
-        images = list(output.images)
+        images = list(output.images) if region is None else region.paste(list(output.images))
         seconds = time.perf_counter() - started
         upscaler = img2img.upscaler_name(self.config.generation.upscaler)
         safety = self.slot.safety

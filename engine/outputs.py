@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine import img2img
+from engine import img2img, inpaint
 from engine.lora import lora_display_name
 from engine.metadata import format_parameters, save_png
 from engine.requests import ResolvedRequest
@@ -49,6 +49,7 @@ def _extra_parameters(resolved: ResolvedRequest, upscaler: str) -> dict[str, Any
         extra["Fast"] = "LCM-LoRA"
     if resolved.init_image is not None and resolved.strength is not None:
         extra.update(img2img.img2img_fields(resolved.strength, resolved.upscale, upscaler))
+    extra.update(inpaint.region_fields(resolved))
     return extra or None
 
 

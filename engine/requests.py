@@ -34,6 +34,7 @@ from engine.prompt_syntax import (
     parse_weights,
     strip_lora_tags,
 )
+from engine.region import resolve_region
 from engine.schedulers import canonical_scheduler_name
 
 MAX_SEED = 2**32 - 1
@@ -63,6 +64,11 @@ class GenerationRequest:
     strength: float | None = None  # img2img: how much is repainted, 0.05-1 (default 0.6)
     upscale: float | None = None  # upscale the init image by this factor, then img2img
     model: str | None = None  # a MODEL_CHOICES name; None: the model loaded now
+    # Region jobs repaint part of init_image (engine/region.py, engine/inpaint.py):
+    mask_image: str | None = None  # path of a mask image, white = repaint, any size
+    mask_region: str | None = None  # or 3x3 grid cells "0,4,8" / a preset ("left half")
+    mask_blur: int | None = None  # soft mask edge in px, 0-64 (default 4)
+    outpaint: str | None = None  # "zoom:1.5", "zoom:2", "pan:left|right|up|down"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the request."""
@@ -96,6 +102,10 @@ class ResolvedRequest:
     strength: float | None = None
     upscale: float | None = None
     model: str | None = None
+    mask_image: str | None = None
+    mask_region: str | None = None
+    mask_blur: int | None = None
+    outpaint: str | None = None
 
     @property
     def num_images(self) -> int:
@@ -238,6 +248,10 @@ def _resolve(
         strength=init.get("strength"),
         upscale=init.get("upscale"),
         model=request.model,
+        mask_image=init.get("mask_image"),
+        mask_region=init.get("mask_region"),
+        mask_blur=init.get("mask_blur"),
+        outpaint=init.get("outpaint"),
     )
 
 
@@ -255,7 +269,9 @@ def _resolve_init(
 ) -> dict[str, Any]:
     """The img2img fields decided: path, strength, upscale and the output width and height."""
     path = request.init_image
+    native = native_size(defaults, model_defaults)
     if path is None:
+        resolve_region(request, native)  # refuses a mask or an outpaint without an image
         if request.strength is not None:
             raise ValueError("strength: only applies with an init image")
         if request.upscale is not None:
@@ -264,12 +280,16 @@ def _resolve_init(
     if not isinstance(path, str) or not path.strip():
         raise ValueError(f"init_image: must be a file path (got {path!r})")
     source = init_image_size(path)
+    region = resolve_region(request, native)
     found: dict[str, Any] = {"init_image": path}
     if request.upscale is not None:
         factor = request.upscale
         found["width"], found["height"] = upscaled_size(*source, factor)  # type: ignore[arg-type]
         found["upscale"] = float(factor)
         default_strength = UPSCALE_STRENGTH
+    elif region:
+        default_strength = region.pop("default_strength")
+        found.update(region)
     else:
         default_strength = DEFAULT_STRENGTH
         if request.width is None and request.height is None:

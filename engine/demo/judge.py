@@ -150,3 +150,19 @@ def block_shifts(image: Image.Image, source: Image.Image, block: int = 16) -> np
         return cropped.reshape(rows, block, cols, block, 3).mean(axis=(1, 3))
 
     return np.abs(means(array) - means(reference)).max(axis=-1)
+
+
+def region_colours(image: Image.Image, region: np.ndarray | None = None) -> dict[str, float]:
+    """The fraction of the region's pixels nearest each palette colour (all pixels if None)."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    pixels = array.reshape(-1, 3) if region is None else array[region]
+    counts = np.bincount(_labels(pixels.reshape(-1, 3)), minlength=len(_NAMES))
+    return {
+        name: float(c) / max(1, int(counts.sum())) for name, c in zip(_NAMES, counts, strict=True)
+    }
+
+
+def main_colour(image: Image.Image, region: np.ndarray | None = None) -> str:
+    """The palette colour most of the region's pixels are nearest to."""
+    colours = region_colours(image, region)
+    return max(colours, key=colours.__getitem__)
