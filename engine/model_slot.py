@@ -37,6 +37,7 @@ from engine.pipeline import (
 from engine.preview import preview_or_none
 from engine.schedulers import make_scheduler
 from engine.vram import resolve_optimizations
+from engine.weight_storage import apply_weight_storage
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,9 @@ class ModelSlot:
             )
             pipe.safety_checker = None
         self._base_scheduler_config = dict(pipe.scheduler.config)
-        self.applied = apply_optimizations(pipe, opt, self.device)
+        # Before apply_optimizations: offload hooks must move the fp8 copies, not the originals.
+        self.applied = apply_weight_storage(pipe, opt.weight_storage, self.dtype)
+        self.applied += apply_optimizations(pipe, opt, self.device)
         # Before the pipeline is published: a failed tiny VAE load leaves no half-loaded model.
         self.tiny_vae = self._load_tiny_vae(pipe, opt)
         self._opt = opt
