@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from engine.vram import (
     PLACEMENT,
     PRESETS,
     config_estimate,
+    describe_flags,
     estimate_vram,
     fastest_fitting,
     model_param_counts,
@@ -148,3 +150,14 @@ def test_estimate_shows_the_driver_figure() -> None:
     offload = estimate_vram(model_cpu_offload=True)
     assert offload.mode == "model offload" and offload.reserve_mb < est.reserve_mb
     assert estimate_vram(group_offload=True).mode == "group offload (leaf)"  # the engine's level
+
+
+def test_readme_preset_table_matches_presets() -> None:
+    """The hardware guide's 'What it turns on' column is each preset's flags, in words."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\dgb)` \| ([^|]+) \|", readme, re.M))
+    assert set(rows) == set(CARD_MB)
+    for preset, words in rows.items():
+        assert words.strip() == describe_flags(PRESETS[preset]), preset
+    for name, need in AUTO_THRESHOLDS[1:]:
+        assert f"{name} from {need:,}" in readme, name
