@@ -4,7 +4,7 @@ diffusers' layerwise casting stores a module's weights as float8_e4m3fn (1 byte 
 one layer at a time to the compute dtype just before it runs. On a GPU the measured cost is small
 (gpu-frontier.md §2: 2,700 -> 1,887 MB allocated with the UNet in fp8, 1,804 MB with the VAE
 too, at about 1.4x the resident time); norms and embeddings stay in the working precision
-(diffusers' default skip list). On a CPU it saves RAM but costs time (the demo model: 1.6x).
+(diffusers' default skip list). On a CPU it saves RAM but costs time (the demo model: 1.1-1.6x).
 
 The change is one-way: the float8 copies replace the originals, so going back needs a reload.
 LoRAs load and switch as usual (their matrices stay in the working precision, see
