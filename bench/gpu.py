@@ -37,7 +37,16 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("offload none", {"vram_preset": "none"}),
     ("offload model", {"vram_preset": "none", "enable_model_cpu_offload": True}),
     ("offload sequential", {"vram_preset": "none", "enable_sequential_cpu_offload": True}),
-    ("offload group", {"vram_preset": "none", "enable_group_offload": True}),
+    ("offload group", {"vram_preset": "none", "enable_group_offload": True}),  # leaf level
+    ("fp8 resident", {"vram_preset": "none", "weight_storage": "fp8"}),
+    (
+        "fp8 + offload model",
+        {"vram_preset": "none", "weight_storage": "fp8", "enable_model_cpu_offload": True},
+    ),
+    (
+        "fp8 + offload group",
+        {"vram_preset": "none", "weight_storage": "fp8", "enable_group_offload": True},
+    ),
 ]
 
 
@@ -142,6 +151,7 @@ def estimate_for(model_dir: Path, opt: Any, device: str, size: int, precision: s
         model_cpu_offload=resolved.enable_model_cpu_offload,
         sequential_cpu_offload=resolved.enable_sequential_cpu_offload,
         group_offload=resolved.enable_group_offload,
+        weight_storage=resolved.weight_storage,
     ).total_mb
 
 

@@ -118,6 +118,13 @@ def _add_common(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument("--prefix", default=prefix, help="file name prefix")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=None)
     p.add_argument("--preset", choices=["auto", "none", "2gb", "3gb", "4gb", "6gb", "8gb"])
+    p.add_argument(
+        "--weight-storage",
+        choices=["auto", "off", "fp8"],
+        default=None,
+        help="fp8: UNet and VAE weights in float8 (less memory; slower on a CPU); "
+        "auto: as the preset says",
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--estimate-vram", action="store_true", help="print a VRAM estimate and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -173,6 +180,10 @@ def _config(args: argparse.Namespace) -> AppConfig:
         config.model = config.model.model_copy(update={"device": args.device})
     if args.preset:
         config.optimization = config.optimization.model_copy(update={"vram_preset": args.preset})
+    if args.weight_storage:
+        config.optimization = config.optimization.model_copy(
+            update={"weight_storage": args.weight_storage}
+        )
     if args.out:
         from pathlib import Path
 

@@ -20,6 +20,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 VramPreset = Literal["auto", "none", "2gb", "3gb", "4gb", "6gb", "8gb"]
+WeightStorage = Literal["auto", "off", "fp8"]
 # Bounds of a request, shared by the settings, request validation and the Discord options.
 MIN_STEPS, MAX_STEPS = 1, 150
 MIN_CFG, MAX_CFG = 0, 30
@@ -92,7 +93,13 @@ class OptimizationConfig(SettingsSection):
     )
     enable_sequential_cpu_offload: bool = Field(False, description="Stream weights layer by layer")
     enable_group_offload: bool = Field(
-        False, description="Offload in blocks with CUDA stream prefetch"
+        False, description="Stream weights layer by layer with CUDA stream prefetch (group offload)"
+    )
+    weight_storage: WeightStorage = Field(
+        "auto",
+        description="auto (what the VRAM preset says: fp8 for 2gb and 3gb; off on a CPU), off, "
+        "fp8 (UNet and VAE weights stored in float8, computed in the working precision: about "
+        "half their memory; on a CPU it saves RAM but is slower)",
     )
     enable_xformers: bool = Field(
         True, description="Use xformers attention when installed (else SDPA)"

@@ -21,7 +21,7 @@ from engine.cpu import CpuInfo, choose_threads, cpu_dtype, detect_cpu
 from engine.errors import EngineError
 from engine.optimizations import resolve_device
 from engine.settings_base import read_env
-from engine.vram import MB, pick_preset_for_free_vram, resolve_optimizations
+from engine.vram import AUTO_THRESHOLDS, MB, pick_preset_for_free_vram, resolve_optimizations
 
 TORCH_INDEX = "https://download.pytorch.org/whl/"
 # Data folders of the bot: (label, variable, default), as in storage/settings.py and botcore/settings.py.
@@ -35,7 +35,7 @@ DATA_FOLDERS = (
 MIN_FREE_MB = 200  # below this the bot cannot save its database or images
 LOW_FREE_MB = 2048
 DOWNLOAD_MB = 5 * 1024  # an SD v1.5 download with room to spare
-LOW_VRAM_MB = 1800
+LOW_VRAM_MB = dict(AUTO_THRESHOLDS)["2gb"]  # below this even the 2gb preset may not fit
 NOT_CACHED = "not cached yet"
 
 
@@ -138,7 +138,8 @@ def check_vram(free_mb: float, opt: OptimizationConfig | None = None) -> Check:
             "vram",
             summary,
             False,
-            "close other programs using the GPU (browsers, games); 2gb streams weights (slow)",
+            "close other programs using the GPU (browsers, games); with less than the 2gb "
+            "preset needs, the engine streams weights layer by layer (several times slower)",
         )
     return Check("vram", summary)
 

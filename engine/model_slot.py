@@ -45,7 +45,7 @@ from engine.pipeline import (
 from engine.preview import preview_or_none
 from engine.schedulers import make_scheduler
 from engine.vram import resolve_optimizations
-from engine.weight_storage import stored_fp8
+from engine.weight_storage import apply_weight_storage, stored_fp8
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,10 @@ class ModelSlot:
             )
             pipe.safety_checker = None
         self._base_scheduler_config = dict(pipe.scheduler.config)
-        self.applied = configure_pipeline(pipe, opt, self.device)
-        # fp8 storage chosen for the load goes before this line: offers_fp8 reads it, and the
-        # offload hooks placed next must hold the float8 weights.
+        # Before the rungs and the placement: offers_fp8 reads it, and the offload hooks placed
+        # next must hold the float8 weights, not the originals.
+        self.applied = apply_weight_storage(pipe, opt.weight_storage, self.dtype)
+        self.applied += configure_pipeline(pipe, opt, self.device)
         rungs = memory_rungs(fp8=offers_fp8(pipe, self.device), skip=configured_offloads(opt))
         attention = attention_processors(pipe)
         level, placed = self._place(pipe, opt, rungs, attention, self.models.resolve(name))

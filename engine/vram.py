@@ -1,88 +1,38 @@
-"""VRAM presets for small GPUs and a peak-VRAM estimator.
+"""VRAM presets for small GPUs: the preset table, 'auto', and estimates of a configuration.
 
-Estimator formula (all figures in MB, ``b`` = bytes per weight/activation element). Constants
-marked *calibrated* were fitted to ``torch.cuda.max_memory_allocated`` of full-size SD v1.5 at
-512×512 fp16, one image with CFG, in /work/shared/gpu-frontier.md §1 (the engine's presets) and §2
-(plain diffusers); tests/test_vram_calibration.py pins every figure there to ±10 %.
+The estimate itself is engine/vram_estimate.py (its docstring gives the formula and what each
+constant was calibrated on).
 
-* weights on the GPU: the sum of UNet, text encoder and VAE parameters × b when resident
-  (``weight_storage="fp8"`` stores the UNet's weights at 1 byte each; they are cast to fp16 one
-  layer at a time to compute, which costs no visible extra). Model CPU offload: only the UNet at
-  the denoising peak, only the VAE at the decoding peak. Sequential offload and leaf-level group
-  offload: one layer at a time, ``OFFLOAD_LEAF_RESIDENT_MB``. Block-level group offload (what the
-  engine applies, one block per group with a prefetching CUDA stream): the block computing, the
-  next one being prefetched and the ungrouped mid block and embeddings, taken as
-  ``GROUP_BLOCK_UNET_FRACTION`` of the UNet's weights (SD v1.5's up-blocks 0 and 1 alone are
-  420 M of 860 M parameters; *calibrated* to 0.57 on §1/§2's 1,118 MB).
-* UNet activations per denoising pass: ``batch × latent_pixels × 320 × b × 32`` (the live
-  feature maps, skip connections and feed-forward buffers of SD v1 scale roughly as 32 copies
-  of the first block's 320-channel map; *calibrated* on model offload, where the UNet and its
-  activations are all there is at the peak: 1,816 MB fp16, 1,003 MB with fp8 storage);
-  ``batch`` doubles with classifier-free guidance.
-* attention scores: memory-efficient attention (SDPA on CUDA, xformers) keeps none; the
-  sliced processor holds ``slice × latent_pixels² × b × 2`` (scores and softmax), with
-  ``slice = batch × heads / 2``; the plain math path holds ``batch × heads × latent_pixels² × b × 2``.
-* VAE decode: about ``9 × H × W × 128 × b`` per image decoded at once (one with VAE slicing;
-  tiles of 512 px with VAE tiling) plus the mid-block attention over the latent pixels
-  (*calibrated* on sequential offload, where the decode is nearly all of the 645 MB peak, and on
-  resident, 2,700 MB = weights + decode).
-* img2img adds a VAE encode of the init image, costed like a decode of one image at a
-  time (the pipeline encodes the batch's single source once); an upscale is an img2img at
-  the enlarged size with VAE tiling forced on.
-* overhead: ``OVERHEAD_MB`` for the cuBLAS workspace and small buffers (*calibrated*: what
-  §1/§2 leave once the terms above are counted).
-
-The peak is the larger of the denoising phase and the decoding phase. It estimates
-``torch.cuda.max_memory_allocated``; the driver's figure adds the CUDA context (300-500 MB on a
-small card, more on an H200) and the allocator's cache.
+Presets follow the footprint rule: each is the fastest configuration (by §2's measured time)
+whose expected driver figure fits its card for its design request (``DESIGN_REQUESTS``);
+tests/test_engine_vram.py checks PRESETS against ``fastest_fitting``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
+
+from engine.vram_estimate import KNOWN_MODELS, VramEstimate, estimate_vram
+from engine.vram_estimate import MB as MB
+from engine.vram_estimate import model_param_counts as model_param_counts
+from engine.vram_estimate import vae_pass_mb as vae_pass_mb
 
 log = logging.getLogger(__name__)
 
-MB = 1024 * 1024
-OVERHEAD_MB = 20.0
-# The largest layer on the GPU at the decoding peak (a 512-channel 3×3 VAE conv, 2.4 M params).
-OFFLOAD_LEAF_RESIDENT_MB = 5.0
-GROUP_BLOCK_UNET_FRACTION = 0.57
-UNET_ACTIVATION_COPIES = 32
-VAE_DECODE_MAPS = 9
-WEIGHT_STORAGES = ("off", "fp8")
-GROUP_OFFLOAD_LEVELS = ("block", "leaf")
-
-# Parameter counts (millions) of well-known models, used when no config is at hand.
-KNOWN_MODELS: dict[str, dict[str, float]] = {
-    "sd15": {"unet": 859.5, "text_encoder": 123.1, "vae": 83.7, "heads": 8},
-    "small-sd": {"unet": 579.4, "text_encoder": 123.1, "vae": 83.7, "heads": 8},
-    "sd21-base": {"unet": 865.9, "text_encoder": 340.4, "vae": 83.7, "heads": 5},
-}
-MODEL_FAMILY = {
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
-    "runwayml/stable-diffusion-v1-5": "sd15",
-    "segmind/small-sd": "small-sd",
-    "OFA-Sys/small-stable-diffusion-v0": "small-sd",
-    "stabilityai/stable-diffusion-2-1-base": "sd21-base",
-}
-
-# Flags each preset turns on; everything else stays off. Precision fp16 on all GPU presets.
-# No preset turns on attention slicing: it replaces PyTorch's memory-efficient SDPA kernel
-# (which keeps no score matrix) with a sliced one that does, so on torch 2 it costs VRAM.
-PRESETS: dict[str, dict[str, bool]] = {
+# Flags each preset turns on; everything else stays off (weight storage "off"). Precision fp16
+# on all GPU presets. No preset turns on attention slicing: it replaces PyTorch's memory-efficient
+# SDPA kernel (which keeps no score matrix) with a sliced one that does, so on torch 2 it costs
+# VRAM. VAE slicing and tiling cost no time on one image (tiling acts only when a decode does not
+# fit), so the cards up to 4 GB get both for larger requests; they are outside the footprint rule.
+PRESETS: dict[str, dict[str, bool | str]] = {
     "2gb": {
-        "enable_vae_slicing": True,
-        "enable_vae_tiling": True,
-        "enable_sequential_cpu_offload": True,
-    },
-    "3gb": {
-        "enable_vae_slicing": True,
-        "enable_vae_tiling": True,
+        "weight_storage": "fp8",
         "enable_model_cpu_offload": True,
+        "enable_vae_slicing": True,
+        "enable_vae_tiling": True,
     },
+    "3gb": {"weight_storage": "fp8", "enable_vae_slicing": True, "enable_vae_tiling": True},
     "4gb": {"enable_vae_slicing": True, "enable_vae_tiling": True},
     "6gb": {"enable_vae_slicing": True},
     "8gb": {},
@@ -95,8 +45,46 @@ PRESET_FLAGS = (
     "enable_model_cpu_offload",
     "enable_sequential_cpu_offload",
 )
-# Largest preset that fits a card with this much free VRAM (MB), smallest first.
-AUTO_THRESHOLDS = (("3gb", 2900), ("4gb", 3800), ("6gb", 5600), ("8gb", 7500))
+# The card each preset is for (MB) and its design request (width, height, images): what must run
+# without the OOM ladder. 6gb decodes a 768 px image whole (4gb tiles it); 8gb decodes two at once.
+CARD_MB = {"2gb": 2048, "3gb": 3072, "4gb": 4096, "6gb": 6144, "8gb": 8192}
+DESIGN_REQUESTS = {
+    "2gb": (512, 512, 1),
+    "3gb": (512, 512, 1),
+    "4gb": (512, 512, 1),
+    "6gb": (768, 768, 1),
+    "8gb": (768, 768, 2),
+}
+# Placement and storage, fastest first: gpu-frontier.md §2's s/image (H200, SD v1.5, 512 px, fp16;
+# fp16 sequential offload from §1). The footprint rule takes the first that fits the card.
+CANDIDATES: tuple[tuple[float, dict[str, bool | str]], ...] = (
+    (0.68, {}),
+    (0.97, {"weight_storage": "fp8"}),
+    (1.28, {"enable_model_cpu_offload": True}),
+    (1.40, {"weight_storage": "fp8", "enable_model_cpu_offload": True}),
+    (2.15, {"enable_group_offload": True}),
+    (2.34, {"weight_storage": "fp8", "enable_group_offload": True}),
+    (6.45, {"weight_storage": "fp8", "enable_sequential_cpu_offload": True}),
+    (8.25, {"enable_sequential_cpu_offload": True}),
+)
+PLACEMENT = (
+    "weight_storage",
+    "enable_model_cpu_offload",
+    "enable_group_offload",
+    "enable_sequential_cpu_offload",
+)
+# Free VRAM (MB) 'auto' needs for each preset: its expected driver figure for its design request
+# (SD v1.5; tests/test_engine_vram.py recomputes them), rounded up to 10 MB. Free memory is read
+# once this process's CUDA context exists, so asking for the whole driver figure again leaves the
+# context's size as headroom for kernels loaded later and other programs; a card on the edge gets
+# the next preset down, which fits, and OPT_VRAM_PRESET set by hand overrides.
+AUTO_THRESHOLDS = (
+    ("2gb", 1690),
+    ("3gb", 2840),
+    ("4gb", 3740),
+    ("6gb", 4720),
+    ("8gb", 6340),
+)
 
 
 def pick_preset_for_free_vram(free_mb: float) -> str:
@@ -119,7 +107,11 @@ def free_cuda_vram_mb() -> float | None:
 
 
 def resolve_optimizations(opt: Any, device: str, free_mb: float | None = None) -> tuple[Any, str]:
-    """Apply the VRAM preset to the flags not set explicitly; return (new config, preset used)."""
+    """Apply the VRAM preset to the flags not set explicitly; return (new config, preset used).
+
+    Weight storage 'auto' becomes what the preset says on CUDA and 'off' elsewhere; an explicit
+    'off' or 'fp8' is kept on any device.
+    """
     preset = opt.vram_preset
     if preset == "auto":
         if not device.startswith("cuda"):
@@ -129,169 +121,14 @@ def resolve_optimizations(opt: Any, device: str, free_mb: float | None = None) -
             preset = pick_preset_for_free_vram(free or 0.0)
             log.info("VRAM preset auto: %.0f MB free -> %s", free or 0.0, preset)
     flags = PRESETS[preset]
-    updates = {
+    updates: dict[str, Any] = {
         name: flags.get(name, False) for name in PRESET_FLAGS if name not in opt.model_fields_set
     }
+    storage = getattr(opt, "weight_storage", "off")
+    if storage == "auto":
+        storage = str(flags.get("weight_storage", "off")) if device.startswith("cuda") else "off"
+    updates["weight_storage"] = storage
     return opt.model_copy(update=updates), preset
-
-
-@dataclass
-class VramEstimate:
-    """Estimated peak VRAM in MB with its breakdown."""
-
-    total_mb: float
-    weights_mb: dict[str, float]
-    resident_weights_mb: float
-    unet_activations_mb: float
-    attention_mb: float
-    vae_decode_mb: float
-    overhead_mb: float
-    notes: list[str] = field(default_factory=list)
-
-    def format(self) -> str:
-        """A human-readable table of the estimate."""
-        lines = [f"Estimated peak VRAM: {self.total_mb:,.0f} MB"]
-        for name, value in self.weights_mb.items():
-            lines.append(f"  weights {name:<13} {value:>8,.0f} MB")
-        lines += [
-            f"  on GPU at once        {self.resident_weights_mb:>8,.0f} MB",
-            f"  UNet activations      {self.unet_activations_mb:>8,.0f} MB",
-            f"  attention scores      {self.attention_mb:>8,.0f} MB",
-            f"  VAE decode            {self.vae_decode_mb:>8,.0f} MB",
-            f"  overhead              {self.overhead_mb:>8,.0f} MB",
-        ]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-def model_param_counts(model_id: str) -> dict[str, float]:
-    """Parameter counts (millions) and attention heads for a model id (SD v1.5 when unknown)."""
-    family = MODEL_FAMILY.get(model_id)
-    if family is None:
-        counts = _counts_from_folder(model_id)
-        if counts is not None:
-            return counts
-        family = "sd15"
-    return dict(KNOWN_MODELS[family])
-
-
-def _counts_from_folder(path: str) -> dict[str, float] | None:
-    """Count parameters of a local diffusers folder by building its models on the meta device."""
-    from pathlib import Path
-
-    root = Path(path)
-    if not (root / "model_index.json").is_file():
-        return None
-    try:
-        from accelerate import init_empty_weights
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel
-
-        with init_empty_weights():
-            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
-            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
-            te = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
-        heads = unet.config.attention_head_dim
-        heads = heads[0] if isinstance(heads, (list, tuple)) else heads
-        return {
-            "unet": sum(p.numel() for p in unet.parameters()) / 1e6,
-            "text_encoder": sum(p.numel() for p in te.parameters()) / 1e6,
-            "vae": sum(p.numel() for p in vae.parameters()) / 1e6,
-            "heads": float(heads),
-        }
-    except Exception as exc:  # an unreadable folder falls back to SD v1.5 figures
-        log.warning("could not read model configs in %s (%s); assuming SD v1.5 sizes", path, exc)
-        return None
-
-
-def vae_pass_mb(
-    width: int, height: int, element_bytes: int, channels: int = 128, factor: int = 8
-) -> float:
-    """One image's VAE encode or decode (MB): the full-size feature maps and mid-block attention."""
-    latent_px = (width // factor) * (height // factor)
-    return (
-        VAE_DECODE_MAPS * width * height * channels * element_bytes
-        + latent_px**2 * element_bytes * 2
-    ) / MB
-
-
-def estimate_vram(
-    model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    *,
-    precision: str = "fp16",
-    width: int = 512,
-    height: int = 512,
-    batch_size: int = 1,
-    guidance: bool = True,
-    attention_slicing: bool = False,
-    memory_efficient_attention: bool = True,
-    vae_slicing: bool = False,
-    vae_tiling: bool = False,
-    model_cpu_offload: bool = False,
-    sequential_cpu_offload: bool = False,
-    group_offload: bool = False,
-    group_offload_level: str = "block",
-    weight_storage: str = "off",
-    img2img: bool = False,
-    counts: dict[str, float] | None = None,
-) -> VramEstimate:
-    """Estimate peak VRAM (MB) of one generation; see the module docstring for the formula."""
-    if weight_storage not in WEIGHT_STORAGES:
-        raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, not {weight_storage!r}")
-    if group_offload_level not in GROUP_OFFLOAD_LEVELS:
-        raise ValueError(f"group_offload_level must be one of {GROUP_OFFLOAD_LEVELS}")
-    b = 4 if precision == "fp32" else 2
-    counts = counts or model_param_counts(model_id)
-    heads = counts.get("heads", 8)
-    weights = {k: counts[k] * 1e6 * b / MB for k in ("unet", "text_encoder", "vae")}
-    notes: list[str] = []
-    if weight_storage == "fp8":
-        weights["unet"] = counts["unet"] * 1e6 / MB
-        notes.append("UNet weights stored in fp8, computed in fp16 one layer at a time")
-    leaf = sequential_cpu_offload or (group_offload and group_offload_level == "leaf")
-    if leaf:
-        resident = decode_weights = OFFLOAD_LEAF_RESIDENT_MB
-        notes.append("weights streamed from CPU RAM layer by layer")
-    elif group_offload:
-        resident = GROUP_BLOCK_UNET_FRACTION * weights["unet"]
-        decode_weights = weights["vae"]
-        notes.append("weights streamed from CPU RAM block by block, the next block prefetched")
-    elif model_cpu_offload:
-        resident = weights["unet"]
-        decode_weights = weights["vae"]
-        notes.append("one component on the GPU at a time")
-    else:
-        resident = decode_weights = sum(weights.values())
-    latent_px = (width // 8) * (height // 8)
-    batch = batch_size * (2 if guidance else 1)
-    unet_act = batch * latent_px * 320 * b * UNET_ACTIVATION_COPIES / MB
-    if attention_slicing:
-        slice_rows = max(1.0, batch * heads / 2)
-        attention = slice_rows * latent_px**2 * b * 2 / MB
-    elif memory_efficient_attention:
-        attention = 0.0
-    else:
-        attention = batch * heads * latent_px**2 * b * 2 / MB
-    tiled = vae_tiling and width * height > 512 * 512
-    images_at_once = 1 if vae_slicing else batch_size
-    one_image = vae_pass_mb(512, 512, b) if tiled else vae_pass_mb(width, height, b)
-    vae_decode = images_at_once * one_image
-    if img2img:
-        vae_decode = max(vae_decode, one_image)  # the encode of the init image
-        notes.append("img2img: the init image is VAE-encoded before denoising")
-    denoise_peak = resident + unet_act + attention
-    decode_peak = decode_weights + vae_decode
-    total = max(denoise_peak, decode_peak) + OVERHEAD_MB
-    return VramEstimate(
-        total_mb=total,
-        weights_mb=weights,
-        resident_weights_mb=resident,
-        unet_activations_mb=unet_act,
-        attention_mb=attention,
-        vae_decode_mb=vae_decode,
-        overhead_mb=OVERHEAD_MB,
-        notes=notes,
-    )
 
 
 def estimate_for_config(
@@ -306,12 +143,14 @@ def estimate_for_config(
     """Estimate for an AppConfig as a CUDA run would resolve it (preset applied, fp16 on 'auto').
 
     For an upscale, width and height are the enlarged size; VAE tiling is on as the run has it.
+    Without a GPU, preset 'auto' is estimated as 'none' (what the CPU runs).
     """
     free = free_cuda_vram_mb()
-    device = "cuda" if free is not None else "cpu"
-    opt, _preset = resolve_optimizations(config.optimization, device, free_mb=free)
+    explicit = config.optimization.vram_preset != "auto"
+    device = "cuda" if free is not None or explicit else "cpu"
+    opt, preset = resolve_optimizations(config.optimization, device, free_mb=free)
     precision = config.model.precision
-    return estimate_vram(
+    estimate = estimate_vram(
         config.model.model_id,
         precision="fp16" if precision == "auto" else precision,
         width=width,
@@ -324,6 +163,61 @@ def estimate_for_config(
         model_cpu_offload=opt.enable_model_cpu_offload,
         sequential_cpu_offload=opt.enable_sequential_cpu_offload,
         group_offload=opt.enable_group_offload,
-        weight_storage=getattr(opt, "weight_storage", "off"),
+        weight_storage=opt.weight_storage,
         img2img=img2img or upscale,
     )
+    estimate.notes.insert(0, f"preset {preset}: {describe_flags(PRESETS[preset])}")
+    return estimate
+
+
+def describe_flags(flags: dict[str, bool | str]) -> str:
+    """A preset's settings in words ('fp16 resident' when it turns nothing on)."""
+    words = ["fp8 weight storage"] if flags.get("weight_storage") == "fp8" else []
+    words += [
+        name.removeprefix("enable_").replace("_", " ").replace("vae", "VAE").replace("cpu", "CPU")
+        for name, on in flags.items()
+        if name != "weight_storage" and on
+    ]
+    return ", ".join(words) or "everything on the GPU"
+
+
+def config_estimate(
+    flags: dict[str, bool | str], width: int, height: int, images: int, counts: dict[str, float]
+) -> VramEstimate:
+    """The estimate for a preset's or candidate's flags at one request size, fp16 with CFG."""
+    return estimate_vram(
+        precision="fp16",
+        width=width,
+        height=height,
+        batch_size=images,
+        vae_slicing=bool(flags.get("enable_vae_slicing")),
+        vae_tiling=bool(flags.get("enable_vae_tiling")),
+        model_cpu_offload=bool(flags.get("enable_model_cpu_offload")),
+        sequential_cpu_offload=bool(flags.get("enable_sequential_cpu_offload")),
+        group_offload=bool(flags.get("enable_group_offload")),
+        weight_storage=str(flags.get("weight_storage", "off")),
+        counts=counts,
+    )
+
+
+def fastest_fitting(preset: str, counts: dict[str, float] | None = None) -> dict[str, bool | str]:
+    """The footprint rule: the fastest CANDIDATES entry whose driver figure fits the preset's card.
+
+    The candidate keeps the preset's VAE slicing and tiling (they cost no time on one image);
+    it is measured at the preset's design request (SD v1.5 unless counts are given).
+    """
+    counts = counts or dict(KNOWN_MODELS["sd15"])
+    width, height, images = DESIGN_REQUESTS[preset]
+    vae = {k: v for k, v in PRESETS[preset].items() if k not in PLACEMENT}
+    for _seconds, placement in CANDIDATES:
+        flags = {**vae, **placement}
+        if config_estimate(flags, width, height, images, counts).driver_mb < CARD_MB[preset]:
+            return dict(placement)
+    raise ValueError(f"nothing fits a {CARD_MB[preset]} MB card")
+
+
+def preset_driver_mb(preset: str, counts: dict[str, float] | None = None) -> float:
+    """A preset's expected driver figure (MB) for its design request (SD v1.5 by default)."""
+    width, height, images = DESIGN_REQUESTS[preset]
+    counts = counts or dict(KNOWN_MODELS["sd15"])
+    return config_estimate(PRESETS[preset], width, height, images, counts).driver_mb

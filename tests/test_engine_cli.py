@@ -165,6 +165,26 @@ def test_estimate_vram_loads_no_model(tmp_path: Path) -> None:
     assert not (tmp_path / "models").exists()
 
 
+def _driver_mb(stdout: str) -> int:
+    line = next(x for x in stdout.splitlines() if x.startswith("Expected on the driver"))
+    return int(line.split(":")[1].split()[0].replace(",", ""))
+
+
+def test_estimate_vram_shows_the_preset_and_the_driver_figure(tmp_path: Path) -> None:
+    """--estimate-vram shows allocated and driver figures; --weight-storage overrides the preset."""
+    fp8 = run_cli("test", "--estimate-vram", "--preset", "3gb", cwd=tmp_path)
+    assert fp8.returncode == 0, fp8.stderr
+    assert "preset 3gb: fp8 weight storage, VAE slicing, VAE tiling" in fp8.stdout
+    assert "UNet and VAE weights stored in fp8" in fp8.stdout
+    assert "CUDA context" in fp8.stdout and _driver_mb(fp8.stdout) < 3072
+    off = run_cli(
+        "test", "--estimate-vram", "--preset", "3gb", "--weight-storage", "off", cwd=tmp_path
+    )
+    assert off.returncode == 0, off.stderr
+    assert "stored in fp8" not in off.stdout
+    assert _driver_mb(off.stdout) > _driver_mb(fp8.stdout) + 800  # the UNet and VAE at 2 bytes
+
+
 def test_cli_inline_loras_and_weights(
     tiny_model_dir: Path,
     tiny_lora: Path,

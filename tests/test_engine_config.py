@@ -50,6 +50,7 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("GEN_NUM_INFERENCE_STEPS", "-3", "GEN_NUM_INFERENCE_STEPS='-3': must be between 1"),
         ("GEN_WIDTH", "500", "GEN_WIDTH='500': must be a multiple of 8"),
         ("OPT_VRAM_PRESET", "5gb", "OPT_VRAM_PRESET='5gb': must be one of 'auto', 'none', '2gb'"),
+        ("OPT_WEIGHT_STORAGE", "int4", "OPT_WEIGHT_STORAGE='int4': must be one of 'auto', 'off'"),
         ("GEN_SCHEDULER", "warp", "choose one of: DPM++ 2M Karras"),
         ("GEN_GUIDANCE_SCALE", "31", "GEN_GUIDANCE_SCALE='31': must be between 0 and 30"),
         ("MODEL_DEVICE", "gpu", "MODEL_DEVICE='gpu': must be one of auto, cpu, cuda"),
@@ -112,11 +113,42 @@ def test_preset_fills_only_unset_flags() -> None:
     opt = OptimizationConfig(vram_preset="2gb", enable_vae_tiling=False)
     resolved, name = resolve_optimizations(opt, "cuda")
     assert name == "2gb"
-    assert resolved.enable_sequential_cpu_offload is True
+    assert resolved.enable_model_cpu_offload is True and resolved.weight_storage == "fp8"
+    assert resolved.enable_sequential_cpu_offload is False
     assert resolved.enable_vae_tiling is False  # set explicitly, so the preset leaves it
     cpu, cpu_name = resolve_optimizations(OptimizationConfig(), "cpu")
     assert cpu_name == "none" and not cpu.enable_sequential_cpu_offload
     assert set(PRESETS) >= {"2gb", "3gb", "4gb", "6gb", "8gb"}
+
+
+@pytest.mark.parametrize(
+    ("preset", "setting", "device", "stored"),
+    [
+        ("2gb", "auto", "cuda", "fp8"),
+        ("3gb", "auto", "cuda", "fp8"),
+        ("4gb", "auto", "cuda", "off"),
+        ("none", "auto", "cuda", "off"),
+        ("3gb", "auto", "cpu", "off"),  # auto is always off on a CPU
+        ("3gb", "off", "cuda", "off"),  # an explicit value wins over the preset
+        ("4gb", "fp8", "cuda", "fp8"),
+        ("none", "fp8", "cpu", "fp8"),  # and is honoured on a CPU
+    ],
+)
+def test_weight_storage_follows_the_preset_unless_set(
+    preset: str, setting: str, device: str, stored: str
+) -> None:
+    from engine.config import OptimizationConfig
+
+    fields = {} if setting == "auto" else {"weight_storage": setting}
+    resolved, _name = resolve_optimizations(
+        OptimizationConfig(vram_preset=preset, **fields), device
+    )
+    assert resolved.weight_storage == stored
+
+
+def test_weight_storage_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPT_WEIGHT_STORAGE", "fp8")
+    assert load_config(None).optimization.weight_storage == "fp8"
 
 
 def test_generation_config_rejects_bad_kwargs() -> None:

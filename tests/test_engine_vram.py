@@ -1,12 +1,31 @@
-"""The VRAM estimator against published SD v1.5 figures and its own consistency."""
+"""The VRAM estimator against published SD v1.5 figures, its consistency, and the presets."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from engine.vram import MB, estimate_vram, model_param_counts
+from engine.vram import (
+    AUTO_THRESHOLDS,
+    CANDIDATES,
+    CARD_MB,
+    DESIGN_REQUESTS,
+    MB,
+    PLACEMENT,
+    PRESETS,
+    config_estimate,
+    describe_flags,
+    estimate_vram,
+    fastest_fitting,
+    model_param_counts,
+    pick_preset_for_free_vram,
+    preset_driver_mb,
+)
+from engine.vram_estimate import CUDA_CONTEXT_MB, KNOWN_MODELS
+
+SD15 = dict(KNOWN_MODELS["sd15"])
 
 
 def test_sd15_512_fp16_in_published_range() -> None:
@@ -67,3 +86,78 @@ def test_counts_read_from_a_local_folder(tiny_model_dir: Path) -> None:
     unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
     assert abs(counts["unet"] - sum(p.numel() for p in unet.parameters()) / 1e6) < 1e-6
     assert counts["unet"] < 10  # a tiny model, not the SD v1.5 fallback
+
+
+def test_every_preset_fits_its_card_on_the_driver() -> None:
+    """allocated + the allocator's reserve + the CUDA context < the card, at the design request."""
+    for preset, card in CARD_MB.items():
+        driver = preset_driver_mb(preset)
+        assert driver < card, (preset, driver, card)
+    # The low presets against issue 21's targets (allocated, 512 px, one image).
+    targets = {"2gb": 1100, "3gb": 2000, "4gb": 2800}
+    for preset, target in targets.items():
+        assert config_estimate(PRESETS[preset], 512, 512, 1, SD15).total_mb <= target, preset
+
+
+@pytest.mark.parametrize("preset", ["2gb", "3gb", "4gb", "6gb", "8gb"])
+def test_preset_table_follows_the_footprint_rule(preset: str) -> None:
+    """Each preset's placement and storage is the fastest candidate whose footprint fits."""
+    placement = {k: v for k, v in PRESETS[preset].items() if k in PLACEMENT and v}
+    chosen = {k: v for k, v in fastest_fitting(preset).items() if v}
+    assert placement == chosen, preset
+    # Every faster candidate would not fit: the rule is not satisfied by luck.
+    width, height, images = DESIGN_REQUESTS[preset]
+    vae = {k: v for k, v in PRESETS[preset].items() if k not in PLACEMENT}
+    faster = [flags for _s, flags in CANDIDATES[: _index(chosen)]]
+    for flags in faster:
+        est = config_estimate({**vae, **flags}, width, height, images, SD15)
+        assert est.driver_mb >= CARD_MB[preset], (preset, flags)
+
+
+def _index(flags: dict[str, bool | str]) -> int:
+    return next(i for i, (_s, c) in enumerate(CANDIDATES) if c == flags)
+
+
+def test_candidates_are_fastest_first_and_a_larger_card_never_gets_a_slower_preset() -> None:
+    seconds = [s for s, _flags in CANDIDATES]
+    assert seconds == sorted(seconds)
+    order = [_index({k: v for k, v in fastest_fitting(p).items() if v}) for p in CARD_MB]
+    assert order == sorted(order, reverse=True)
+
+
+def test_auto_thresholds_are_the_driver_figures() -> None:
+    """'auto' asks for each preset's whole expected driver figure, rounded up to 10 MB."""
+    names = [name for name, _need in AUTO_THRESHOLDS]
+    assert names == list(CARD_MB)
+    needs = [need for _name, need in AUTO_THRESHOLDS]
+    assert needs == sorted(needs)
+    for name, need in AUTO_THRESHOLDS:
+        driver = preset_driver_mb(name)
+        assert driver <= need < driver + 10, (name, driver, need)
+        assert pick_preset_for_free_vram(need) == name
+        if name != "2gb":
+            assert pick_preset_for_free_vram(need - 1) != name
+
+
+def test_estimate_shows_the_driver_figure() -> None:
+    est = estimate_vram(weight_storage="fp8")
+    assert est.mode == "resident" and est.reserve_mb > 0
+    assert est.driver_mb == pytest.approx(est.total_mb + est.reserve_mb + CUDA_CONTEXT_MB)
+    text = est.format()
+    assert f"Expected on the driver (nvidia-smi): {est.driver_mb:,.0f} MB" in text
+    assert "CUDA context" in text and "assumed" in text
+    assert "UNet and VAE weights stored in fp8" in text
+    offload = estimate_vram(model_cpu_offload=True)
+    assert offload.mode == "model offload" and offload.reserve_mb < est.reserve_mb
+    assert estimate_vram(group_offload=True).mode == "group offload (leaf)"  # the engine's level
+
+
+def test_readme_preset_table_matches_presets() -> None:
+    """The hardware guide's 'What it turns on' column is each preset's flags, in words."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\dgb)` \| ([^|]+) \|", readme, re.M))
+    assert set(rows) == set(CARD_MB)
+    for preset, words in rows.items():
+        assert words.strip() == describe_flags(PRESETS[preset]), preset
+    for name, need in AUTO_THRESHOLDS[1:]:
+        assert f"{name} from {need:,}" in readme, name
