@@ -317,7 +317,7 @@ class ModelSlot:
         if lasting:
             self.applied += lasting
             log.warning(
-                "%s: UNet weights now stored in fp8; they stay so at lower memory levels until "
+                "%s: UNet and VAE weights now stored in fp8; they stay so at lower memory levels until "
                 "the model is loaded again",
                 self.model_name,
             )

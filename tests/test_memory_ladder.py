@@ -196,7 +196,7 @@ def test_fp8_rung_is_kept_when_stepping_down(
         gen.set_memory_level(fp8_level + 1)  # fp8 + model offload
     assert placement.calls[-1] == {"model": True, "group": False, "sequential": False, "fp8": True}
     assert "stay so at lower memory levels" in caplog.text
-    assert "fp8 weight storage (unet)" in gen.slot.applied
+    assert "fp8 weight storage (unet, vae)" in gen.slot.applied
     gen.set_memory_level(0)
     assert placement.calls[-1]["fp8"] and not placement.calls[-1]["model"]
     assert stored_fp8(gen.pipe.unet)  # one-way: only a reload brings the weights back
