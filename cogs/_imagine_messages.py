@@ -65,6 +65,10 @@ async def _result_update(bot: ImageBot, job: JobRecord, data: dict[str, Any]) ->
     nsfw_channel = bool(job.reference.get("nsfw_channel"))
     hide = flagged and not nsfw_channel and settings.nsfw_mode != "allow"
     content = f"<@{job.user_id}>"
+    if request.get("draft"):
+        content += "\n📝 Draft: a quick, rougher image. U and V on it give full quality."
+    if job.reference.get("note"):
+        content += f"\nℹ️ {job.reference['note']}"
     for warning in data.get("warnings", []):
         content += f"\nℹ️ {warning[:300]}"
     files: list[discord.File] = []

@@ -35,12 +35,15 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
     count = options.get("count")
     if count is not None and count > max_images(bot):
         raise UserFacingError(f"At most {max_images(bot)} images per request on this machine.")
-    fast = bool(options.get("fast"))
-    # Fast mode brings its own steps, CFG and sampler; saved defaults for normal mode don't apply.
-    saved_steps, saved_cfg = (None, None) if fast else (profile.steps, profile.cfg)
+    draft = options.get("draft")
+    if draft is None:  # the server's default (GEN_DRAFT_DEFAULT), written into the job
+        draft = bot.engine_door.draft_by_default()
+    # A draft brings its own steps, CFG and sampler; the saved full-quality defaults don't apply.
+    saved = (None, None, None) if draft else (profile.steps, profile.cfg, profile.negative_prompt)
+    saved_steps, saved_cfg, saved_negative = saved
     request: dict[str, Any] = {
         "prompt": prompt,
-        "negative_prompt": options.get("negative") or profile.negative_prompt,
+        "negative_prompt": options.get("negative") or saved_negative,
         "num_inference_steps": options["steps"]
         if options.get("steps") is not None
         else saved_steps,
@@ -50,7 +53,7 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
         "height": height or profile.height,
         "num_images": count,
         "scheduler": options.get("sampler") or profile.sampler,
-        "fast": fast,
+        "draft": bool(draft),
         "model": model,
     }
     await check_embeddings_fit(bot, model, prompt, request["negative_prompt"])
@@ -77,12 +80,14 @@ async def submit_for(
     request: dict[str, Any],
     *,
     deferred: bool = False,
+    note: str | None = None,
 ) -> JobRecord:
     """Validate, write the job, acknowledge the interaction, then let the job start.
 
     The job is written before Discord is told anything, so no acknowledged command can exist
     without a record (a crash in between leaves a job that runs and posts in the channel).
     ``deferred``: the caller already deferred under a recorded acknowledgement (botcore/acks.py).
+    ``note``: a line the result message shows (kept with the job's delivery reference).
     """
     executor = bot.executor
     user = interaction.user
@@ -99,12 +104,15 @@ async def submit_for(
     async def acknowledge(job: JobRecord) -> None:
         await interaction.response.defer(thinking=True)
 
+    reference = interaction_reference(interaction)
+    if note:
+        reference["note"] = note
     new = NewJob(
         user_id=user.id,
         work=GenerationRequest.from_dict(request),
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id,
-        reference=interaction_reference(interaction),
+        reference=reference,
     )
     return await executor.submit(new, admin=admin, acknowledge=None if deferred else acknowledge)
 
@@ -112,7 +120,17 @@ async def submit_for(
 def from_image(
     request: dict[str, Any], generation: Any, seeds: list[int], action: str, index: int
 ) -> dict[str, Any]:
-    """The request of U<i> (upscale ×2, same seed) or V<i> (img2img, new seed) on image i."""
+    """The request of U<i> (upscale ×2, same seed) or V<i> (img2img, new seed) on image i.
+
+    On a draft both give full quality: V repaints the draft image at full quality; U cannot
+    render and enlarge in one job, so it is the full-quality render of image i's seed and
+    prompt (see `draft_upscale_note`), which has U buttons of its own.
+    """
+    if request.get("draft"):
+        request = full_quality(request)
+        if action == "up":
+            seed = seeds[index] if index < len(seeds) else request.get("seed")
+            return {**request, "num_images": 1, "seed": seed}
     paths = list(generation.image_paths) if generation is not None else []
     if not 0 <= index < len(paths) or not Path(paths[index]).is_file():
         raise UserFacingError(f"Image {index + 1} of that job is no longer on the bot's disk.")
@@ -127,6 +145,19 @@ def from_image(
     else:
         new.update(strength=DEFAULT_STRENGTH, seed=random_seed())
     return new
+
+
+def full_quality(request: dict[str, Any]) -> dict[str, Any]:
+    """A draft's request at full quality: the draft's steps and CFG give way to the defaults."""
+    return {**request, "draft": False, "num_inference_steps": None, "guidance_scale": None}
+
+
+def draft_upscale_note(index: int) -> str:
+    """What the result of U on a draft says it is."""
+    return (
+        f"Full-quality render of draft image {index + 1} (same seed and prompt). U on a draft "
+        "renders it first; press U here to upscale it."
+    )
 
 
 def can_upscale(request: dict[str, Any]) -> bool:

@@ -85,7 +85,8 @@ def result_view(job_id: int, request: dict[str, Any], count: int) -> discord.ui.
     view = discord.ui.View(timeout=None)
     row = 0
     for action in ("up", "vary"):
-        if action == "up" and not can_upscale(request):
+        # U on a draft renders it at full quality first: no size limit applies.
+        if action == "up" and not request.get("draft") and not can_upscale(request):
             continue
         for start in range(0, count, 5):
             for index in range(start, min(count, start + 5)):

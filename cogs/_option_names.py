@@ -15,7 +15,7 @@ OPTION_NAMES: dict[str, tuple[str, str]] = {
     "height": ("size", "the height "),
     "num_images": ("count", ""),
     "scheduler": ("sampler", ""),
-    "fast": ("fast", ""),
+    "draft": ("draft", ""),
     "init_image": ("image", ""),
     "strength": ("strength", ""),
     "upscale": ("upscale", ""),

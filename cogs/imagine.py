@@ -23,7 +23,7 @@ from cogs._checks import (
 )
 from cogs._imagine_messages import final_update, status_update
 from cogs._imagine_options import sampler_autocomplete, size_autocomplete
-from cogs._imagine_request import build_request, from_image, submit_for
+from cogs._imagine_request import build_request, draft_upscale_note, from_image, submit_for
 from cogs._job_views import DELETED, JobButton
 from cogs._sources import save_source
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
@@ -100,7 +100,7 @@ class Imagine(commands.Cog):
         size="Image size: a name from the list, or width x height like 512x768",
         count="Number of images",
         sampler="Sampler (scheduler)",
-        fast="Fast mode: LCM, 4-8 steps (negative prompts have little effect)",
+        draft="Draft: a quick, rougher image (4 steps); U and V on it give full quality",
         image="Start from this picture (img2img)",
         strength="With an image: how much is repainted (0.05-1, default 0.6)",
     )
@@ -116,7 +116,7 @@ class Imagine(commands.Cog):
         size: str | None = None,
         count: app_commands.Range[int, 1, MAX_NUM_IMAGES] | None = None,
         sampler: str | None = None,
-        fast: bool | None = None,
+        draft: bool | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
     ) -> None:
@@ -128,7 +128,7 @@ class Imagine(commands.Cog):
         self._check_cooldown(user)
         request = await build_request(
             bot, user.id, prompt, negative=negative, steps=steps, cfg=cfg, seed=seed,
-            size=size, count=count, sampler=sampler, fast=fast,
+            size=size, count=count, sampler=sampler, draft=draft,
             guild_id=interaction.guild_id, channel_id=interaction.channel_id,
         )  # fmt: skip
         if strength is not None and image is None:
@@ -199,8 +199,9 @@ class Imagine(commands.Cog):
         self._check_cooldown(interaction.user)
         request = job.request.to_dict()
         if action in ("up", "vary"):
+            note = draft_upscale_note(index) if action == "up" and request.get("draft") else None
             await submit_for(
-                bot, interaction, from_image(request, generation, seeds, action, index)
+                bot, interaction, from_image(request, generation, seeds, action, index), note=note
             )
             self.cooldowns.mark(interaction.user.id)
             return

@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from engine.adapters import fast_lora_missing
+from engine.adapters import draft_lora_missing
 from engine.config import AppConfig, ConfigError, load_config
 from engine.errors import EngineError, LoraError, RequestError
 from engine.lora import inspect_lora_file
@@ -37,7 +37,7 @@ FLAGS = {
     "height": "--height",
     "num_images": "--num",
     "scheduler": "--scheduler",
-    "fast": "--fast",
+    "draft": "--draft",
     "init_image": "--init-image",
     "strength": "--strength",
     "upscale": "--factor",
@@ -75,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where <lora:NAME:w> in the prompt looks for NAME/final or NAME "
         "(default STORAGE_LORA_DIR, else models/lora)",
     )
-    p.add_argument("--fast", action="store_true", help="LCM-LoRA fast mode: 4-8 steps, low CFG")
+    p.add_argument(
+        "--draft",
+        action="store_true",
+        help="a quick, rougher image: few-step LoRA (GEN_DRAFT_LORA), 4 steps, CFG 1",
+    )
+    # Fast mode's flag, as drafts were called before. The command line makes a draft only when
+    # asked: GEN_DRAFT_DEFAULT is the bot's default.
+    p.add_argument("--fast", dest="draft", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--init-image", default=None, help="img2img: start from this image file")
     p.add_argument(
         "--strength", type=float, default=None, help="img2img: how much is repainted, 0.05-1"
@@ -198,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheduler=args.scheduler,
         lora=args.lora,
         lora_scale=args.lora_scale,
-        fast=args.fast,
+        draft=args.draft,
         init_image=args.init_image,
         strength=args.strength,
     )
@@ -214,9 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         request.loras = [use.to_entry() for use in stack]
         resolved = resolve_request(request, config.generation, {})
-        problem = fast_lora_missing(config) if resolved.fast else None
+        problem = draft_lora_missing(config) if resolved.draft else None
         if problem is not None:
-            raise RequestError("fast", problem)
+            raise RequestError("draft", problem)
         if args.estimate_vram:
             estimate = estimate_for_config(
                 config,

@@ -1,4 +1,4 @@
-"""Adapters: the LoRAs (the fast-mode LCM-LoRA included) and embeddings on the resident model."""
+"""Adapters: the LoRAs (the draft tier's few-step LoRA included) and embeddings on the model."""
 
 from __future__ import annotations
 
@@ -10,43 +10,59 @@ from engine.config import AppConfig
 from engine.embeddings import EmbeddingError, EmbeddingInfo, EmbeddingSet
 from engine.errors import EngineError, LoraError
 from engine.lora import WEIGHT_NAME, LoraManager, resolve_lora_file
+from engine.lora_fuse import fusable
 from engine.pipeline import offline
 from engine.requests import ResolvedRequest
 
 log = logging.getLogger(__name__)
 
-FAST_ADAPTER = "lcm_fast"
-FAST_UNAVAILABLE = (
-    "fast mode is not available on this machine now (its LCM-LoRA is not here and cannot be "
-    "downloaded); turn fast mode off"
+DRAFT_ADAPTER = "draft_lora"
+DRAFT_UNAVAILABLE = (
+    "drafts are not available on this machine now (their few-step LoRA is not here and cannot "
+    "be downloaded); turn draft off"
 )
 
 
-def fast_lora_missing(config: AppConfig) -> str | None:
-    """Why fast mode's LCM-LoRA cannot be had now, for the owner (with the fix); None if it can.
+def draft_lora_missing(config: AppConfig) -> str | None:
+    """Why the drafts' LoRA cannot be had now, for the owner (with the fix); None if it can.
 
     Nothing is downloaded: a hub id counts as available while the hub may be contacted.
     """
-    ref = config.generation.fast_lora.strip()
+    ref = config.generation.draft_lora.strip()
     path = Path(ref).expanduser()
     if not _is_hub_id(ref, path):
         try:
             resolve_lora_file(path)
         except LoraError as exc:
-            return f"the LCM-LoRA {exc.subject} {exc.problem}; set GEN_FAST_LORA to a LoRA file"
+            return f"the draft LoRA {exc.subject} {exc.problem}; set GEN_DRAFT_LORA to a LoRA file"
         return None
-    if not _hub_off(config):
+    if not _hub_off(config) or _in_cache(config, ref):
         return None
+    return (
+        f"the draft LoRA {ref!r} is not in the cache and the hub is switched off "
+        "(HF_HUB_OFFLINE or MODEL_LOCAL_FILES_ONLY); run once online or set GEN_DRAFT_LORA "
+        "to a local file"
+    )
+
+
+def draft_lora_on_disk(config: AppConfig) -> bool:
+    """Whether the drafts' LoRA is on this machine already (a default draft never downloads)."""
+    ref = config.generation.draft_lora.strip()
+    path = Path(ref).expanduser()
+    if _is_hub_id(ref, path):
+        return _in_cache(config, ref)
+    try:
+        resolve_lora_file(path)
+    except LoraError:
+        return False
+    return True
+
+
+def _in_cache(config: AppConfig, ref: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(ref, WEIGHT_NAME, cache_dir=str(config.model.cache_dir))
-    if isinstance(cached, str):
-        return None
-    return (
-        f"the LCM-LoRA {ref!r} is not in the cache and the hub is switched off "
-        "(HF_HUB_OFFLINE or MODEL_LOCAL_FILES_ONLY); run once online or set GEN_FAST_LORA "
-        "to a local file"
-    )
+    return isinstance(cached, str)
 
 
 def _is_hub_id(ref: str, path: Path) -> bool:
@@ -67,6 +83,31 @@ class Adapters:
         # Set by load_lora_weights: active whenever a request names no LoRA of its own.
         self.default_lora: tuple[str, float] | None = None
         self._embedding_files: dict[str, Path] = {}  # loaded again after a model switch
+        self._warned_no_draft = False
+
+    def draft_by_default(self, device: str) -> bool:
+        """Whether a request that does not say is a draft (GEN_DRAFT_DEFAULT on `device`).
+
+        auto: drafts on a CPU. A default draft falls back to full quality, with one WARNING,
+        while the draft LoRA is not on this machine: it is never downloaded for a default.
+        """
+        setting = self.config.generation.draft_default
+        if setting == "off" or (setting == "auto" and device != "cpu"):
+            return False
+        if draft_lora_on_disk(self.config):
+            return True
+        if not self._warned_no_draft:
+            self._warned_no_draft = True
+            log.warning(
+                "drafts are the default here (GEN_DRAFT_DEFAULT=%s on %s) but the draft LoRA %r "
+                "is not on this machine: images are made at full quality. Fetch it once with "
+                '`python -m engine --draft "test"` online, set GEN_DRAFT_LORA to a file, or '
+                "set GEN_DRAFT_DEFAULT=off",
+                setting,
+                device,
+                self.config.generation.draft_lora,
+            )
+        return False
 
     def attach(self, pipe: Any) -> None:
         """Start managing the LoRAs and embeddings of a newly loaded pipeline."""
@@ -89,7 +130,11 @@ class Adapters:
                 log.info("embedding %s is not loaded on %s: %s", token, model_name, exc)
 
     def select(self, resolved: ResolvedRequest) -> None:
-        """Activate the LoRAs a request asks for (else the default LoRA), fast mode's included."""
+        """Activate the LoRAs a request asks for (else the default LoRA), a draft's included.
+
+        A draft whose LoRA is the only active one runs with it fused into the UNet (nothing
+        per step); with other LoRAs on top it stays a separate adapter.
+        """
         assert self.lora is not None
         active: list[tuple[str, float]] = []
         if resolved.lora:
@@ -99,21 +144,32 @@ class Adapters:
         for use in resolved.loras:
             adapter = self.lora.load(use.path, use.name)
             active = [pair for pair in active if pair[0] != adapter] + [(adapter, use.weight)]
-        if resolved.fast:
+        if resolved.draft:
             try:
-                fast = self.lora.load(self._fast_lora_file(), FAST_ADAPTER)
+                draft = self.lora.load(self._draft_lora_file(), DRAFT_ADAPTER)
             except LoraError as exc:
-                log.warning("fast mode's LCM-LoRA (GEN_FAST_LORA) did not load: %s", exc)
+                log.warning("the draft LoRA (GEN_DRAFT_LORA) did not load: %s", exc)
                 raise EngineError(
-                    f"fast mode is not available on this model (its LCM-LoRA {exc.problem}); "
-                    "turn fast mode off"
+                    f"drafts are not available on this model (their LoRA {exc.problem}); "
+                    "turn draft off"
                 ) from exc
-            active.append((fast, 1.0))
+            active.append((draft, 1.0))
         self.lora.activate_many(active)
+        if resolved.draft and len(active) == 1:
+            why_not = fusable(getattr(self.lora.pipe, "unet", None))
+            if why_not is None:
+                self.lora.fuse(DRAFT_ADAPTER)
+            else:
+                log.debug("draft LoRA not fused: %s", why_not)
 
-    def _fast_lora_file(self) -> Path:
-        """The local file of the LCM-LoRA for fast mode (from the hub cache for a hub id)."""
-        ref = self.config.generation.fast_lora.strip()
+    def unfuse(self) -> None:
+        """Take a fused draft LoRA out of the UNet (before its weights are moved or offloaded)."""
+        if self.lora is not None:
+            self.lora.unfuse()
+
+    def _draft_lora_file(self) -> Path:
+        """The local file of the drafts' LoRA (from the hub cache for a hub id)."""
+        ref = self.config.generation.draft_lora.strip()
         path = Path(ref).expanduser()
         if not _is_hub_id(ref, path):
             return resolve_lora_file(path)
@@ -129,8 +185,8 @@ class Adapters:
                 )
             )
         except Exception as exc:  # hub errors vary by version; the advice is the same
-            log.warning("fast mode: the LCM-LoRA %r could not be fetched: %r", ref, exc)
-            raise EngineError(FAST_UNAVAILABLE) from exc
+            log.warning("the draft LoRA %r could not be fetched: %r", ref, exc)
+            raise EngineError(DRAFT_UNAVAILABLE) from exc
 
     def load_lora_weights(
         self, path: str | Path, scale: float = 1.0, name: str | None = None

@@ -113,7 +113,13 @@ class GenerationConfig(SettingsSection):
     """Defaults for each generation (env prefix GEN_)."""
 
     model_config = SettingsConfigDict(env_prefix="GEN_")
-    renamed = {"GEN_OUTPUT_DIR": "output_dir"}
+    # Fast mode became the draft tier: its variables still set the draft settings.
+    renamed = {
+        "GEN_OUTPUT_DIR": "output_dir",
+        "GEN_FAST_LORA": "draft_lora",
+        "GEN_FAST_STEPS": "draft_steps",
+        "GEN_FAST_GUIDANCE": "draft_guidance",
+    }
 
     width: int = Field(512, description="Image width in pixels, a multiple of 8 in [64, 2048]")
     height: int = Field(512, description="Image height in pixels, a multiple of 8 in [64, 2048]")
@@ -137,15 +143,28 @@ class GenerationConfig(SettingsSection):
         validation_alias="STORAGE_LORA_DIR",
         description="Where <lora:NAME:w> in a prompt looks for NAME/final, NAME or NAME.safetensors",
     )
-    fast_lora: str = Field(
+    draft_lora: str = Field(
         "latent-consistency/lcm-lora-sdv1-5",
-        description="LCM-LoRA for fast mode: a file, a folder or a hub id",
+        description="Few-step LoRA of drafts (LCM-LoRA; TCD or Hyper-SD with "
+        "GEN_DRAFT_SAMPLER=TCD): a file, a folder or a hub id",
+    )
+    draft_sampler: Literal["LCM", "TCD"] = Field(
+        "LCM", description="Sampler of drafts: LCM (LCM-LoRA) or TCD (TCD and Hyper-SD LoRAs)"
     )
     upscaler: str = Field(
         "", description="Upscale model (.pth/.safetensors, Real-ESRGAN class); empty: Lanczos"
     )
-    fast_steps: int = Field(6, ge=1, le=12, description="Steps in fast mode (LCM: 4-8)")
-    fast_guidance: float = Field(1.5, ge=0, le=3, description="CFG in fast mode (LCM: 1-2)")
+    draft_steps: int = Field(4, ge=1, le=12, description="Steps of a draft (LCM: 4-8)")
+    draft_guidance: float = Field(
+        1.0,
+        ge=0,
+        le=3,
+        description="CFG of a draft; 1 or less runs one UNet batch and no negative prompt",
+    )
+    draft_default: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Draft when a request does not say: auto (on CPU-only hosts), on, off",
+    )
     max_loras: int = Field(
         3, ge=0, le=6, description="LoRAs per request from <lora:name:w> tags, on top of /lora use"
     )

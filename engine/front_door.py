@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.adapters import fast_lora_missing
+from engine.adapters import draft_lora_missing
 from engine.embeddings import EmbeddingInfo
 from engine.errors import EngineError, LoraError, LoraMismatchError, RequestError
 from engine.generator import TextToImageGenerator
@@ -170,20 +170,25 @@ class EngineDoor:
         """Width and height of a default image: GEN_WIDTH/GEN_HEIGHT when set, else the model's."""
         return native_size(self._generator.config.generation, self._generator.model_defaults)
 
+    def draft_by_default(self) -> bool:
+        """Whether /imagine without a `draft` option makes a draft here (GEN_DRAFT_DEFAULT)."""
+        return self._generator.draft_by_default()
+
     def prepare(self, request: GenerationRequest) -> ResolvedRequest:
         """Validate a request and fill its defaults (RequestError naming the bad field).
 
-        Fast mode is refused here, before anything is queued, when its LCM-LoRA is neither on
-        this machine nor downloadable (the owner's fix goes to the log).
+        An explicit draft is refused here, before anything is queued, when its LoRA is neither
+        on this machine nor downloadable (the owner's fix goes to the log); a default one has
+        already fallen back to full quality.
         """
         resolved = self._generator.prepare(request)
-        if resolved.fast:
-            problem = fast_lora_missing(self._generator.config)
+        if resolved.draft:
+            problem = draft_lora_missing(self._generator.config)
             if problem is not None:
-                log.warning("fast mode refused: %s", problem)
+                log.warning("draft refused: %s", problem)
                 raise RequestError(
-                    "fast",
-                    "fast mode is not available on this bot now (its LCM-LoRA is not on this "
-                    "machine); leave it off",
+                    "draft",
+                    "drafts are not available on this bot now (their LoRA is not on this "
+                    "machine); leave draft off",
                 )
         return resolved

@@ -28,6 +28,7 @@ from engine.lora import LoraManager
 from engine.lora_stack import LoraResolver, folder_resolver, resolve_lora_stack
 from engine.model_choices import ModelCatalog
 from engine.model_slot import ModelSlot
+from engine.optimizations import resolve_device
 from engine.prompts import prompt_arguments
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 # progress(step, total, latents) is called after every denoising step on the engine thread.
 ProgressCallback = Callable[[int, int, Any], None]
 
-FAST_NOTE = "fast mode: negative prompts have little effect"
+DRAFT_NOTE = "draft: negative prompts have little effect"
+DRAFT_NO_NEGATIVE = "draft: the negative prompt is not used at CFG 1 (full quality uses it)"
 
 
 class TextToImageGenerator:
@@ -148,7 +150,14 @@ class TextToImageGenerator:
 
     def set_memory_level(self, level: int) -> None:
         """Apply the first `level` rungs of `memory_rungs` on top of the configured settings."""
+        if level != self.slot.memory_level:
+            self.adapters.unfuse()  # a rung may offload the UNet: never with a LoRA fused in
         self.slot.set_memory_level(level)
+
+    def draft_by_default(self) -> bool:
+        """Whether a request that does not say is a draft here (GEN_DRAFT_DEFAULT, the device)."""
+        device = self.device if self.loaded else resolve_device(self.config.model.device)
+        return self.adapters.draft_by_default(device)
 
     def preview(self, latents: Any, max_side: int = 128) -> Any:
         """A small image of the first latent: the tiny VAE when loaded, else a linear guess."""
@@ -173,7 +182,8 @@ class TextToImageGenerator:
         defaults = self.model_defaults
         if request.model is not None and request.model != self.model_name:
             defaults = self.models.defaults(request.model, self.config.model.allow_ckpt)
-        return resolve_request(request, self.config.generation, defaults)
+        draft_default = request.draft is None and self.draft_by_default()
+        return resolve_request(request, self.config.generation, defaults, draft_default)
 
     def generate(
         self,
@@ -301,7 +311,9 @@ class TextToImageGenerator:
         pipe = self.pipe
         guidance = resolved.guidance_scale > 1.0
         generators = [torch.Generator("cpu").manual_seed(s) for s in resolved.seeds]
-        warnings: list[str] = [FAST_NOTE] if resolved.fast and resolved.negative_prompt else []
+        warnings: list[str] = []
+        if resolved.draft and resolved.negative_prompt:
+            warnings.append(DRAFT_NOTE if guidance else DRAFT_NO_NEGATIVE)
         kwargs, notes = prompt_arguments(
             pipe, resolved.prompt, resolved.negative_prompt, pipe._execution_device, guidance
         )
@@ -332,6 +344,11 @@ class TextToImageGenerator:
         tile = self.slot.vae_tile_size(
             resolved.width, resolved.height, resolved.num_images, resolved.upscale is not None
         )
+        tiny = self.slot.tiny_vae
+        # A draft is decoded by the tiny VAE (OPT_TINY_VAE) for this request only.
+        tiny_decode = resolved.draft and tiny is not None and pipe.vae is not tiny
+        if tiny_decode:
+            kwargs["output_type"] = "latent"
         with vae_tiles.vae_pass(pipe.vae, tile):
             output = call(
                 **kwargs,
@@ -341,7 +358,9 @@ class TextToImageGenerator:
                 generator=generators,
                 callback_on_step_end=on_step_end,
             )
-        images = list(output.images) if region is None else region.paste(list(output.images))
+        images = _tiny_decode(pipe, tiny, output.images) if tiny_decode else list(output.images)
+        if region is not None:
+            images = region.paste(images)
         seconds = time.perf_counter() - started
         upscaler = img2img.upscaler_name(self.config.generation.upscaler)
         safety = self.slot.safety
@@ -415,3 +434,11 @@ class TextToImageGenerator:
         """Free the pipeline and its memory (GPU memory included)."""
         self.adapters.detach()  # first: the LoRA manager holds the pipeline too
         self.slot.unload()
+
+
+def _tiny_decode(pipe: Any, tiny: Any, latents: Any) -> list[Any]:
+    """PIL images of the pipeline's final latents, decoded by the tiny autoencoder."""
+    with torch.no_grad():
+        scaled = latents.to(tiny.device, tiny.dtype) / tiny.config.scaling_factor
+        pixels = tiny.decode(scaled).sample
+    return list(pipe.image_processor.postprocess(pixels.float(), output_type="pil"))

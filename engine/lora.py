@@ -106,6 +106,27 @@ class LoraManager:
         self.resident: OrderedDict[str, Path] = OrderedDict()
         self.active: tuple[tuple[str, float], ...] = ()
         self._enabled = True  # peft adapters start enabled; enable_lora() walks every module
+        # An adapter merged into the UNet's weights (drafts); taken out before any other change.
+        self.fused: Any = None
+
+    def fuse(self, adapter: str) -> None:
+        """Merge the one active adapter into the UNet's weights (no-op when it is fused already)."""
+        from engine import lora_fuse
+
+        if self.fused is not None and self.fused.adapter == adapter:
+            return
+        if [name for name, _ in self.active] != [adapter]:
+            raise LoraError("is not the only active adapter; it cannot be fused", f"`{adapter}`")
+        self.unfuse()
+        self.fused = lora_fuse.fuse(self.pipe.unet, adapter)
+
+    def unfuse(self) -> None:
+        """Take a fused adapter out of the weights again (they are then bit-identical to before)."""
+        from engine import lora_fuse
+
+        if self.fused is not None:
+            fused, self.fused = self.fused, None
+            lora_fuse.unfuse(fused)
 
     def load(self, path: str | Path, name: str | None = None) -> str:
         """Load a LoRA file as a resident adapter (no-op if already loaded); return its name.
@@ -122,6 +143,7 @@ class LoraManager:
         if adapter in self.resident and self.resident[adapter] == info.path:
             self.resident.move_to_end(adapter)
             return adapter
+        self.unfuse()
         if adapter in self.resident:
             self.unload(adapter)
         while len(self.resident) >= self.max_resident:
@@ -158,6 +180,7 @@ class LoraManager:
                 raise LoraError("is not loaded", f"`{name}`")
         wanted = tuple((name, float(scale)) for name, scale in adapters)
         if wanted != self.active:
+            self.unfuse()
             self.active = wanted
             self._apply()
 
@@ -180,6 +203,7 @@ class LoraManager:
         """Remove one adapter from memory."""
         if adapter not in self.resident:
             return
+        self.unfuse()
         self._forget(adapter)
         self.resident.pop(adapter, None)
         self.active = tuple(pair for pair in self.active if pair[0] != adapter)
@@ -187,6 +211,7 @@ class LoraManager:
 
     def unload_all(self) -> None:
         """Remove every adapter and return to the base weights."""
+        self.unfuse()
         if self.resident:
             self.pipe.unload_lora_weights()
         self.resident.clear()

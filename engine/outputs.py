@@ -45,8 +45,8 @@ def _extra_parameters(resolved: ResolvedRequest, upscaler: str) -> dict[str, Any
     extra: dict[str, Any] = {}
     if resolved.loras:
         extra["LoRAs"] = ", ".join(f"{u.name}:{u.weight:g}" for u in resolved.loras)
-    if resolved.fast:
-        extra["Fast"] = "LCM-LoRA"
+    if resolved.draft:
+        extra["Draft"] = f"{resolved.scheduler}-LoRA"  # LCM-LoRA, TCD-LoRA
     if resolved.init_image is not None and resolved.strength is not None:
         extra.update(img2img.img2img_fields(resolved.strength, resolved.upscale, upscaler))
     extra.update(inpaint.region_fields(resolved))

@@ -57,7 +57,8 @@ class GenerationRequest:
     lora: str | None = None  # path of a LoRA file or folder
     lora_name: str | None = None  # name shown to users and written to metadata
     lora_scale: float = 1.0
-    fast: bool = False  # LCM-LoRA + LCM sampler, few steps, low CFG
+    # A draft: few-step LoRA, its sampler, few steps, CFG 1; None: the server's default.
+    draft: bool | None = None
     # The resolved stack, [path, weight, name] each; None: resolve the prompt's <lora:…> tags.
     loras: list[Any] | None = None
     init_image: str | None = None  # img2img: path of the source image (stored, not its pixels)
@@ -96,7 +97,7 @@ class ResolvedRequest:
     lora: str | None
     lora_name: str | None
     lora_scale: float
-    fast: bool = False
+    draft: bool = False
     loras: tuple[LoraUse, ...] = ()
     init_image: str | None = None
     strength: float | None = None
@@ -147,37 +148,44 @@ def check_prompt_syntax(text: str, field_name: str = "prompt") -> None:
 
 
 def resolve_request(
-    request: GenerationRequest, defaults: GenerationConfig, model_defaults: dict[str, Any]
+    request: GenerationRequest,
+    defaults: GenerationConfig,
+    model_defaults: dict[str, Any],
+    draft_default: bool = False,
 ) -> ResolvedRequest:
     """Fill unset fields (request, then model defaults, then settings) and validate everything.
 
+    `draft_default` decides a request that does not say whether it is a draft.
     RequestError (a ValueError) names the field of the first bad value.
     """
     try:
-        return _resolve(request, defaults, model_defaults)
+        return _resolve(request, defaults, model_defaults, draft_default)
     except ValueError as exc:
         raise RequestError.from_value_error(exc) from None
 
 
 def _resolve(
-    request: GenerationRequest, defaults: GenerationConfig, model_defaults: dict[str, Any]
+    request: GenerationRequest,
+    defaults: GenerationConfig,
+    model_defaults: dict[str, Any],
+    draft_default: bool,
 ) -> ResolvedRequest:
 
-    fast = bool(request.fast)
-    fast_defaults = {
-        "scheduler": "LCM",
-        "num_inference_steps": defaults.fast_steps,
-        "guidance_scale": defaults.fast_guidance,
+    draft = draft_default if request.draft is None else bool(request.draft)
+    draft_defaults = {
+        "num_inference_steps": defaults.draft_steps,
+        "guidance_scale": defaults.draft_guidance,
+        "negative_prompt": "",  # the default negative is for full quality (and CFG 1 drops it)
     }
 
     def pick(name: str) -> Any:
         value = getattr(request, name)
-        if fast and name == "scheduler":
-            return "LCM"  # the LCM-LoRA only works with its own sampler
+        if draft and name == "scheduler":
+            return defaults.draft_sampler  # a few-step LoRA only works with its own sampler
         if value is not None:
             return value
-        if fast and name in fast_defaults:
-            return fast_defaults[name]
+        if draft and name in draft_defaults:
+            return draft_defaults[name]
         if name in model_defaults and name not in defaults.model_fields_set:
             return model_defaults[name]
         return getattr(defaults, name)
@@ -242,7 +250,7 @@ def _resolve(
         lora=request.lora,
         lora_name=request.lora_name,
         lora_scale=float(request.lora_scale),
-        fast=fast,
+        draft=draft,
         loras=stack_from_entries(request.loras or [], defaults.max_loras),
         init_image=init.get("init_image"),
         strength=init.get("strength"),

@@ -42,11 +42,12 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "Heun": SchedulerSpec("HeunDiscreteScheduler", NO_KARRAS),
     "PNDM": SchedulerSpec("PNDMScheduler", {"skip_prk_steps": True}),
     "LCM": SchedulerSpec("LCMScheduler"),
+    "TCD": SchedulerSpec("TCDScheduler"),
 }
 DEFAULT_SCHEDULER = "DPM++ 2M Karras"
 SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
 # Samplers that draw fresh noise each step: reproducible only with a seeded generator.
-STOCHASTIC = frozenset({"Euler a", "DPM++ SDE Karras", "DPM++ 2M SDE Karras", "LCM"})
+STOCHASTIC = frozenset({"Euler a", "DPM++ SDE Karras", "DPM++ 2M SDE Karras", "LCM", "TCD"})
 
 
 def canonical_scheduler_name(name: str) -> str:

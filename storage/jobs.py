@@ -65,7 +65,11 @@ def decode_payload(kind: str, payload: dict[str, Any]) -> tuple[Work, float | No
     if kind == "train":
         return TrainSpec.from_dict(payload.get(_TRAIN) or {}), tag
     # A row written before requests were checked may lack a prompt: it loads as an empty one.
-    return GenerationRequest.from_dict({"prompt": "", **(payload.get(_REQUEST) or {})}), tag
+    request = {"prompt": "", **(payload.get(_REQUEST) or {})}
+    if "fast" in request:  # fast mode, as drafts were called before
+        fast = request.pop("fast")
+        request.setdefault("draft", fast)
+    return GenerationRequest.from_dict(request), tag
 
 
 def _job(row: sqlite3.Row) -> JobRecord:

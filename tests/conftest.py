@@ -63,7 +63,15 @@ def tiny_config(model_dir: Path, **generation: object):
     """An AppConfig for the tiny model on CPU with small, fast generation defaults."""
     from engine.config import AppConfig, GenerationConfig, ModelConfig, OptimizationConfig
 
-    gen = {"width": 64, "height": 64, "num_inference_steps": 3, "negative_prompt": "blurry"}
+    # Drafts off unless a test asks: a draft LoRA in a developer's model cache must not turn
+    # every CPU test into a draft (GEN_DRAFT_DEFAULT=auto drafts on a CPU).
+    gen = {
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 3,
+        "negative_prompt": "blurry",
+        "draft_default": "off",
+    }
     gen.update(generation)
     return AppConfig(
         # fp32 on every CPU: 'auto' is bf16 on a CPU with AVX512-BF16 or AMX (engine/cpu.py).

@@ -221,18 +221,64 @@ async def test_expired_token_posts_to_the_channel_with_a_mention(
         assert posted[0].attachments[0].data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-async def test_fast_mode_over_the_wire(world, tiny_model_dir: Path, tiny_lora_b: Path) -> None:
-    async with running(world, tiny_model_dir, generation={"fast_lora": str(tiny_lora_b)}):
+async def test_draft_over_the_wire_and_u_v_give_full_quality(
+    world, tiny_model_dir: Path, tiny_lora_b: Path
+) -> None:
+    async with running(world, tiny_model_dir, generation={"draft_lora": str(tiny_lora_b)}) as bot:
         it = await world.slash(
-            world.alice, "imagine", {"prompt": "a quick castle", "fast": True, "seed": 4}
+            world.alice,
+            "imagine",
+            {"prompt": "a quick castle", "draft": True, "seed": 4, "count": 2, "negative": "dog"},
         )
         result = await wait_result(it)
         with Image.open(io.BytesIO(result.files[0].data)) as image:
             params = parse_parameters(image.info["parameters"])
-        assert (
-            params["Sampler"] == "LCM" and params["Steps"] == "6" and params["Fast"] == "LCM-LoRA"
+        assert params["Sampler"] == "LCM" and params["Steps"] == "4" and params["CFG scale"] == "1"
+        assert params["Draft"] == "LCM-LoRA"
+        content = result.payload["content"]
+        assert "Draft" in content and "U and V on it give full quality" in content
+        assert "negative prompt is not used at CFG 1" in content
+        assert "sd:up:1:1" in str(result.payload.get("components"))
+
+        # U on a draft: the full-quality render of that image's seed and prompt, said so.
+        up = await world.fake.send_component(world.alice, result.message, "sd:up:1:1")
+        full = await wait_result(up)
+        job2 = await bot.storage.get_job(2)
+        assert job2 is not None and job2.request.draft is False
+        assert job2.request.init_image is None and job2.request.num_images == 1
+        with Image.open(io.BytesIO(full.files[0].data)) as image:
+            params = parse_parameters(image.info["parameters"])
+        assert params["Seed"] == "5" and params["Steps"] == "3" and "Draft" not in params
+        assert "Full-quality render of draft image 2" in full.payload["content"]
+        assert "U and V on it" not in full.payload["content"]
+
+        # V on a draft: a full-quality variation of the draft image.
+        vary = await world.fake.send_component(world.alice, result.message, "sd:vary:1:0")
+        await wait_result(vary)
+        job3 = await bot.storage.get_job(3)
+        assert job3 is not None and job3.request.draft is False and job3.request.init_image
+
+        # Reroll on a draft stays a draft.
+        reroll = await world.fake.send_component(world.alice, result.message, "sd:reroll:1")
+        await wait_result(reroll)
+        job4 = await bot.storage.get_job(4)
+        assert job4 is not None and job4.request.draft is True
+
+
+async def test_cpu_host_drafts_by_default(world, tiny_model_dir: Path, tiny_lora_b: Path) -> None:
+    settings = {"draft_lora": str(tiny_lora_b), "draft_default": "auto"}
+    async with running(world, tiny_model_dir, generation=settings) as bot:
+        it = await world.slash(world.alice, "imagine", {"prompt": "a castle", "seed": 1})
+        result = await wait_result(it)
+        job = await bot.storage.get_job(1)
+        assert job is not None and job.request.draft is True  # the tiny model runs on the CPU
+        assert "Draft" in result.payload["content"]
+        it = await world.slash(
+            world.alice, "imagine", {"prompt": "a castle", "seed": 1, "draft": False}
         )
-        assert "negative prompts have little effect" in result.payload["content"]
+        await wait_result(it)
+        job = await bot.storage.get_job(2)
+        assert job is not None and job.request.draft is False
 
 
 async def test_demo_model_draws_what_was_asked(world) -> None:

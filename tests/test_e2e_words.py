@@ -23,9 +23,9 @@ INTERNAL = ("num_inference_steps", "guidance_scale", "num_images", "scheduler", 
         ({"sampler": "foo"}, "`sampler`: unknown sampler 'foo'; choose one of: DPM++ 2M Karras"),
         ({"negative": "a AND b"}, "`negative`: `AND` (mixing two prompts"),
         (
-            {"fast": True},
-            "`fast`: fast mode is not available on this bot now (its LCM-LoRA is not on this "
-            "machine); leave it off.",
+            {"draft": True},
+            "`draft`: drafts are not available on this bot now (their LoRA is not on this "
+            "machine); leave draft off.",
         ),
     ],
 )
@@ -34,7 +34,7 @@ async def test_imagine_refusals_name_the_option_and_queue_nothing(
 ) -> None:
     # A hub id that is in no cache, with the hub switched off (HF_HUB_OFFLINE in conftest).
     async with running(
-        world, tiny_model_dir, generation={"fast_lora": "nobody/missing-lcm-lora"}
+        world, tiny_model_dir, generation={"draft_lora": "nobody/missing-lcm-lora"}
     ) as bot:
         it = await world.slash(world.alice, "imagine", {"prompt": "a cat", **options})
         text = await refused(it, expected)

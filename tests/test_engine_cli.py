@@ -88,15 +88,15 @@ def test_cli_bad_input_one_line_nonzero(tiny_model_dir: Path, tmp_path: Path) ->
             ("--scheduler", "nope"),
             "--scheduler: unknown sampler 'nope'; choose one of: DPM++ 2M Karras, "
             "DPM++ 2M, DPM++ SDE Karras, DPM++ 2M SDE Karras, Euler, Euler a, DDIM, UniPC, LMS, Heun, "
-            "PNDM, LCM",
+            "PNDM, LCM, TCD",
         ),
         (("--lora", "missing.safetensors"), "--lora: file missing.safetensors was not found"),
         (("--strength", "0.5"), "--strength: only applies with an init image"),
         (
-            ("--fast",),
-            "--fast: the LCM-LoRA 'latent-consistency/lcm-lora-sdv1-5' is not in the cache and "
-            "the hub is switched off (HF_HUB_OFFLINE or MODEL_LOCAL_FILES_ONLY); run once online "
-            "or set GEN_FAST_LORA to a local file",
+            ("--draft",),
+            "--draft: the draft LoRA 'latent-consistency/lcm-lora-sdv1-5' is not in the cache "
+            "and the hub is switched off (HF_HUB_OFFLINE or MODEL_LOCAL_FILES_ONLY); run once "
+            "online or set GEN_DRAFT_LORA to a local file",
         ),
     ],
 )

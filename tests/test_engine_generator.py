@@ -118,6 +118,7 @@ EXPECTED_SCHEDULERS: dict[str, tuple[str, dict[str, object]]] = {
     "Heun": ("HeunDiscreteScheduler", NO_KARRAS),
     "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
     "LCM": ("LCMScheduler", {}),
+    "TCD": ("TCDScheduler", {}),
 }
 # A model folder saved with a Karras SDE sampler (common for fine-tunes): its scheduler config
 # must not leak Karras sigmas or the SDE algorithm into samplers whose names do not say so.

@@ -88,24 +88,26 @@ def test_bad_lora_files_are_refused_clearly(
     assert np.array_equal(render(tiny_generator), base)
 
 
-def test_fast_mode_uses_lcm_lora_and_sampler(
+def test_draft_uses_lcm_lora_and_sampler(
     tiny_model_dir: Path, tiny_lora: Path, tiny_lora_b: Path
 ) -> None:
     from tests.conftest import tiny_config
 
     cfg = tiny_config(tiny_model_dir)
     cfg.generation = cfg.generation.model_copy(
-        update={"fast_lora": str(tiny_lora_b), "fast_steps": 4}
+        update={"draft_lora": str(tiny_lora_b), "draft_steps": 4, "draft_guidance": 1.5}
     )
     gen = TextToImageGenerator(cfg)
     gen.load_model()
     from engine.requests import GenerationRequest
 
-    result = gen.run(GenerationRequest(prompt="a red castle", seed=21, fast=True))
+    result = gen.run(
+        GenerationRequest(prompt="a red castle", seed=21, draft=True, negative_prompt="blurry")
+    )
     params = result.parameters[0]
     assert "Sampler: LCM," in params and "Steps: 4," in params and "CFG scale: 1.5," in params
-    assert "Fast: LCM-LoRA" in params
-    assert result.warnings == ["fast mode: negative prompts have little effect"]
+    assert "Draft: LCM-LoRA" in params
+    assert result.warnings == ["draft: negative prompts have little effect"]
     plain = gen.run(
         GenerationRequest(
             prompt="a red castle",
@@ -113,19 +115,27 @@ def test_fast_mode_uses_lcm_lora_and_sampler(
             scheduler="LCM",
             num_inference_steps=4,
             guidance_scale=1.5,
+            negative_prompt="blurry",
+            draft=False,
         )
     )
     # The LCM-LoRA is what makes the difference between the two runs.
     assert np.abs(pixels(result.images[0]) - pixels(plain.images[0])).mean() > 1
     assert gen.lora.active == ()
     styled = gen.run(
-        GenerationRequest(prompt="a red castle", seed=21, fast=True, lora=str(tiny_lora))
+        GenerationRequest(
+            prompt="a red castle",
+            seed=21,
+            draft=True,
+            negative_prompt="blurry",
+            lora=str(tiny_lora),
+        )
     )
     assert len(gen.lora.active) == 2  # a style LoRA and the LCM-LoRA together
     assert np.abs(pixels(styled.images[0]) - pixels(result.images[0])).mean() > 1
 
 
-def test_fast_mode_without_weights_offline_says_what_to_do(
+def test_draft_without_weights_offline_says_what_to_do(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from engine.errors import EngineError
@@ -136,11 +146,11 @@ def test_fast_mode_without_weights_offline_says_what_to_do(
     cfg.model = cfg.model.model_copy(update={"cache_dir": tmp_path / "cache"})
     gen = TextToImageGenerator(cfg)
     gen.load_model()
-    with pytest.raises(EngineError, match="fast mode is not available") as refused:
-        gen.run(GenerationRequest(prompt="a red castle", seed=1, fast=True))
+    with pytest.raises(EngineError, match="drafts are not available") as refused:
+        gen.run(GenerationRequest(prompt="a red castle", seed=1, draft=True))
     assert "Error" not in str(refused.value)  # no hub exception's class name for the user
     # The owner's fix is known before anything runs (the front door and the CLI ask first).
-    from engine.adapters import fast_lora_missing
+    from engine.adapters import draft_lora_missing
 
-    problem = fast_lora_missing(cfg)
-    assert problem is not None and "GEN_FAST_LORA" in problem and "not in the cache" in problem
+    problem = draft_lora_missing(cfg)
+    assert problem is not None and "GEN_DRAFT_LORA" in problem and "not in the cache" in problem

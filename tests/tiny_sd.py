@@ -166,6 +166,7 @@ def make_tiny_lora(
     rank: int = 4,
     kohya: bool = False,
     cross_attention_dim: int = 32,
+    targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
 ) -> Path:
     """Write a random-weight LoRA for the tiny UNet; diffusers layout, or kohya when asked."""
     from diffusers import StableDiffusionPipeline
@@ -180,7 +181,7 @@ def make_tiny_lora(
         LoraConfig(
             r=rank,
             lora_alpha=rank,
-            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            target_modules=list(targets),
             init_lora_weights=False,
         )
     )

@@ -331,7 +331,7 @@ def _resolved(request: GenerationRequest, seeds: list[int]) -> ResolvedRequest:
         lora=request.lora,
         lora_name=request.lora_name,
         lora_scale=request.lora_scale or 1.0,
-        fast=request.fast,
+        draft=bool(request.draft),
         init_image=request.init_image,
         strength=request.strength,
         upscale=request.upscale,
