@@ -60,13 +60,15 @@ def source_parameters(image: Image.Image | str | Path) -> dict[str, Any]:
         "prompt": fields["prompt"],
         "negative_prompt": fields["negative_prompt"],
     }
+    # A draft's sampler, steps and CFG belong to its few-step LoRA: an upscale is full quality.
+    draft = "Draft" in fields or "Fast" in fields
     for key, name, kind in (
         ("Seed", "seed", int),
         ("Sampler", "scheduler", str),
         ("Steps", "num_inference_steps", int),
         ("CFG scale", "guidance_scale", float),
     ):
-        if key in fields:
+        if key in fields and not (draft and key != "Seed"):
             try:
                 found[name] = kind(fields[key])
             except ValueError:
@@ -220,4 +222,5 @@ def upscale_request(
         num_images=1,
         strength=strength,
         upscale=factor,
+        draft=False,
     )

@@ -247,3 +247,15 @@ def test_fast_mode_names_still_work(monkeypatch: pytest.MonkeyPatch, caplog) -> 
     assert parser.parse_args(["x", "--draft"]).draft is True
     assert parser.parse_args(["x"]).draft is False  # GEN_DRAFT_DEFAULT is the bot's
     assert "--fast" not in parser.format_help()
+
+
+def test_upscaling_a_draft_png_is_full_quality(tiny_model_dir: Path, draft_lora: Path) -> None:
+    from engine.img2img import upscale_request
+
+    gen = TextToImageGenerator(tiny_config(tiny_model_dir, draft_lora=str(draft_lora)))
+    gen.load_model()
+    image = gen.run(GenerationRequest(prompt="a red star", seed=6, draft=True)).images[0]
+    request = upscale_request(image, 2.0, 0.35, None, None, None, None, None, None)
+    assert request.draft is False and request.seed == 6 and request.prompt == "a red star"
+    assert request.scheduler is None and request.num_inference_steps is None
+    assert request.guidance_scale is None  # the draft's LCM, 4 steps and CFG 1 are not kept
