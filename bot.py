@@ -37,6 +37,7 @@ log = logging.getLogger("bot")
 
 EXTENSIONS = (
     "cogs.imagine",
+    "cogs.repaint",
     "cogs.lora",
     "cogs.embedding",
     "cogs.train",

@@ -134,7 +134,8 @@ def from_image(
     paths = list(generation.image_paths) if generation is not None else []
     if not 0 <= index < len(paths) or not Path(paths[index]).is_file():
         raise UserFacingError(f"Image {index + 1} of that job is no longer on the bot's disk.")
-    new = {**request, "init_image": paths[index], "upscale": None}
+    # U and V work on the whole picture: a region job's mask or outpaint does not carry over.
+    new = {**request, "init_image": paths[index], "upscale": None, **NO_REGION}
     if action == "up":
         if not can_upscale(request):
             raise UserFacingError(f"That image is already as large as allowed ({MAX_SIDE} px).")
@@ -145,6 +146,9 @@ def from_image(
     else:
         new.update(strength=DEFAULT_STRENGTH, seed=random_seed())
     return new
+
+
+NO_REGION = {"mask_image": None, "mask_region": None, "mask_blur": None, "outpaint": None}
 
 
 def full_quality(request: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class JobButton(
         "vary": ("V", discord.ButtonStyle.secondary, None),
         "subtle": ("Subtle", discord.ButtonStyle.secondary, "🪶"),
         "strong": ("Strong", discord.ButtonStyle.secondary, "💥"),
+        "edit": ("Region / Zoom / Pan", discord.ButtonStyle.secondary, "🖌️"),
     }
     PER_IMAGE = ("up", "vary")
 
@@ -75,13 +76,16 @@ def cancel_view(job_id: int) -> discord.ui.View:
 def result_view(job_id: int, request: dict[str, Any], count: int) -> discord.ui.View:
     """The view under a job's `count` finished images: U and V rows, then the job's buttons.
 
-    ``request`` is the job's request (an upscaled or repainted job gets other buttons). At most 5 rows of 5 buttons: 8 images take two rows of U and two of V. An upscaled
-    image gets V1 (and U1 while another ×2 fits), and Delete. A repainted result (img2img or
-    a variation) also gets Subtle / Strong: the same source again at a lower or higher strength,
-    when a row is free for them.
+    ``request`` is the job's request (an upscaled or repainted job gets other buttons). At most
+    5 rows of 5 buttons: 8 images take two rows of U and two of V. An upscaled image gets V1
+    (and U1 while another ×2 fits), and Delete. A repainted result (img2img, a variation or a
+    region) also gets Subtle / Strong: the same source again at a lower or higher strength,
+    when a row is free for them (not after a zoom or pan: its new area needs full strength).
+    Every result ends with Region / Zoom / Pan, which opens a panel of its own (the job's row
+    has room for it: at most 5 buttons, whatever the image count).
     """
     upscaled = request.get("upscale") is not None
-    repainted = bool(request.get("init_image"))
+    repainted = bool(request.get("init_image")) and not request.get("outpaint")
     view = discord.ui.View(timeout=None)
     row = 0
     for action in ("up", "vary"):
@@ -96,6 +100,6 @@ def result_view(job_id: int, request: dict[str, Any], count: int) -> discord.ui.
         for action in ("subtle", "strong"):
             view.add_item(JobButton(action, job_id, row=row))
         row += 1
-    for action in ("del",) if upscaled else ("reroll", "var", "seed", "del"):
+    for action in ("del", "edit") if upscaled else ("reroll", "var", "seed", "del", "edit"):
         view.add_item(JobButton(action, job_id, row=min(row, 4)))
     return view

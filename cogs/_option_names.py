@@ -19,6 +19,10 @@ OPTION_NAMES: dict[str, tuple[str, str]] = {
     "init_image": ("image", ""),
     "strength": ("strength", ""),
     "upscale": ("upscale", ""),
+    "mask_image": ("mask", ""),
+    "mask_region": ("Vary (Region)", "the region "),
+    "mask_blur": ("mask", "the edge blur of the "),
+    "outpaint": ("Zoom out / Pan", ""),
     "model": ("model", "/settings "),
     "loras": ("prompt", ""),  # the stack comes from the prompt's <lora:…> tags
     "lora_scale": ("scale", "/lora use "),

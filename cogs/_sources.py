@@ -1,4 +1,5 @@
-"""An /imagine attachment as an img2img source: checked, fitted to size, saved once by content."""
+"""/imagine attachments: an img2img source (checked, fitted to size) and its mask, saved once by
+content."""
 
 from __future__ import annotations
 
@@ -54,3 +55,54 @@ def _store(
     if not path.is_file():  # the same picture is stored once
         atomic_write_bytes(path, png)
     return str(path), size[0], size[1]
+
+
+async def save_mask(
+    files: FileRoots, attachment: discord.Attachment, width: int, height: int, max_mb: float
+) -> str:
+    """Check an /imagine mask and store it at width×height (the source's stored size), as a
+    grayscale PNG (white = repaint; transparent counts as black, kept); return its path.
+
+    It is centre-cropped and resized as the source was, so a mask drawn on the picture stays
+    on the same pixels.
+    """
+    check_attachment(attachment, max_mb)
+    data = await read_attachment(attachment, max_mb)
+    shown = shown_name(attachment.filename)
+    return await asyncio.to_thread(_store_mask, files, data, shown, width, height)
+
+
+def _store_mask(files: FileRoots, data: bytes, shown: str, width: int, height: int) -> str:
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > MAX_INIT_PIXELS:
+                    raise UserFacingError(f"{shown} is over {MAX_INIT_PIXELS} pixels.")
+                image.seek(0)
+                image.load()
+                image = ImageOps.exif_transpose(image) or image
+                if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                    rgba = image.convert("RGBA")
+                    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+                    image = Image.alpha_composite(black, rgba)
+                gray = image.convert("L")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning):
+        raise UserFacingError(f"{shown} is not usable as a mask: not a readable image.") from None
+    if gray.size != (width, height):
+        gray = cover(gray, width, height)
+    if gray.getextrema()[1] < 128:
+        raise UserFacingError(
+            f"`mask`: {shown} is all black: nothing to repaint (paint white where to repaint)."
+        )
+    buffer = io.BytesIO()
+    gray.save(buffer, format="PNG")
+    png = buffer.getvalue()
+    path = files.source_path(hashlib.sha256(png).hexdigest())
+    if not path.is_file():
+        atomic_write_bytes(path, png)
+    return str(path)

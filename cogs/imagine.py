@@ -25,7 +25,7 @@ from cogs._imagine_messages import final_update, status_update
 from cogs._imagine_options import sampler_autocomplete, size_autocomplete
 from cogs._imagine_request import build_request, draft_upscale_note, from_image, submit_for
 from cogs._job_views import DELETED, JobButton
-from cogs._sources import save_source
+from cogs._sources import save_mask, save_source
 from engine.config import MAX_CFG, MAX_NUM_IMAGES, MAX_STEPS, MIN_CFG, MIN_STEPS
 from engine.init_image import DEFAULT_STRENGTH
 from engine.requests import MAX_SEED, random_seed
@@ -102,7 +102,8 @@ class Imagine(commands.Cog):
         sampler="Sampler (scheduler)",
         draft="Draft: a quick, rougher image (4 steps); U and V on it give full quality",
         image="Start from this picture (img2img)",
-        strength="With an image: how much is repainted (0.05-1, default 0.6)",
+        strength="With an image: how much is repainted (0.05-1; default 0.6, 1 with a mask)",
+        mask="With an image: repaint only the white part of this picture (black = keep)",
     )
     @app_commands.autocomplete(sampler=sampler_autocomplete, size=size_autocomplete)
     async def imagine(
@@ -119,13 +120,14 @@ class Imagine(commands.Cog):
         draft: bool | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
+        mask: discord.Attachment | None = None,
     ) -> None:
         """Queue a generation and report its progress by editing the reply."""
         bot = self.bot
         user = interaction.user
         await ensure_not_banned(bot, user.id)
         await ensure_prompt_allowed(bot, prompt, negative)
-        self._check_cooldown(user)
+        self.check_cooldown(user)
         request = await build_request(
             bot, user.id, prompt, negative=negative, steps=steps, cfg=cfg, seed=seed,
             size=size, count=count, sampler=sampler, draft=draft,
@@ -133,12 +135,19 @@ class Imagine(commands.Cog):
         )  # fmt: skip
         if strength is not None and image is None:
             raise UserFacingError("`strength` only applies with an `image` to start from.")
+        if mask is not None and image is None:
+            raise UserFacingError(
+                "`mask` only applies with an `image`: attach the picture to repaint as `image` "
+                "and the mask (white = repaint) as `mask`."
+            )
         if image is None:
             await submit_for(bot, interaction, request)
             self.cooldowns.mark(user.id)
             return
         max_mb = bot.bot_settings.max_attachment_mb
         check_attachment(image, max_mb)  # type and size refused before anything is acknowledged
+        if mask is not None:
+            check_attachment(mask, max_mb)
         native_w, native_h = bot.engine_door.native_size()
         width, height = request["width"] or native_w, request["height"] or native_h
         # Downloading may take longer than Discord's 3 s for a first answer: defer first, with
@@ -151,11 +160,14 @@ class Imagine(commands.Cog):
                 init_image=path, width=fit_w, height=fit_h,
                 strength=strength if strength is not None else DEFAULT_STRENGTH,
             )  # fmt: skip
+            if mask is not None:  # a region job: the engine keeps the source's size, strength 1
+                mask_path = await save_mask(bot.storage.files, mask, fit_w, fit_h, max_mb)
+                request.update(mask_image=mask_path, width=None, height=None, strength=strength)
             await submit_for(bot, interaction, request, deferred=True)
             await ack.forget()
         self.cooldowns.mark(user.id)
 
-    def _check_cooldown(self, user: discord.abc.User) -> None:
+    def check_cooldown(self, user: discord.abc.User) -> None:
         """Refuse a member who made images less than BOT_COOLDOWN_S ago (admins are exempt)."""
         wait = self.cooldowns.remaining(user.id)
         if wait > 0 and not is_admin(self.bot, user):
@@ -180,6 +192,9 @@ class Imagine(commands.Cog):
         if action == "del":
             await self.delete(interaction, await can_manage_job(bot, interaction, job_id))
             return
+        if action == "edit":  # the Region / Zoom / Pan panel (cogs/repaint.py)
+            await bot.get_cog("Repaint").open_panel(interaction, job_id)  # type: ignore[union-attr]
+            return
         job = await bot.storage.get_job(job_id)
         if job is None or job.kind != "generate":
             raise UserFacingError("That job no longer exists.")
@@ -196,7 +211,7 @@ class Imagine(commands.Cog):
             return
         await ensure_not_banned(bot, interaction.user.id)
         # Every button below queues new images: the same cooldown as /imagine.
-        self._check_cooldown(interaction.user)
+        self.check_cooldown(interaction.user)
         request = job.request.to_dict()
         if action in ("up", "vary"):
             note = draft_upscale_note(index) if action == "up" and request.get("draft") else None

@@ -174,7 +174,7 @@ async def _drained(pool: Scheduler) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_source_image_reaches_the_worker_by_hash_once(
+async def test_source_image_and_mask_reach_the_worker_by_hash_once(
     solo: Scheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from PIL import Image
@@ -182,12 +182,16 @@ async def test_source_image_reaches_the_worker_by_hash_once(
     first_source, second_source = tmp_path / "source.png", tmp_path / "again.png"
     Image.new("RGB", (64, 64), (200, 40, 40)).save(first_source)
     second_source.write_bytes(first_source.read_bytes())
+    mask = tmp_path / "mask.png"
+    drawn = Image.new("L", (64, 64), 0)
+    drawn.paste(255, (0, 0, 16, 64))  # repaint the left quarter
+    drawn.save(mask)
     [worker] = solo.workers  # both jobs on one worker: the second finds the file there
     ship = worker._ship
 
     async def ship_then_hide(file: Path, suffix: str) -> str:
         name = await ship(file, suffix)
-        if file == first_source:
+        if file in (first_source, mask):
             file.unlink()  # the worker must read its own copy, not the bot's path
         return name
 
@@ -206,6 +210,15 @@ async def test_source_image_reaches_the_worker_by_hash_once(
     [done] = await solo.rec.wait(Finished, again.id, timeout=120)
     assert done.result.images[0].size == (128, 128)
     assert worker.sent_bytes == sent  # same bytes, same sha: nothing shipped again
+    masked = await solo.submit(
+        NewJob(
+            user_id=3, work=request("masked", init_image=str(second_source), mask_image=str(mask))
+        )
+    )
+    [done] = await solo.rec.wait(Finished, masked.id, timeout=120)
+    assert not mask.exists() and done.result.request.mask_image == str(mask)
+    pixels = done.result.images[0].convert("RGB").load()
+    assert pixels[60, 32] == (200, 40, 40)  # beyond the mask's edge: the source's own pixels
 
 
 def test_new_workers_take_names_free_in_the_cluster(ray_pool) -> None:

@@ -122,10 +122,11 @@ class WorkerActor:
         lora_sha: str | None,
         init_name: str | None = None,
         stack: list[list[Any]] | None = None,
+        mask_name: str | None = None,
     ) -> dict[str, Any]:
         """Run one generate job; images come back as PNG bytes, errors as a small dict.
 
-        The LoRAs and the source image are read from this actor's cache, never from the bot's
+        The LoRAs, the source image and its mask are read from this actor's cache, never from the bot's
         paths in the request (the bot's disk may be on another machine).
         """
         request = job.request
@@ -133,6 +134,8 @@ class WorkerActor:
             request = replace(request, lora=str(self._file(f"{lora_sha}.safetensors")))
         if init_name:
             request = replace(request, init_image=str(self._file(init_name)))
+        if mask_name:
+            request = replace(request, mask_image=str(self._file(mask_name)))
         if stack:  # [cache name, weight, display name] for each LoRA of the prompt
             loras = [[str(self._file(c)), weight, name] for c, weight, name in stack]
             request = replace(request, loras=loras)

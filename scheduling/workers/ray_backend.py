@@ -184,13 +184,16 @@ class RayWorker:
                 name = entry[2] if len(entry) > 2 and entry[2] else lora_display_name(entry[0])
                 cached = await self._ship(resolve_lora_file(entry[0]), ".safetensors")
                 stack.append([cached, entry[1], name])
-            init = None
+            init = mask = None
             if request.init_image:
                 source = Path(request.init_image)
                 init = await self._ship(source, source.suffix.lower() or ".png")
+            if request.mask_image:  # a region job's mask travels the same way
+                drawn = Path(request.mask_image)
+                mask = await self._ship(drawn, drawn.suffix.lower() or ".png")
             # 2. run it, polling progress and forwarding cancel
             shipped = JobRecord(id=job.id, user_id=job.user_id, work=request)
-            ref = self.handle.generate.remote(shipped, sha, init, stack or None)
+            ref = self.handle.generate.remote(shipped, sha, init, stack or None, mask)
             out = await self._follow(ref, run, sink)
         except LOST as exc:
             raise self.lost(exc) from None
@@ -335,4 +338,9 @@ def _resolved(request: GenerationRequest, seeds: list[int]) -> ResolvedRequest:
         init_image=request.init_image,
         strength=request.strength,
         upscale=request.upscale,
+        model=request.model,
+        mask_image=request.mask_image,
+        mask_region=request.mask_region,
+        mask_blur=request.mask_blur,
+        outpaint=request.outpaint,
     )

@@ -38,7 +38,8 @@ zlib-stream transport compression is honoured when the client asks for it (disco
 Interactions: ``send_slash(user, channel, command, options=None)`` (``command`` may be ``"lora use"`` or
 ``("lora", "use")``; options are typed from the synced command, a :class:`FakeAttachment` value fills
 ``resolved.attachments``), ``send_autocomplete(user, channel, command, options, focused)``,
-``send_component(user, message, custom_id, *, component_type=2, values=None)``. Each returns an
+``send_component(user, message, custom_id, *, component_type=2, values=None)``,
+``send_modal_submit(user, opened_by, values)`` (submits the modal the bot answered ``opened_by`` with). Each returns an
 :class:`InteractionRecord`: ``events`` (ordered :class:`RecordedEvent` with ``kind``, ``payload``, ``files``,
 ``message``, ``at``), ``callback``, ``followups``, ``edits``, ``original``, ``await wait_callback()``,
 ``wait_followup(nth=0)``, ``wait_edit(nth=0)``, ``wait_choices()``, ``wait_kind(kind, nth=0)``, ``wait_for(predicate)``. Event kinds:
@@ -53,10 +54,13 @@ Discord's rules, enforced (each refusal is also kept in ``rejections``, a list o
     ``attachment_size_limit`` in one request get 413 ``Request entity too large`` (40005); content over
     2,000 characters, embed limits (title 256, description 4096, 25 fields of 256/1024, footer 2048,
     6000 in all, 10 embeds), more than 5 action rows or 5 buttons a row, custom_id over 100, label
-    over 80, more than 10 attachments or a nonce over 25 get 400 ``Invalid Form Body`` (50035) with
+    over 80, a select sharing its row or with more than 25 options, more than 10 attachments or a
+    nonce over 25 get 400 ``Invalid Form Body`` (50035) with
     Discord's nested ``errors``; a deleted message (also ``@original``) gets 404 ``Unknown Message``
     (10008). ``nonce`` + ``enforce_nonce`` on a channel message within ``nonce_window_s`` returns the
     first message (recorded as ``duplicate_channel_message``).
+    A modal (callback type 9) is accepted only as the first answer to a command or component
+    (after a defer: 40060; to a modal submit: 50035), title up to 45, text inputs only.
     Clock: ``now()``, ``advance_clock(seconds)``, ``expire_interaction(record)``.
     ``await delete_message(message, by=user)``: deleted as a user would (MESSAGE_DELETE is sent).
 

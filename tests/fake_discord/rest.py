@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .models import EPHEMERAL_FLAG, LOADING_FLAG, FakeAttachment, FakeMessage, iso_now
 from .recorder import InteractionRecord, RecordedEvent, UploadedFile
-from .rules import RuleError, check_message
+from .rules import RuleError, check_message, check_modal
 
 if TYPE_CHECKING:
     from .server import FakeDiscord
@@ -227,6 +227,11 @@ class RestApi:
         data = payload.get("data") or {}
         if kind in (4, 7) and (rule := self._check(data, files, prefix=("data",))):
             return refuse(rule)
+        if kind == 9:  # MODAL: only as the first answer to a command or a component
+            if record.type not in (2, 3):
+                return error(400, 50035, "Invalid Form Body: a modal cannot answer a modal submit")
+            if rule := check_modal(data):
+                return refuse(rule)
         message: FakeMessage | None = None
         if kind == 4:  # CHANNEL_MESSAGE_WITH_SOURCE
             message = self._message_from(record, data, files, 20 if record.type == 2 else 0)

@@ -18,6 +18,11 @@ MAX_ROW_ITEMS = 5
 MAX_CUSTOM_ID = 100
 MAX_LABEL = 80
 MAX_NONCE = 25
+MAX_SELECT_OPTIONS = 25
+SELECT_TYPES = (3, 5, 6, 7, 8)  # string, user, role, mentionable and channel selects
+MAX_MODAL_TITLE = 45
+MAX_MODAL_LABEL = 45
+MAX_TEXT_INPUT = 4000
 COMPONENTS_V2_FLAG = 1 << 15
 EMBED_TEXT_LIMITS = {"title": 256, "description": 4096}
 FIELD_LIMITS = {"name": 256, "value": 1024}
@@ -129,11 +134,63 @@ def _check_components(components: list[dict[str, Any]], flags: int, errors: Form
                     "BASE_TYPE_BAD_LENGTH",
                     f"Must be between 1 and {MAX_ROW_ITEMS} in length.",
                 )
+            selects = [c for c in children if c.get("type") in SELECT_TYPES]
+            if item.get("type") == 1 and selects and len(children) > 1:
+                errors.add(
+                    [*here, "components"],
+                    "COMPONENT_LAYOUT_WIDTH_EXCEEDED",
+                    "The specified component exceeds the maximum width",
+                )
+            if item.get("type") == 3:
+                _check_select(item, here, errors)
             walk(children, [*here, "components"])
             if isinstance(item.get("accessory"), dict):
                 _check_item(item["accessory"], [*here, "accessory"], errors)
 
     walk(components, ["components"])
+
+
+def _check_select(item: dict[str, Any], path: list[str | int], errors: FormErrors) -> None:
+    options = item.get("options") or []
+    if not 1 <= len(options) <= MAX_SELECT_OPTIONS:
+        errors.add(
+            [*path, "options"],
+            "BASE_TYPE_BAD_LENGTH",
+            f"Must be between 1 and {MAX_SELECT_OPTIONS} in length.",
+        )
+    low, high = int(item.get("min_values", 1)), int(item.get("max_values", 1))
+    if not 0 <= low <= high <= min(len(options), MAX_SELECT_OPTIONS):
+        errors.add([*path, "max_values"], "BASE_TYPE_BAD_VALUE", "Invalid min/max values.")
+    for i, option in enumerate(options):
+        for key in ("label", "value"):
+            if not 1 <= len(_text(option.get(key))) <= 100:
+                errors.max_length([*path, "options", i, key], 100)
+
+
+def check_modal(payload: dict[str, Any], prefix: tuple[str, ...] = ("data",)) -> RuleError | None:
+    """Discord's refusal of a modal (callback type 9) body, or ``None`` when it is accepted."""
+    errors = FormErrors(prefix)
+    if not 1 <= len(_text(payload.get("title"))) <= MAX_MODAL_TITLE:
+        errors.max_length(["title"], MAX_MODAL_TITLE)
+    if not 1 <= len(_text(payload.get("custom_id"))) <= MAX_CUSTOM_ID:
+        errors.max_length(["custom_id"], MAX_CUSTOM_ID)
+    rows = payload.get("components") or []
+    if not 1 <= len(rows) <= MAX_ROWS:
+        errors.add(["components"], "BASE_TYPE_BAD_LENGTH", f"Must be between 1 and {MAX_ROWS}.")
+    for i, row in enumerate(rows):
+        inputs = row.get("components") or ([row["component"]] if row.get("component") else [])
+        for j, field_ in enumerate(inputs):
+            here: list[str | int] = ["components", i, "components", j]
+            if field_.get("type") != 4:
+                errors.add(here, "UNION_TYPE_CHOICES", "Modals accept only text inputs here.")
+                continue
+            _check_item(field_, here, errors)
+            if len(_text(field_.get("label"))) > MAX_MODAL_LABEL:
+                errors.max_length([*here, "label"], MAX_MODAL_LABEL)
+            limit = int(field_.get("max_length") or MAX_TEXT_INPUT)
+            if len(_text(field_.get("value"))) > min(limit, MAX_TEXT_INPUT):
+                errors.max_length([*here, "value"], min(limit, MAX_TEXT_INPUT))
+    return errors.error()
 
 
 def check_message(

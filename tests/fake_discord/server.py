@@ -405,3 +405,25 @@ class FakeDiscord:
         if values is not None:
             data["values"] = list(values)
         return await self._send_interaction(3, user, channel, data, message)
+
+    async def send_modal_submit(
+        self,
+        user: FakeUser,
+        opened_by: InteractionRecord,
+        values: Mapping[str, str],
+    ) -> InteractionRecord:
+        """Submit the modal the bot opened in answer to ``opened_by`` (type 5), with text
+        ``values`` by text-input custom id (fields not given keep their prefilled value)."""
+        callback = opened_by.callback
+        if callback is None or callback.type != 9:
+            raise LookupError("the bot did not answer that interaction with a modal")
+        modal = callback.data
+        rows = []
+        for row in modal.get("components") or []:
+            fields_ = []
+            for item in row.get("components") or []:
+                value = values.get(item["custom_id"], item.get("value") or "")
+                fields_.append({"type": 4, "custom_id": item["custom_id"], "value": value})
+            rows.append({"type": 1, "components": fields_})
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        return await self._send_interaction(5, user, opened_by.channel, data, opened_by.message)
