@@ -1,9 +1,12 @@
-"""MODEL_CHOICES: the base models the owner allows, by name, and their architecture family.
+"""MODEL_CHOICES: the base models the owner allows, by name, their family and inpainting partner.
 
 The family is the width of the text encoder's token embeddings (768 for SD 1.x, 1024 for SD 2.x),
 which is also the UNet's cross-attention width: a LoRA or an embedding made for one width cannot
 run on another. It is read from the model's config files (no weights are loaded), from a
 single-file checkpoint's header, or from a table of the documented hub models.
+
+The UNet's input channels are read the same way: 9 marks an inpainting checkpoint (latents,
+mask, masked picture), which region jobs of its family run on (`ModelCatalog.inpaint_partner`).
 """
 
 from __future__ import annotations
@@ -32,12 +35,21 @@ KNOWN_WIDTHS: dict[str, int] = {
     "stabilityai/stable-diffusion-2-1": 1024,
 }
 FAMILY_NAMES = {768: "SD 1.x", 1024: "SD 2.x"}
+PLAIN_CHANNELS, INPAINT_CHANNELS = 4, 9
+# The documented inpainting checkpoints on the hub (the KNOWN_WIDTHS models are all 4-channel).
+KNOWN_INPAINTING: dict[str, int] = {
+    "stable-diffusion-v1-5/stable-diffusion-inpainting": 768,
+    "runwayml/stable-diffusion-inpainting": 768,
+    "stabilityai/stable-diffusion-2-inpainting": 1024,
+}
 # Single-file checkpoints: the token embedding of SD 1.x (CLIP) and SD 2.x (OpenCLIP).
 _SINGLE_FILE_KEYS = (
     "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
     "cond_stage_model.model.token_embedding.weight",
     "text_encoder.text_model.embeddings.token_embedding.weight",
 )
+# Single-file checkpoints: the UNet's first convolution, [out, in_channels, 3, 3].
+_CONV_IN_KEYS = ("model.diffusion_model.input_blocks.0.0.weight", "unet.conv_in.weight")
 
 
 def family_name(width: int | None) -> str:
@@ -101,6 +113,7 @@ class ModelCatalog:
         if startup is None:
             self.choices.insert(0, ModelChoice(self.default, model_id.strip()))
         self._widths: dict[str, int | None] = {}
+        self._channels: dict[str, int | None] = {}
 
     def names(self) -> list[str]:
         """Every allowed name, the default first."""
@@ -153,6 +166,43 @@ class ModelCatalog:
                 self._widths[key] = None
         return self._widths[key]
 
+    def unet_channels(self, name: str, allow_ckpt: bool = False) -> int | None:
+        """The UNet's input channels (4 plain, 9 inpainting); None when it cannot be read cheaply."""
+        key = self.resolve(name)
+        if key not in self._channels:
+            try:
+                source = resolve_model_source(self.source(key), allow_ckpt)
+                self._channels[key] = source_channels(source, self.cache_dir)
+            except EngineError as exc:
+                log.warning("model %s: cannot tell its UNet's inputs: %s", key, exc)
+                self._channels[key] = None
+        return self._channels[key]
+
+    def inpaint_partner(self, name: str | None, allow_ckpt: bool = False) -> str | None:
+        """The first allowed 9-channel model of `name`'s family when `name` is a 4-channel one.
+
+        None when `name` is unknown, is itself an inpainting model, or when its inputs or family
+        cannot be read (no guessing), or when no inpainting model of its family is listed.
+        """
+        try:
+            key = self.resolve(name)
+        except ValueError:
+            return None
+        if self.unet_channels(key, allow_ckpt) != PLAIN_CHANNELS:
+            return None
+        width = self.width(key, allow_ckpt)
+        if width is None:
+            return None
+        return next(
+            (
+                c.name
+                for c in self.choices
+                if self.unet_channels(c.name, allow_ckpt) == INPAINT_CHANNELS
+                and self.width(c.name, allow_ckpt) == width
+            ),
+            None,
+        )
+
     def remember_width(self, name: str, width: int) -> None:
         """Record the width measured on a loaded model (more reliable than the config files)."""
         self._widths[self.resolve(name)] = width
@@ -164,18 +214,36 @@ def source_width(source: ModelSource, cache_dir: Path | None = None) -> int | No
         return _config_width(Path(source.location))
     if source.kind == "single_file":
         return _single_file_width(Path(source.location))
-    width = KNOWN_WIDTHS.get(source.location)
+    width = KNOWN_WIDTHS.get(source.location) or KNOWN_INPAINTING.get(source.location)
     if width is not None:
         return width
+    found = _hub_cached(source.location, "text_encoder/config.json", cache_dir)
+    return _read_width(found) if found is not None else None
+
+
+def source_channels(source: ModelSource, cache_dir: Path | None = None) -> int | None:
+    """The UNet's input channels from its config or a checkpoint header, without loading weights."""
+    if source.kind == "folder":
+        return _read_width(Path(source.location) / "unet" / "config.json", "in_channels")
+    if source.kind == "single_file":
+        return _single_file_channels(Path(source.location))
+    if source.location in KNOWN_INPAINTING:
+        return INPAINT_CHANNELS
+    if source.location in KNOWN_WIDTHS:
+        return PLAIN_CHANNELS
+    found = _hub_cached(source.location, "unet/config.json", cache_dir)
+    return _read_width(found, "in_channels") if found is not None else None
+
+
+def _hub_cached(repo: str, filename: str, cache_dir: Path | None) -> Path | None:
+    """A file of a hub model when it is in the local cache (nothing is downloaded)."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(
-            source.location, "text_encoder/config.json", cache_dir=str(cache_dir or "")
-        )
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(cache_dir or ""))
     except Exception:  # hub helper errors vary by version; not knowing is the answer
         return None
-    return _read_width(Path(found)) if isinstance(found, str) else None
+    return Path(found) if isinstance(found, str) else None
 
 
 def _config_width(folder: Path) -> int | None:
@@ -194,16 +262,25 @@ def _read_width(path: Path, key: str = "hidden_size") -> int | None:
 
 
 def _single_file_width(path: Path) -> int | None:
+    return _header_dim(path, _SINGLE_FILE_KEYS, -1)
+
+
+def _single_file_channels(path: Path) -> int | None:
+    return _header_dim(path, _CONV_IN_KEYS, 1)
+
+
+def _header_dim(path: Path, keys: tuple[str, ...], axis: int) -> int | None:
+    """One dimension of the first of `keys` a .safetensors header lists (no tensor is read)."""
     if path.suffix.lower() != ".safetensors":
         return None
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            keys = set(handle.keys())
-            for key in _SINGLE_FILE_KEYS:
-                if key in keys:
-                    return int(handle.get_slice(key).get_shape()[-1])
+            present = set(handle.keys())
+            for key in keys:
+                if key in present:
+                    return int(handle.get_slice(key).get_shape()[axis])
     except Exception:  # an unreadable header: not knowing is the answer
         return None
     return None

@@ -25,7 +25,7 @@ from engine.region import outpaint_layout, pan_extension, region_size
 from engine.requests import GenerationRequest, resolve_request
 from storage.jobs import decode_payload, encode_payload
 from tests.test_engine_cli import run_cli
-from tests.tiny_sd import build_tiny_pipeline
+from tests.tiny_sd import build_tiny_pipeline, save_tiny_inpainting_pipeline
 
 DEFAULTS = GenerationConfig(width=64, height=64, num_inference_steps=4)
 
@@ -213,15 +213,10 @@ def test_outpaint_keeps_the_old_pixels(tiny_generator, source_png: Path) -> None
 
 
 def test_nine_channel_unet_is_used_natively(tmp_path: Path, source_png: Path) -> None:
-    from diffusers import UNet2DConditionModel
-
     from engine.generator import TextToImageGenerator
     from tests.conftest import tiny_config
 
-    pipe = build_tiny_pipeline(seed=5)
-    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9}).eval()
-    folder = tmp_path / "tiny-inpainting"
-    pipe.save_pretrained(folder, safe_serialization=True)
+    folder = save_tiny_inpainting_pipeline(tmp_path / "tiny-inpainting", seed=5)
     gen = TextToImageGenerator(tiny_config(folder))
     gen.load_model()
     assert is_inpainting_unet(gen.pipe) and not is_inpainting_unet(build_tiny_pipeline())

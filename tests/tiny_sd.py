@@ -159,6 +159,26 @@ def save_tiny_pipeline(
     return folder
 
 
+def build_tiny_inpainting_pipeline(seed: int = 0, cross_attention_dim: int = 32):
+    """The tiny pipeline with a 9-channel inpainting UNet (latents, mask, masked picture)."""
+    from diffusers import UNet2DConditionModel
+
+    pipe = build_tiny_pipeline(seed, cross_attention_dim=cross_attention_dim)
+    torch.manual_seed(seed + 3)
+    pipe.unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9}).eval()
+    return pipe
+
+
+def save_tiny_inpainting_pipeline(
+    folder: Path, seed: int = 0, cross_attention_dim: int = 32
+) -> Path:
+    """Build a tiny 9-channel inpainting pipeline and save it as a diffusers folder."""
+    build_tiny_inpainting_pipeline(seed, cross_attention_dim).save_pretrained(
+        folder, safe_serialization=True
+    )
+    return folder
+
+
 def make_tiny_lora(
     folder: Path,
     *,
