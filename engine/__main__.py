@@ -301,6 +301,7 @@ def _upscale_main(argv: list[str]) -> int:
 def _region_main(command: str, argv: list[str]) -> int:
     """`python -m engine inpaint|outpaint`: check the input, then repaint (engine/inpaint_cli.py)."""
     from engine.inpaint_cli import REGION_FLAGS, build_region_parser, region_cli_request
+    from engine.model_choices import ModelCatalog
     from engine.requests import resolve_request
 
     args = build_region_parser(command, _add_common).parse_args(argv)
@@ -308,6 +309,8 @@ def _region_main(command: str, argv: list[str]) -> int:
     try:
         config = _config(args)
         request = region_cli_request(command, args)
+        if args.model:  # honoured as named: no inpainting partner stands in for it
+            request.model = ModelCatalog(config.model.model_id, config.model.choices).default
         resolved = resolve_request(request, config.generation, {})
         if args.estimate_vram:
             estimate = estimate_for_config(
@@ -335,7 +338,8 @@ def _generate(config: AppConfig, request: GenerationRequest, quiet: bool, prefix
     from engine.generator import TextToImageGenerator
 
     generator = TextToImageGenerator(config)
-    generator.load_model()
+    # The model the request runs on: a region job may take an inpainting partner (one load).
+    generator.load_model(generator.prepare(request).model)
     bar = None
 
     def progress(step: int, total: int, _latents: object) -> None:

@@ -30,6 +30,7 @@ from engine.model_choices import ModelCatalog
 from engine.model_slot import ModelSlot
 from engine.optimizations import resolve_device
 from engine.prompts import prompt_arguments
+from engine.region import is_region_job
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,8 @@ class TextToImageGenerator:
         """Validate a request and fill its defaults (RequestError naming the field).
 
         A request whose `loras` is None gets the LoRAs its prompt's <lora:…> tags name, resolved
-        with `lora_resolver` (unknown names are refused).
+        with `lora_resolver` (unknown names are refused). A region job that names no model runs
+        on the resident model's 9-channel inpainting partner in MODEL_CHOICES, if it has one.
         """
         try:
             if request.loras is None and "<" in str(request.prompt):
@@ -177,6 +179,8 @@ class TextToImageGenerator:
                 request = replace(request, loras=[use.to_entry() for use in stack])
             if request.model is not None:
                 request = replace(request, model=self.models.resolve(request.model))
+            elif is_region_job(request):
+                request = replace(request, model=self.models.inpaint_partner(self.model_name))
         except ValueError as exc:
             raise RequestError.from_value_error(exc) from None
         defaults = self.model_defaults

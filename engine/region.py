@@ -34,6 +34,7 @@ _ALIASES = {
     "whole": "whole picture",
     "all": "whole picture",
 }
+REGION_FIELDS = ("mask_image", "mask_region", "outpaint")  # any one set makes a region job
 MAX_REGION_PIXELS = 4  # a source up to 4x the model's native pixel count keeps its own size
 
 
@@ -47,7 +48,7 @@ class Layout:
 
 def is_region_job(request: Any) -> bool:
     """Whether a request (GenerationRequest or ResolvedRequest) repaints part of its init image."""
-    return any(getattr(request, name, None) for name in ("mask_image", "mask_region", "outpaint"))
+    return any(getattr(request, name, None) for name in REGION_FIELDS)
 
 
 def parse_region(value: Any) -> tuple[str, frozenset[int]] | None:
