@@ -11,7 +11,7 @@ from botcore.progress import interaction_reference
 from cogs._checks import UserFacingError, is_admin
 from cogs._imagine_options import max_images, pick_size, sizes
 from cogs._inline_loras import inline_lora_entries
-from cogs._models import check_embeddings_fit, check_lora_fits, pick_model
+from cogs._models import check_embeddings_fit, check_lora_fits, pick_model, region_model
 from cogs._option_names import refusal
 from engine.init_image import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
 from engine.requests import GenerationRequest, random_seed
@@ -92,6 +92,7 @@ async def submit_for(
     executor = bot.executor
     user = interaction.user
     admin = is_admin(bot, user)
+    request = await region_model(bot, user.id, request)
     try:
         bot.engine_door.prepare(
             GenerationRequest.from_dict(request)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -12,6 +12,7 @@ from discord import app_commands
 from cogs._checks import UserFacingError
 from cogs.errors import never_failing
 from engine.model_choices import family_name
+from engine.region import REGION_FIELDS
 
 if TYPE_CHECKING:
     from bot import ImageBot
@@ -63,6 +64,26 @@ async def pick_model(
             return found
         log.info("model %r is no longer in MODEL_CHOICES; using the next default", name)
     return await server_model(bot, guild_id)
+
+
+async def region_model(bot: ImageBot, user_id: int, request: dict[str, Any]) -> dict[str, Any]:
+    """A region job's request moved onto its model's 9-channel inpainting partner, if listed.
+
+    A model the user picked in /settings is honoured as it is; the channel's and server's
+    defaults, and the model a repainted picture was made with, give way to the partner.
+    """
+    model = request.get("model")
+    if not model or not any(request.get(name) for name in REGION_FIELDS):
+        return request
+    door = bot.engine_door
+    partner = door.inpaint_partner(model)
+    if partner is None:
+        return request
+    profile = await bot.storage.users.get_user(user_id)
+    picked = profile.model if profile is not None else None
+    if picked and door.find_model(picked) == door.find_model(model):
+        return request
+    return {**request, "model": partner}
 
 
 def lora_width(bot: ImageBot, record: LoraRecord) -> int | None:

@@ -146,6 +146,11 @@ class EngineDoor:
         """The text-encoder width (architecture family) of an allowed model; None when unknown."""
         return self._generator.models.width(name)
 
+    def inpaint_partner(self, name: str) -> str | None:
+        """The allowed 9-channel inpainting model of a 4-channel model's family, or None."""
+        generator = self._generator
+        return generator.models.inpaint_partner(name, generator.config.model.allow_ckpt)
+
     @property
     def resident_model(self) -> str:
         """The name of the model loaded now ('' before the first load)."""

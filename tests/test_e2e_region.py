@@ -215,3 +215,31 @@ def test_buttons_fit_in_five_rows_for_every_result() -> None:
         layout = view.to_components()
         assert len(layout) <= 5 and all(len(r["components"]) <= 5 for r in layout)
         assert all(len(c["custom_id"]) <= 100 for r in layout for c in r["components"])
+
+
+async def test_a_repaint_runs_on_the_listed_inpainting_model(
+    world, tmp_path: Path, monkeypatch
+) -> None:
+    from tests.tiny_sd import save_tiny_inpainting_pipeline, save_tiny_pipeline
+
+    plain = save_tiny_pipeline(tmp_path / "plain")
+    fill = save_tiny_inpainting_pipeline(tmp_path / "fill", seed=3)
+    monkeypatch.setenv("MODEL_CHOICES", f"fill={fill}")
+    async with running(world, plain) as bot:
+        result = await wait_result(
+            await world.slash(world.alice, "imagine", {"prompt": "a boat", "seed": 3})
+        )
+        assert (await bot.storage.get_job(1)).request.model == "plain"
+        panel = await open_panel(world, result, 1)
+        panned = await wait_result(
+            await world.fake.send_component(world.alice, panel.message, "sde:panl:1:0")
+        )
+        job2 = await bot.storage.get_job(2)
+        assert job2 is not None and job2.request.model == "fill"  # stored: restart-safe
+        assert params(panned.files[0])["Model"] == "fill"
+        # A model the user picked in /settings is honoured.
+        await answer(await world.slash(world.bob, "settings set", {"model": "plain"}))
+        await wait_result(await world.fake.send_component(world.bob, panel.message, "sde:panr:1:0"))
+        job3 = await bot.storage.get_job(3)
+        assert job3 is not None and job3.request.model == "plain"
+    assert world.fake.rejections == []
