@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine import img2img, outputs, vae_tiles
+from engine import img2img, outputs, step_cache, vae_tiles
 from engine.adapters import Adapters
 from engine.config import AppConfig
 from engine.embeddings import EmbeddingInfo
@@ -110,6 +110,7 @@ class TextToImageGenerator:
         """Load a model (a MODEL_CHOICES name; None: MODEL_ID) with the device and memory settings."""
         self.slot.load(name)
         self.adapters.attach(self.slot.pipe)
+        step_cache.configured_interval(self.config.optimization.step_cache, self.device)  # warns
 
     def ensure_model(self, name: str | None) -> bool:
         """Make `name` (a MODEL_CHOICES name) the resident model; return whether it was switched.
@@ -282,7 +283,11 @@ class TextToImageGenerator:
         tile = self.slot.vae_tile_size(
             resolved.width, resolved.height, resolved.num_images, resolved.upscale is not None
         )
-        with vae_tiles.vae_pass(pipe.vae, tile):
+        interval = step_cache.run_interval(
+            self.config.optimization.step_cache, self.device, resolved
+        )
+        steps = resolved.num_inference_steps
+        with vae_tiles.vae_pass(pipe.vae, tile), step_cache.cached_steps(pipe, interval, steps):
             output = call(
                 **kwargs,
                 num_inference_steps=resolved.num_inference_steps,
