@@ -116,6 +116,22 @@ def test_missing_package_is_off_and_said_once(
     assert len(messages) == 1 and "pip install DeepCache" in messages[0], messages
 
 
+def test_doctor_says_whether_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`doctor` names the interval, says off and why, or the missing package with its fix."""
+    from engine.config import OptimizationConfig
+    from engine.doctor import check_step_cache
+
+    on = check_step_cache(OptimizationConfig(step_cache="auto"), "cpu")
+    assert on.ok and f"every {step_cache.AUTO_INTERVAL} steps" in on.summary
+    gpu = check_step_cache(OptimizationConfig(step_cache="auto"), "cuda")
+    assert gpu.ok and gpu.summary == "off (auto on cuda)"
+    monkeypatch.setitem(sys.modules, "DeepCache", None)
+    missing = check_step_cache(OptimizationConfig(step_cache="2"), "cpu")
+    assert not missing.ok and "pip install DeepCache" in missing.fix
+    hint = check_step_cache(OptimizationConfig(step_cache="auto"), "cpu")
+    assert hint.ok and ".[speed]" in hint.summary
+
+
 def test_setting_reads_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """OPT_STEP_CACHE accepts auto, 0 and 2-5 and refuses anything else."""
     from engine.config import ConfigError, load_config
