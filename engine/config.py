@@ -19,6 +19,7 @@ DEFAULT_NEGATIVE_PROMPT = (
     "deformed, bad anatomy, extra limbs"
 )
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
+StepCache = Literal["auto", "0", "2", "3", "4", "5"]
 VramPreset = Literal["auto", "none", "2gb", "3gb", "4gb", "6gb", "8gb"]
 WeightStorage = Literal["auto", "off", "fp8"]
 # Bounds of a request, shared by the settings, request validation and the Discord options.
@@ -108,6 +109,11 @@ class OptimizationConfig(SettingsSection):
     channels_last: bool = Field(False, description="channels-last memory format for the UNet")
     tiny_vae: str = Field("", description="Tiny autoencoder (TAESD) folder or hub id for previews")
     tiny_vae_decode: bool = Field(False, description="Also decode final images with the tiny VAE")
+    step_cache: StepCache = Field(
+        "auto",
+        description="Step caching (DeepCache, an optional extra): auto (every 3rd step on a CPU "
+        "when installed), 0 (off) or N (a full UNet pass every N steps)",
+    )
     cpu_threads: int = Field(
         0,
         ge=0,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine import img2img, inpaint, outputs, vae_tiles
+from engine import img2img, inpaint, outputs, step_cache, vae_tiles
 from engine.adapters import Adapters
 from engine.config import AppConfig
 from engine.embeddings import EmbeddingInfo
@@ -29,6 +29,7 @@ from engine.lora_stack import LoraResolver, folder_resolver, resolve_lora_stack
 from engine.model_choices import ModelCatalog
 from engine.model_slot import ModelSlot
 from engine.optimizations import resolve_device
+from engine.pipeline_call import pipeline_call
 from engine.prompts import prompt_arguments
 from engine.region import is_region_job
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
@@ -126,6 +127,7 @@ class TextToImageGenerator:
         """Load a model (a MODEL_CHOICES name; None: MODEL_ID) with the device and memory settings."""
         self.slot.load(name)
         self.adapters.attach(self.slot.pipe)
+        step_cache.configured_interval(self.config.optimization.step_cache, self.device)  # warns
 
     def ensure_model(self, name: str | None) -> bool:
         """Make `name` (a MODEL_CHOICES name) the resident model; return whether it was switched.
@@ -333,28 +335,17 @@ class TextToImageGenerator:
                 raise GenerationCancelled(f"cancelled after step {step + 1}")
             return tensors
 
-        region = inpaint.region_job(resolved, pipe)
-        if region is not None:
-            call = inpaint.inpaint_pipeline(pipe)
-            kwargs.update(region.pipeline_arguments(pipe.vae_scale_factor))
-            kwargs["strength"] = resolved.strength or 1.0
-        elif resolved.init_image is not None:
-            call = img2img.img2img_pipeline(pipe)
-            kwargs["image"] = img2img.init_pixels(resolved, self._upscaler())
-            kwargs["strength"] = resolved.strength
-        else:
-            call = pipe
-            kwargs.update(width=resolved.width, height=resolved.height)
+        chosen = pipeline_call(pipe, resolved, self._upscaler(), self.slot.tiny_vae)
+        kwargs.update(chosen.kwargs)
         tile = self.slot.vae_tile_size(
             resolved.width, resolved.height, resolved.num_images, resolved.upscale is not None
         )
-        tiny = self.slot.tiny_vae
-        # A draft is decoded by the tiny VAE (OPT_TINY_VAE) for this request only.
-        tiny_decode = resolved.draft and tiny is not None and pipe.vae is not tiny
-        if tiny_decode:
-            kwargs["output_type"] = "latent"
-        with vae_tiles.vae_pass(pipe.vae, tile):
-            output = call(
+        interval = step_cache.run_interval(
+            self.config.optimization.step_cache, self.device, resolved
+        )
+        steps = resolved.num_inference_steps
+        with vae_tiles.vae_pass(pipe.vae, tile), step_cache.cached_steps(pipe, interval, steps):
+            output = chosen.call(
                 **kwargs,
                 num_inference_steps=resolved.num_inference_steps,
                 guidance_scale=resolved.guidance_scale,
@@ -362,9 +353,7 @@ class TextToImageGenerator:
                 generator=generators,
                 callback_on_step_end=on_step_end,
             )
-        images = _tiny_decode(pipe, tiny, output.images) if tiny_decode else list(output.images)
-        if region is not None:
-            images = region.paste(images)
+        images = chosen.images(pipe, output)
         seconds = time.perf_counter() - started
         upscaler = img2img.upscaler_name(self.config.generation.upscaler)
         safety = self.slot.safety
@@ -438,11 +427,3 @@ class TextToImageGenerator:
         """Free the pipeline and its memory (GPU memory included)."""
         self.adapters.detach()  # first: the LoRA manager holds the pipeline too
         self.slot.unload()
-
-
-def _tiny_decode(pipe: Any, tiny: Any, latents: Any) -> list[Any]:
-    """PIL images of the pipeline's final latents, decoded by the tiny autoencoder."""
-    with torch.no_grad():
-        scaled = latents.to(tiny.device, tiny.dtype) / tiny.config.scaling_factor
-        pixels = tiny.decode(scaled).sample
-    return list(pipe.image_processor.postprocess(pixels.float(), output_type="pil"))

@@ -27,6 +27,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Step caching changes pictures; tests compare them with plain diffusers (test_step_cache: on).
+    monkeypatch.setenv("OPT_STEP_CACHE", "0")
 
 
 @pytest.fixture(scope="session")
