@@ -188,8 +188,9 @@ class TextToImageGenerator:
         defaults = self.model_defaults
         if request.model is not None and request.model != self.model_name:
             defaults = self.models.defaults(request.model, self.config.model.allow_ckpt)
-        draft_default = request.draft is None and self.draft_by_default()
-        return resolve_request(request, self.config.generation, defaults, draft_default)
+        # A request that does not say is full quality here: GEN_DRAFT_DEFAULT is the bot's
+        # (/imagine writes it into the job); the command line and the Python API draft when asked.
+        return resolve_request(request, self.config.generation, defaults)
 
     def generate(
         self,

@@ -15,6 +15,10 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
+# Step caching changes pictures; tests compare them with plain diffusers (test_step_cache turns
+# it on). Set for the whole process too: module-scoped fixtures are built before _isolated_env runs.
+os.environ["OPT_STEP_CACHE"] = "0"
+
 from tests.tiny_sd import make_tiny_lora, save_tiny_pipeline  # noqa: E402 (after the env)
 
 
@@ -27,7 +31,6 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # Step caching changes pictures; tests compare them with plain diffusers (test_step_cache: on).
     monkeypatch.setenv("OPT_STEP_CACHE", "0")
 
 

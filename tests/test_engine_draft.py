@@ -187,7 +187,9 @@ def test_cpu_hosts_draft_by_default_and_explicit_choices_win(
     )
     gen.load_model()
     assert gen.device == "cpu" and gen.draft_by_default()
-    resolved = gen.prepare(GenerationRequest(prompt="a dog"))
+    # The server default is the bot's to apply (/imagine); the engine drafts only when asked.
+    assert not gen.prepare(GenerationRequest(prompt="a dog")).draft
+    resolved = gen.prepare(GenerationRequest(prompt="a dog", draft=True))
     assert resolved.draft and resolved.num_inference_steps == 4
     assert resolved.guidance_scale == 1.0 and resolved.scheduler == "LCM"
     assert resolved.negative_prompt == ""  # the default negative is for full quality
@@ -210,9 +212,9 @@ def test_default_draft_without_its_lora_falls_back_to_full_quality(
     gen = TextToImageGenerator(cfg)
     gen.load_model()
     with caplog.at_level(logging.WARNING, logger="engine"):
-        first = gen.run(GenerationRequest(prompt="a cat", seed=2))
-        second = gen.prepare(GenerationRequest(prompt="a cat"))
-    assert not first.request.draft and not second.draft
+        assert not gen.draft_by_default() and not gen.draft_by_default()
+        first = gen.run(GenerationRequest(prompt="a cat", seed=2, draft=gen.draft_by_default()))
+    assert not first.request.draft
     assert first.request.num_inference_steps == 3  # the full-quality settings
     warned = [r for r in caplog.records if "draft LoRA" in r.getMessage()]
     assert len(warned) == 1 and warned[0].levelno == logging.WARNING
