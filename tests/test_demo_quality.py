@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -128,6 +129,7 @@ BF16_PROMPTS = 16  # held-out prompts per precision: ~1 min on a 2-core CPU that
 BF16_TOLERANCE = 0.03  # issue 21 item 8: bf16 keeps each score within 3 points of fp32
 
 
+@functools.cache  # the fp32 rates serve both the bf16 and the fp8 test
 def judged_rates(precision: str, count: int, weight_storage: str = "off") -> dict[str, float]:
     """Load the demo model through the engine in `precision`; judge `count` held-out prompts."""
     from engine.config import AppConfig, ModelConfig, OptimizationConfig
