@@ -188,6 +188,22 @@ def init_pixels(resolved: Any, model: ModelUpscaler | None) -> Image.Image:
     return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
 
+def parameters_for(image: Image.Image | str | Path, prompt: str | None) -> dict[str, Any]:
+    """The source image's PNG parameters (source_parameters) with `prompt` when given.
+
+    ValueError (naming the field) for a missing or unreadable image, or with no prompt either way.
+    """
+    if isinstance(image, (str, Path)) and not Path(image).is_file():
+        raise ValueError(f"init_image: no such file: {image}")
+    try:
+        found = source_parameters(image)
+    except (OSError, SyntaxError, ValueError):
+        raise ValueError(f"init_image: {Path(str(image)).name} is not a readable image") from None
+    if prompt is None and not found.get("prompt"):
+        raise ValueError("prompt: the image has no parameters text to read it from; give a prompt")
+    return found if prompt is None else {**found, "prompt": prompt}
+
+
 def upscale_request(
     image: Image.Image | str | Path,
     factor: float,
@@ -200,16 +216,9 @@ def upscale_request(
     scheduler: str | None,
 ) -> GenerationRequest:
     """The GenerationRequest of an upscale; unset fields come from the image's parameters."""
-    if isinstance(image, (str, Path)) and not Path(image).is_file():
-        raise ValueError(f"init_image: no such file: {image}")
-    try:
-        found = source_parameters(image)
-    except (OSError, SyntaxError, ValueError):
-        raise ValueError(f"init_image: {Path(str(image)).name} is not a readable image") from None
-    if prompt is None and not found.get("prompt"):
-        raise ValueError("prompt: the image has no parameters text to read it from; give a prompt")
+    found = parameters_for(image, prompt)
     return GenerationRequest(
-        prompt=prompt if prompt is not None else found["prompt"],
+        prompt=found["prompt"],
         negative_prompt=(
             negative_prompt if negative_prompt is not None else found.get("negative_prompt")
         ),

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from engine.img2img import open_init_image, source_parameters
+from engine.img2img import open_init_image, parameters_for
 from engine.region import (
     GRID,
     PRESETS,
@@ -298,15 +298,8 @@ def region_request(
     Fields left None (prompt, negative prompt, sampler, seed, steps, CFG) come from the image's
     PNG parameters text; ValueError when there is no prompt either way.
     """
-    if isinstance(image, (str, Path)) and not Path(image).is_file():
-        raise ValueError(f"init_image: no such file: {image}")
-    try:
-        found = source_parameters(image)
-    except (OSError, SyntaxError, ValueError):
-        raise ValueError(f"init_image: {Path(str(image)).name} is not a readable image") from None
-    if prompt is None and not found.get("prompt"):
-        raise ValueError("prompt: the image has no parameters text to read it from; give a prompt")
-    request = GenerationRequest(prompt=prompt if prompt is not None else found["prompt"])
+    found = parameters_for(image, prompt)
+    request = GenerationRequest(prompt=found["prompt"])
     for name in ("negative_prompt", "seed", "scheduler", "num_inference_steps", "guidance_scale"):
         setattr(request, name, found.get(name))
     for name, value in fields.items():
