@@ -120,8 +120,11 @@ class Adapters:
         setting = self.config.generation.draft_default
         if setting == "off" or (setting == "auto" and device != "cpu"):
             return False
-        # Before a load, MODEL_ID's folder tells whether it ships a draft LoRA.
-        folder = self.model_folder if self.lora else model_folder(self.config.model.model_id)
+        # A model's own draft LoRA makes drafts the default only when asked (on): with auto, a
+        # CPU host of the demo would draft every image, and at 64 px full quality takes seconds.
+        folder = None
+        if setting == "on":  # before a load, MODEL_ID's folder tells whether it ships one
+            folder = self.model_folder if self.lora else model_folder(self.config.model.model_id)
         if draft_lora_on_disk(self.config, folder):
             return True
         if not self._warned_no_draft:

@@ -288,6 +288,9 @@ def test_a_model_folder_ships_its_own_draft_lora(
     assert result.request.draft and gen.lora.fused is not None
     assert gen.lora.resident["draft_lora"] == folder / "draft_lora" / WEIGHT_NAME
     gen.unload()
+    # auto drafts by default only with GEN_DRAFT_LORA's LoRA on the disk (here it is not).
+    cfg.generation = cfg.generation.model_copy(update={"draft_default": "auto"})
+    assert not TextToImageGenerator(cfg).draft_by_default()
     # An explicit GEN_DRAFT_LORA wins, even over a shipped one (here a missing file).
     explicit = tiny_config(folder, draft_lora=str(tmp_path / "gone.safetensors"))
     assert draft_lora_ref(explicit, folder) == str(tmp_path / "gone.safetensors")
