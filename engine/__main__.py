@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from engine.adapters import draft_lora_missing
+from engine.adapters import draft_lora_missing, model_folder
 from engine.config import AppConfig, ConfigError, load_config
 from engine.errors import EngineError, LoraError, RequestError
 from engine.lora import inspect_lora_file
@@ -232,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         request.loras = [use.to_entry() for use in stack]
         resolved = resolve_request(request, config.generation, {})
-        problem = draft_lora_missing(config) if resolved.draft else None
+        folder = model_folder(config.model.model_id)
+        problem = draft_lora_missing(config, folder) if resolved.draft else None
         if problem is not None:
             raise RequestError("draft", problem)
         if args.estimate_vram:

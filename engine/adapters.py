@@ -11,24 +11,49 @@ from engine.embeddings import EmbeddingError, EmbeddingInfo, EmbeddingSet
 from engine.errors import EngineError, LoraError
 from engine.lora import WEIGHT_NAME, LoraManager, resolve_lora_file
 from engine.lora_fuse import fusable
-from engine.pipeline import offline
+from engine.pipeline import offline, resolve_model_source
 from engine.requests import ResolvedRequest
 
 log = logging.getLogger(__name__)
 
 DRAFT_ADAPTER = "draft_lora"
+SHIPPED_DRAFT_LORA = "draft_lora"  # a model folder's own few-step LoRA, beside model_index.json
 DRAFT_UNAVAILABLE = (
     "drafts are not available on this machine now (their few-step LoRA is not here and cannot "
     "be downloaded); turn draft off"
 )
 
 
-def draft_lora_missing(config: AppConfig) -> str | None:
+def model_folder(model_id: str) -> Path | None:
+    """The local folder of a model reference (MODEL_ID, `demo`), None for hub ids and files."""
+    try:
+        source = resolve_model_source(model_id)
+    except EngineError:
+        return None
+    return Path(source.location) if source.kind == "folder" else None
+
+
+def draft_lora_ref(config: AppConfig, folder: Path | None = None) -> str:
+    """The drafts' LoRA: GEN_DRAFT_LORA when set, else the model folder's own, else the default.
+
+    A model folder may ship its few-step LoRA as `draft_lora/` (the demo model does); it is
+    distilled from that model, so it beats the default LCM-LoRA made for SD 1.5.
+    """
+    generation = config.generation
+    if folder is not None and "draft_lora" not in generation.model_fields_set:
+        shipped = folder / SHIPPED_DRAFT_LORA
+        if (shipped / WEIGHT_NAME).is_file():
+            return str(shipped)
+    return generation.draft_lora.strip()
+
+
+def draft_lora_missing(config: AppConfig, folder: Path | None = None) -> str | None:
     """Why the drafts' LoRA cannot be had now, for the owner (with the fix); None if it can.
 
-    Nothing is downloaded: a hub id counts as available while the hub may be contacted.
+    `folder` is the model's own folder (its shipped draft LoRA counts). Nothing is
+    downloaded: a hub id counts as available while the hub may be contacted.
     """
-    ref = config.generation.draft_lora.strip()
+    ref = draft_lora_ref(config, folder)
     path = Path(ref).expanduser()
     if not _is_hub_id(ref, path):
         try:
@@ -45,9 +70,9 @@ def draft_lora_missing(config: AppConfig) -> str | None:
     )
 
 
-def draft_lora_on_disk(config: AppConfig) -> bool:
+def draft_lora_on_disk(config: AppConfig, folder: Path | None = None) -> bool:
     """Whether the drafts' LoRA is on this machine already (a default draft never downloads)."""
-    ref = config.generation.draft_lora.strip()
+    ref = draft_lora_ref(config, folder)
     path = Path(ref).expanduser()
     if _is_hub_id(ref, path):
         return _in_cache(config, ref)
@@ -84,6 +109,7 @@ class Adapters:
         self.default_lora: tuple[str, float] | None = None
         self._embedding_files: dict[str, Path] = {}  # loaded again after a model switch
         self._warned_no_draft = False
+        self.model_folder: Path | None = None  # the loaded model's folder (its own draft LoRA)
 
     def draft_by_default(self, device: str) -> bool:
         """Whether a request that does not say is a draft (GEN_DRAFT_DEFAULT on `device`).
@@ -94,7 +120,12 @@ class Adapters:
         setting = self.config.generation.draft_default
         if setting == "off" or (setting == "auto" and device != "cpu"):
             return False
-        if draft_lora_on_disk(self.config):
+        # A model's own draft LoRA makes drafts the default only when asked (on): with auto, a
+        # CPU host of the demo would draft every image, and at 64 px full quality takes seconds.
+        folder = None
+        if setting == "on":  # before a load, MODEL_ID's folder tells whether it ships one
+            folder = self.model_folder if self.lora else model_folder(self.config.model.model_id)
+        if draft_lora_on_disk(self.config, folder):
             return True
         if not self._warned_no_draft:
             self._warned_no_draft = True
@@ -105,12 +136,13 @@ class Adapters:
                 "set GEN_DRAFT_DEFAULT=off",
                 setting,
                 device,
-                self.config.generation.draft_lora,
+                draft_lora_ref(self.config, folder),
             )
         return False
 
-    def attach(self, pipe: Any) -> None:
-        """Start managing the LoRAs and embeddings of a newly loaded pipeline."""
+    def attach(self, pipe: Any, folder: Path | None = None) -> None:
+        """Start managing the LoRAs and embeddings of a newly loaded pipeline (from `folder`)."""
+        self.model_folder = folder
         self.lora = LoraManager(pipe)
         self.embeddings = EmbeddingSet(pipe)
 
@@ -169,7 +201,7 @@ class Adapters:
 
     def _draft_lora_file(self) -> Path:
         """The local file of the drafts' LoRA (from the hub cache for a hub id)."""
-        ref = self.config.generation.draft_lora.strip()
+        ref = draft_lora_ref(self.config, self.model_folder)
         path = Path(ref).expanduser()
         if not _is_hub_id(ref, path):
             return resolve_lora_file(path)

@@ -188,7 +188,9 @@ class EngineDoor:
         """
         resolved = self._generator.prepare(request)
         if resolved.draft:
-            problem = draft_lora_missing(self._generator.config)
+            problem = draft_lora_missing(
+                self._generator.config, self._generator.adapters.model_folder
+            )
             if problem is not None:
                 log.warning("draft refused: %s", problem)
                 raise RequestError(

@@ -126,7 +126,9 @@ class TextToImageGenerator:
     def load_model(self, name: str | None = None) -> None:
         """Load a model (a MODEL_CHOICES name; None: MODEL_ID) with the device and memory settings."""
         self.slot.load(name)
-        self.adapters.attach(self.slot.pipe)
+        source = self.slot.source
+        folder = Path(source.location) if source and source.kind == "folder" else None
+        self.adapters.attach(self.slot.pipe, folder)
         step_cache.configured_interval(self.config.optimization.step_cache, self.device)  # warns
 
     def ensure_model(self, name: str | None) -> bool:

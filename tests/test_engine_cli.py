@@ -113,6 +113,8 @@ def test_cli_zero_and_out_of_range_refused_in_process(
     # Silencing the libraries is for the command line's own process, not for this one.
     monkeypatch.setattr(cli, "quiet_libraries", lambda: None)
     monkeypatch.chdir(tmp_path)
+    # Set, the hub LoRA wins over the demo's own draft_lora/ (then --draft has no LoRA here).
+    monkeypatch.setenv("GEN_DRAFT_LORA", "latent-consistency/lcm-lora-sdv1-5")
     main = cli.main
     assert main(["a dog", "--model", "demo", "--out", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()

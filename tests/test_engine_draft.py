@@ -261,3 +261,39 @@ def test_upscaling_a_draft_png_is_full_quality(tiny_model_dir: Path, draft_lora:
     assert request.draft is False and request.seed == 6 and request.prompt == "a red star"
     assert request.scheduler is None and request.num_inference_steps is None
     assert request.guidance_scale is None  # the draft's LCM, 4 steps and CFG 1 are not kept
+
+
+def test_a_model_folder_ships_its_own_draft_lora(
+    tiny_model_dir: Path, draft_lora: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `draft_lora/` beside model_index.json is the drafts' LoRA unless GEN_DRAFT_LORA is set."""
+    import shutil
+
+    from engine.adapters import draft_lora_missing, draft_lora_ref, model_folder
+    from engine.lora import WEIGHT_NAME
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the default hub LoRA is not to be had
+    folder = tmp_path / "with-draft"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "draft_lora").mkdir()
+    shutil.copy(draft_lora, folder / "draft_lora" / WEIGHT_NAME)
+    cfg = tiny_config(folder, draft_default="on")
+    cfg.model = cfg.model.model_copy(update={"cache_dir": tmp_path / "cache"})
+    assert model_folder(str(folder)) == folder
+    assert draft_lora_ref(cfg, folder) == str(folder / "draft_lora")
+    assert draft_lora_missing(cfg, folder) is None
+    assert draft_lora_missing(cfg) is not None  # without the folder: the uncached hub default
+    gen = TextToImageGenerator(cfg)
+    assert gen.draft_by_default()  # before a load too: MODEL_ID's folder ships one
+    gen.load_model()
+    result = gen.run(GenerationRequest(prompt="a red castle", seed=3))
+    assert result.request.draft and gen.lora.fused is not None
+    assert gen.lora.resident["draft_lora"] == folder / "draft_lora" / WEIGHT_NAME
+    gen.unload()
+    # auto drafts by default only with GEN_DRAFT_LORA's LoRA on the disk (here it is not).
+    cfg.generation = cfg.generation.model_copy(update={"draft_default": "auto"})
+    assert not TextToImageGenerator(cfg).draft_by_default()
+    # An explicit GEN_DRAFT_LORA wins, even over a shipped one (here a missing file).
+    explicit = tiny_config(folder, draft_lora=str(tmp_path / "gone.safetensors"))
+    assert draft_lora_ref(explicit, folder) == str(tmp_path / "gone.safetensors")
+    assert draft_lora_missing(explicit, folder) is not None
