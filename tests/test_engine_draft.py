@@ -286,7 +286,8 @@ def test_a_model_folder_ships_its_own_draft_lora(
     gen = TextToImageGenerator(cfg)
     assert gen.draft_by_default()  # before a load too: MODEL_ID's folder ships one
     gen.load_model()
-    result = gen.run(GenerationRequest(prompt="a red castle", seed=3))
+    # As /imagine does: the server default written into the request.
+    result = gen.run(GenerationRequest(prompt="a red castle", seed=3, draft=gen.draft_by_default()))
     assert result.request.draft and gen.lora.fused is not None
     assert gen.lora.resident["draft_lora"] == folder / "draft_lora" / WEIGHT_NAME
     gen.unload()
