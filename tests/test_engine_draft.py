@@ -10,26 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from engine.demo.distill import TARGETS as DRAFT_TARGETS  # the LCM-LoRA's module kinds
 from engine.errors import EngineError, RequestError
 from engine.generator import TextToImageGenerator
 from engine.requests import GenerationRequest
 from tests.conftest import tiny_config
 from tests.tiny_sd import build_tiny_pipeline, make_tiny_lora
-
-# Like the LCM-LoRA: attention, feed-forward, resnet convs and time projections.
-DRAFT_TARGETS = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "proj_in",
-    "proj_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "conv1",
-    "conv2",
-    "time_emb_proj",
-)
 
 
 @pytest.fixture(scope="module")
