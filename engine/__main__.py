@@ -20,7 +20,7 @@ from engine.errors import EngineError, LoraError, RequestError
 from engine.lora import inspect_lora_file
 from engine.lora_stack import folder_resolver, resolve_lora_stack
 from engine.pipeline import resolve_model_source
-from engine.requests import GenerationRequest
+from engine.requests import GenerationRequest, ResolvedRequest
 from engine.schedulers import SCHEDULER_NAMES
 from engine.vram import estimate_for_config
 
@@ -286,17 +286,28 @@ def _upscale_main(argv: list[str]) -> int:
         from engine.requests import resolve_request
 
         resolved = resolve_request(request, config.generation, {})
-        if args.estimate_vram:
-            estimate = estimate_for_config(
-                config, width=resolved.width, height=resolved.height, batch_size=1, upscale=True
-            )
-            print(estimate.format())
-            return 0
-        resolve_model_source(config.model.model_id, config.model.allow_ckpt)
-        return _generate(config, request, args.quiet, args.prefix)
+        return _estimate_or_generate(config, request, resolved, args, upscale=True)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"error: {refusal(exc, {**FLAGS, 'init_image': 'image'})}", file=sys.stderr)
         return 2
+
+
+def _estimate_or_generate(
+    config: AppConfig,
+    request: GenerationRequest,
+    resolved: ResolvedRequest,
+    args: argparse.Namespace,
+    **kind: bool,
+) -> int:
+    """Print the VRAM estimate with --estimate-vram (kind: upscale or img2img), else generate."""
+    if args.estimate_vram:
+        estimate = estimate_for_config(
+            config, width=resolved.width, height=resolved.height, batch_size=1, **kind
+        )
+        print(estimate.format())
+        return 0
+    resolve_model_source(config.model.model_id, config.model.allow_ckpt)
+    return _generate(config, request, args.quiet, args.prefix)
 
 
 def _region_main(command: str, argv: list[str]) -> int:
@@ -313,14 +324,7 @@ def _region_main(command: str, argv: list[str]) -> int:
         if args.model:  # honoured as named: no inpainting partner stands in for it
             request.model = ModelCatalog(config.model.model_id, config.model.choices).default
         resolved = resolve_request(request, config.generation, {})
-        if args.estimate_vram:
-            estimate = estimate_for_config(
-                config, width=resolved.width, height=resolved.height, batch_size=1, img2img=True
-            )
-            print(estimate.format())
-            return 0
-        resolve_model_source(config.model.model_id, config.model.allow_ckpt)
-        return _generate(config, request, args.quiet, args.prefix)
+        return _estimate_or_generate(config, request, resolved, args, img2img=True)
     except (ConfigError, EngineError, ValueError) as exc:
         print(f"error: {refusal(exc, {**FLAGS, **REGION_FLAGS})}", file=sys.stderr)
         return 2
