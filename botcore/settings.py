@@ -1,4 +1,4 @@
-"""Bot settings (env prefixes DISCORD_ and BOT_), and `load_settings`: all eight sections at once."""
+"""Bot settings (env prefixes DISCORD_ and BOT_), and `load_settings`: all nine sections at once."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from engine.config import SECTIONS, AppConfig
 from engine.settings_base import ENV_FILE, SettingsSection, load_sections
 from storage.settings import StorageSettings
+from webapi.settings import ApiSettings
 
 # Discord rate-limits message edits, so progress edits come no faster than this, whatever
 # QUEUE_PROGRESS_INTERVAL_S says (the engine may report faster, e.g. for tests).
@@ -76,20 +77,22 @@ class BotSettings(SettingsSection):
 
 @dataclass(frozen=True)
 class Settings:
-    """Every section the bot reads: the engine's (`config`), Discord's, the bot's and storage's."""
+    """Every section the bot reads: the engine's (`config`), Discord's, the bot's, storage's, the API's."""
 
     config: AppConfig
     discord: DiscordSettings
     bot: BotSettings
     storage: StorageSettings
+    api: ApiSettings
 
 
 def load_settings(env_file: str | Path | None = ENV_FILE) -> Settings:
-    """Read all eight sections; ConfigError names every bad variable of every section at once."""
+    """Read all nine sections; ConfigError names every bad variable of every section at once."""
     bot_sections: dict[str, type[SettingsSection]] = {
         "discord": DiscordSettings,
         "bot": BotSettings,
         "storage": StorageSettings,
+        "api": ApiSettings,
     }
     sections = load_sections({**SECTIONS, **bot_sections}, env_file)
     return Settings(
@@ -97,4 +100,5 @@ def load_settings(env_file: str | Path | None = ENV_FILE) -> Settings:
         discord=sections["discord"],
         bot=sections["bot"],
         storage=sections["storage"],
+        api=sections["api"],
     )

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("engine", "scheduling", "storage", "cogs", "botcore")
+PACKAGES = ("engine", "scheduling", "storage", "cogs", "botcore", "webapi")
 MAX_LINES = 450
 # Who may import whom (first-party only); bot.py wires everything and may import any. Cogs
 # name the bot's class (ImageBot) in their types; bot.py loads them by name, never imports them.
@@ -14,7 +14,9 @@ ALLOWED = {
     "engine": {"engine"},
     "scheduling": {"scheduling", "engine"},
     "storage": {"storage", "scheduling", "engine"},
-    "botcore": {"botcore", "scheduling", "engine", "storage"},
+    "botcore": {"botcore", "scheduling", "engine", "storage", "webapi"},
+    # The HTTP API is a front end like the cogs, without Discord: it never imports discord code.
+    "webapi": {"webapi", "scheduling", "engine", "storage"},
     "cogs": {"cogs", "botcore", "scheduling", "engine", "storage", "bot"},
 }
 

@@ -13,6 +13,7 @@ from botcore.settings import BotSettings, DiscordSettings, load_settings
 from engine.config import SECTIONS, ConfigError, QueueConfig, load_config
 from engine.settings_base import SettingsSection, env_name
 from storage import StorageSettings
+from webapi.settings import ApiSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIXES = ("DISCORD_", "BOT_", "STORAGE_", "MODEL_", "OPT_", "GEN_", "QUEUE_", "WORKERS_")
@@ -39,8 +40,8 @@ def deprecations(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_every_section_subclasses_the_one_base() -> None:
-    sections = [*SECTIONS.values(), DiscordSettings, BotSettings, StorageSettings]
-    assert len(sections) == 8
+    sections = [*SECTIONS.values(), DiscordSettings, BotSettings, StorageSettings, ApiSettings]
+    assert len(sections) == 9
     for section in sections:
         assert issubclass(section, SettingsSection)
         own = section.__dict__["model_config"]
@@ -152,7 +153,7 @@ def test_without_old_names_nothing_is_logged(caplog: pytest.LogCaptureFixture) -
 
 def test_renamed_names_point_at_real_fields() -> None:
     found = {}
-    for section in [*SECTIONS.values(), DiscordSettings, BotSettings, StorageSettings]:
+    for section in [*SECTIONS.values(), DiscordSettings, BotSettings, StorageSettings, ApiSettings]:
         for old, field in section.renamed.items():
             found[old] = env_name(section, field)
     assert found == RENAMED
@@ -166,7 +167,13 @@ def _documented(text: str) -> list[str]:
 def test_docs_list_every_setting_once_and_old_names_only_as_renamed() -> None:
     names = {
         env_name(section, field)
-        for section in [*SECTIONS.values(), DiscordSettings, BotSettings, StorageSettings]
+        for section in [
+            *SECTIONS.values(),
+            DiscordSettings,
+            BotSettings,
+            StorageSettings,
+            ApiSettings,
+        ]
         for field in section.model_fields
     }
     readme = (ROOT / "README.md").read_text()

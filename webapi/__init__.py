@@ -1,0 +1,1 @@
+"""The web-UI HTTP API (``/sdapi/v1/...``) served from the bot's fair, durable queue."""
