@@ -15,7 +15,7 @@ from discord.ext import commands
 from botcore.acks import answer_orphaned_acks
 from botcore.outbox import Outbox
 from botcore.progress import JobMessenger
-from botcore.redact import install_token_redaction
+from botcore.redact import install_token_redaction, register_secret
 from botcore.settings import (
     MIN_EDIT_INTERVAL_S,
     BotSettings,
@@ -178,6 +178,8 @@ async def build(
 ) -> ImageBot:
     """Open storage, load the model on the engine thread's behalf, and assemble the bot."""
     install_token_redaction()
+    if discord_settings.token is not None:
+        register_secret(discord_settings.token.get_secret_value())
     resolve_model_source(config.model.model_id, config.model.allow_ckpt)  # fail before opening
     generator = TextToImageGenerator(config)
     generator.models.check_sources(config.model.allow_ckpt)

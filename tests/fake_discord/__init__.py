@@ -19,7 +19,7 @@ Usage::
         assert fake.unhandled == []
 
 State and factories (:class:`FakeDiscord`):
-    ``FakeDiscord(*, token="fake-bot-token", bot_name=..., attachment_size_limit=10 MiB,
+    ``FakeDiscord(*, token=<a fresh one in Discord's shape>, bot_name=..., attachment_size_limit=10 MiB,
     heartbeat_interval_ms=41250, privileged_intents=0, interaction_deadline_s=3.0,
     token_lifetime_s=900, nonce_window_s=300)`` (``token=None`` accepts any token; an IDENTIFY
     with a privileged intent not in ``privileged_intents`` is closed with 4014, as Discord does);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -32,6 +33,26 @@ from .rules import Rejection
 
 log = logging.getLogger(__name__)
 
+# The default bot token: made per fake, in the shape Discord issues (see ``bot_token``).
+REALISTIC: Any = object()
+_ALPHANUMERIC = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def bot_token(user_id: int) -> str:
+    """A bot token shaped like Discord's: base64 user id, a timestamp part, an HMAC part."""
+    return f"{_b64(str(user_id))}.{secrets.token_urlsafe(5)[:6]}.{secrets.token_urlsafe(29)[:38]}"
+
+
+def interaction_token(interaction_id: int) -> str:
+    """An interaction token shaped like Discord's: base64 of ``interaction:<id>:<secret>``."""
+    secret = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(128))
+    return _b64(f"interaction:{interaction_id}:{secret}")
+
+
 CommandPath = str | Sequence[str]
 
 
@@ -41,7 +62,7 @@ class FakeDiscord:
     def __init__(
         self,
         *,
-        token: str | None = "fake-bot-token",
+        token: str | None = REALISTIC,
         bot_name: str = "ImageBot",
         attachment_size_limit: int = 10 * 1024 * 1024,
         heartbeat_interval_ms: int = 41250,
@@ -50,7 +71,6 @@ class FakeDiscord:
         token_lifetime_s: float = 15 * 60.0,
         nonce_window_s: float = 5 * 60.0,
     ) -> None:
-        self.token = token
         self.interaction_deadline_s = interaction_deadline_s
         self.token_lifetime_s = token_lifetime_s
         self.nonce_window_s = nonce_window_s
@@ -65,6 +85,7 @@ class FakeDiscord:
         self.bot_user = self.add_user(bot_name, bot=True)
         self.app_owner = self.add_user("app-owner")
         self.application_id = self.bot_user.id
+        self.token: str | None = bot_token(self.bot_user.id) if token is REALISTIC else token
         self.application_flags = 0
         self.guilds: list[FakeGuild] = []
         self.registered_commands: dict[int | None, list[dict[str, Any]]] = {}
@@ -343,7 +364,8 @@ class FakeDiscord:
         data: dict[str, Any],
         message: FakeMessage | None = None,
     ) -> InteractionRecord:
-        interaction_id, token = self.ids.next(), secrets.token_urlsafe(24)
+        interaction_id = self.ids.next()
+        token = interaction_token(interaction_id)
         payload = payloads.interaction(
             self, interaction_id, token, type_, user, channel, data, message
         )
