@@ -217,6 +217,14 @@ def check_disk(
     return Check(f"disk {label}", summary)
 
 
+def min_free_setting(settings: Mapping[str, str]) -> float:
+    """STORAGE_MIN_FREE_MB from the settings (a bad value: the default; the bot names it)."""
+    try:
+        return float(settings.get("STORAGE_MIN_FREE_MB", MIN_FREE_MB))
+    except ValueError:
+        return MIN_FREE_MB
+
+
 def hub_model_cached(repo: str, cache_dir: Path) -> bool:
     """Whether a hub model's index and UNet weights are in the local cache."""
     from huggingface_hub import try_to_load_from_cache
@@ -298,10 +306,7 @@ def run_checks(env_file: str | Path = ENV_FILE) -> list[Check]:
     need = DOWNLOAD_MB if NOT_CACHED in model_check.summary else LOW_FREE_MB
     checks.append(check_disk("model cache", model.cache_dir, need))
     settings = read_env(env_file)
-    try:
-        min_free = float(settings.get("STORAGE_MIN_FREE_MB", MIN_FREE_MB))
-    except ValueError:
-        min_free = MIN_FREE_MB  # the bot's own loader names the bad value
+    min_free = min_free_setting(settings)
     for label, variable, default in DATA_FOLDERS:
         path = Path(settings.get(variable, default))
         checks.append(check_disk(label, path, max(LOW_FREE_MB, min_free), min_free))

@@ -79,6 +79,10 @@ async def test_full_outputs_disk_refuses_work_and_a_finished_job_waits_for_space
             words = text_of(refused)
             assert ephemeral(refused) and f"The disk holding {disk.as_posix()}/ is full" in words
             assert "an admin needs to free space" in words and "MB free" in words
+            assert "database" not in words  # the database's disk has room: not named
+            stats = text_of(await answer(await world.slash(world.admin, "admin stats")))
+            assert f"The disk holding {disk.as_posix()}/ is full" in stats
+            assert "new work is refused" in stats
 
             # (2) the accepted job renders, its save fails, it waits with the images in memory
             bot.executor.resume()
