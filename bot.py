@@ -212,6 +212,7 @@ async def build(
         deliver=True,
         workers=workers,
         affinity_window=config.workers.affinity_window,
+        space=storage.space,
     )
     bot = ImageBot(
         bot_settings=bot_settings,

@@ -249,6 +249,8 @@ def engine_health(bot: ImageBot) -> str:
     }
     for label, folder in folders.items():
         lines.append(f"{label}: {free_disk(folder)} free")
+    space = bot.storage.space
+    lines += [f"**{space.words(disk)}: new work is refused**" for disk in space.low()]
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from discord.ext import commands
 from cogs._checks import UserFacingError
 from cogs._option_names import refusal
 from engine.errors import EngineError, RequestError
+from scheduling.disk import DiskFull
 from scheduling.queue import QueueFullError
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ def describe(error: Exception) -> str | None:
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original  # type: ignore[assignment]
     if isinstance(error, (UserFacingError, QueueFullError, EngineError)):
+        return str(error)
+    if isinstance(error, DiskFull):  # a full disk, named (storage.DiskFullError)
         return str(error)
     if isinstance(error, app_commands.CommandOnCooldown):
         return f"Slow down: try again in {error.retry_after:.0f} s."

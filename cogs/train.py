@@ -147,6 +147,7 @@ class Train(commands.Cog):
         except ValueError as exc:
             raise UserFacingError(f"That name cannot be used: {exc}.") from None
         trigger_word = check_trigger_word(trigger)
+        bot.executor.check_room()  # a full disk refuses before the images are stored
         choices = await self._choices(steps, rank, learning_rate, caption)
         uploads, left_out = check_uploads(
             attachments, max_mb=settings.max_attachment_mb, min_images=settings.train_min_images

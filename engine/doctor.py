@@ -33,7 +33,7 @@ DATA_FOLDERS = (
     ("embeddings", "STORAGE_EMBEDDING_DIR", "models/embeddings"),
     ("training data", "BOT_TRAIN_DATA_DIR", "data/train"),
 )
-MIN_FREE_MB = 200  # below this the bot cannot save its database or images
+MIN_FREE_MB = 300  # STORAGE_MIN_FREE_MB's default: below it the bot refuses new work
 LOW_FREE_MB = 2048
 DOWNLOAD_MB = 5 * 1024  # an SD v1.5 download with room to spare
 LOW_VRAM_MB = dict(AUTO_THRESHOLDS)["2gb"]  # below this even the 2gb preset may not fit
@@ -192,20 +192,37 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def check_disk(label: str, path: Path, need_mb: float = LOW_FREE_MB) -> Check:
-    """Free disk space where `path` lives (or would be created)."""
+def check_disk(
+    label: str, path: Path, need_mb: float = LOW_FREE_MB, min_free_mb: float = MIN_FREE_MB
+) -> Check:
+    """Free disk space where `path` lives (or would be created); under ``min_free_mb``
+    (STORAGE_MIN_FREE_MB) the bot refuses new work."""
     try:
         free_mb = shutil.disk_usage(_existing(path)).free / MB
     except OSError as exc:
         return Check(f"disk {label}", f"{path}: cannot be read ({exc})", False, "fix the path")
     summary = f"{path}: {free_mb:,.0f} MB free"
-    if free_mb < MIN_FREE_MB or free_mb < need_mb / 4:
+    if free_mb < min_free_mb:
+        fix = (
+            f"under STORAGE_MIN_FREE_MB={min_free_mb:,.0f} the bot refuses new work: free at "
+            f"least {need_mb:,.0f} MB on that drive or move {label} elsewhere"
+        )
+        return Check(f"disk {label}", summary, False, fix, fatal=True)
+    if free_mb < need_mb / 4:
         fix = f"free at least {need_mb:,.0f} MB on that drive or move {label} elsewhere"
         return Check(f"disk {label}", summary, False, fix, fatal=True)
     if free_mb < need_mb:
         fix = f"free some space: under {need_mb:,.0f} MB left"
         return Check(f"disk {label}", summary, False, fix)
     return Check(f"disk {label}", summary)
+
+
+def min_free_setting(settings: Mapping[str, str]) -> float:
+    """STORAGE_MIN_FREE_MB from the settings (a bad value: the default; the bot names it)."""
+    try:
+        return float(settings.get("STORAGE_MIN_FREE_MB", MIN_FREE_MB))
+    except ValueError:
+        return MIN_FREE_MB
 
 
 def hub_model_cached(repo: str, cache_dir: Path) -> bool:
@@ -289,8 +306,10 @@ def run_checks(env_file: str | Path = ENV_FILE) -> list[Check]:
     need = DOWNLOAD_MB if NOT_CACHED in model_check.summary else LOW_FREE_MB
     checks.append(check_disk("model cache", model.cache_dir, need))
     settings = read_env(env_file)
+    min_free = min_free_setting(settings)
     for label, variable, default in DATA_FOLDERS:
-        checks.append(check_disk(label, Path(settings.get(variable, default))))
+        path = Path(settings.get(variable, default))
+        checks.append(check_disk(label, path, max(LOW_FREE_MB, min_free), min_free))
     checks.append(check_token(settings, env_file))
     return checks
 

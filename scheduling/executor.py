@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.config import QueueConfig
 from engine.generator import TextToImageGenerator
+from scheduling.disk import SpaceGuard
 from scheduling.job_runner import ImagePath
 from scheduling.jobs import JobStore
 from scheduling.scheduler import Scheduler
@@ -24,6 +25,7 @@ def build_scheduler(
     trainer_factory: TrainerFactory | None = None,
     deliver: bool = False,
     affinity_window: int = 3,
+    space: SpaceGuard | None = None,
 ) -> Scheduler:
     """A scheduler serving `workers`, or one LocalWorker on `generator` when none are given.
 
@@ -42,4 +44,5 @@ def build_scheduler(
         trainer_factory=trainer_factory,
         deliver=deliver,
         affinity_window=affinity_window,
+        space=space,
     )

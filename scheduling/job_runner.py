@@ -14,6 +14,8 @@ from engine.config import QueueConfig
 from engine.errors import EngineError, GenerationCancelled, RequestError
 from scheduling.active import ActiveRuns
 from scheduling.announcer import Announcer
+from scheduling.disk import ImagesUnsaved, OutputsStayedFull
+from scheduling.disk_wait import DiskWait
 from scheduling.events import Notice, Started
 from scheduling.health import EngineHealth
 from scheduling.jobs import JobRecord, JobStore
@@ -41,6 +43,7 @@ class JobRunner:
         active: ActiveRuns,
         training: TrainingRunner,
         health: EngineHealth,
+        disk: DiskWait,
         config: QueueConfig,
         kill_limit: int,
         image_path: ImagePath | None,
@@ -53,6 +56,7 @@ class JobRunner:
         self.active = active
         self.training = training
         self.health = health
+        self.disk = disk
         self.config = config
         self.kill_limit = kill_limit
         self.image_path = image_path
@@ -91,7 +95,10 @@ class JobRunner:
             if job.kind == "train":
                 await self.training.run(job, run, worker, serve=self.run_job)
             else:
-                result, data = await worker.generate(run, announcer, self.image_path)
+                try:
+                    result, data = await worker.generate(run, announcer, self.image_path)
+                except ImagesUnsaved as unsaved:  # the outputs disk is full: wait for space
+                    result, data = await self.disk.saved(job, run, unsaved)
                 announcer.record_speed(job, result)
                 await self.outcomes.finish(job, result, data)
         except WorkerLost as exc:
@@ -104,7 +111,7 @@ class JobRunner:
                 await self.outcomes.cancel(job, was_running=True, step=run.step)
         except StoreFailure as exc:
             raise exc.__cause__ from None  # type: ignore[misc]
-        except (OutOfMemoryExhausted, EngineError, RequestError) as exc:
+        except (OutOfMemoryExhausted, EngineError, RequestError, OutputsStayedFull) as exc:
             await self.outcomes.fail(job, str(exc))
         except Exception as exc:
             log.exception("job %s failed", job.id)

@@ -21,6 +21,8 @@ from engine.requests import GenerationRequest, ResolvedRequest
 from scheduling import affinity
 from scheduling.active import ActiveRuns
 from scheduling.announcer import Announcer, Listener, job_units
+from scheduling.disk import NoGuard, SpaceGuard, is_disk_full
+from scheduling.disk_wait import DiskWait
 from scheduling.events import Queued
 from scheduling.health import EngineHealth
 from scheduling.job_runner import ImagePath, JobRunner
@@ -99,10 +101,12 @@ class Scheduler:
         affinity_window: int = 3,
         kill_limit: int = 3,
         close_workers: bool = True,
+        space: SpaceGuard | None = None,
     ) -> None:
         """``checker`` validates requests at submit (the bot's generator); ``deliver=True``: a
         front end delivers outcomes and marks them delivered itself (jobs stay 'finished' until
-        then); otherwise outcomes count as delivered at once."""
+        then); otherwise outcomes count as delivered at once. ``space`` refuses new work on a
+        nearly full disk and words a full outputs disk (none: no threshold)."""
         if not workers:
             raise ValueError("the scheduler needs at least one worker")
         self.checker = checker
@@ -121,6 +125,8 @@ class Scheduler:
         self.active = ActiveRuns()
         self.announcer = Announcer(self.queue, workers, self.active, lambda: self._stopping)
         self.outcomes = Outcomes(store, self.announcer, deliver=deliver)
+        self.space = space or NoGuard()
+        self.disk_wait = DiskWait(self.space, self.announcer)
         training = TrainingRunner(
             outcomes=self.outcomes,
             announcer=self.announcer,
@@ -138,6 +144,7 @@ class Scheduler:
             active=self.active,
             training=training,
             health=self.health,
+            disk=self.disk_wait,
             config=self.config,
             kill_limit=kill_limit,
             image_path=image_path,
@@ -221,6 +228,7 @@ class Scheduler:
         """
         if self._stopping:
             raise QueueFullError(SHUTTING_DOWN)
+        self.check_room()
         if isinstance(new.work, GenerationRequest):
             new = replace(new, work=self._decided(new.work))
         new = replace(new, priority=1 if admin and self.config.admin_priority else 0)
@@ -293,6 +301,10 @@ class Scheduler:
         if self._stopping:
             raise QueueFullError(SHUTTING_DOWN)
         self.queue.check_caps(user_id)
+
+    def check_room(self) -> None:
+        """Raise DiskFull (in words naming the disk) if a disk the bot writes to is too full."""
+        self.space.admit()
 
     @property
     def dispatcher_alive(self) -> bool:
@@ -377,7 +389,10 @@ class Scheduler:
             except Exception as exc:
                 # A storage error (locked or full disk) must not end the dispatcher: the job
                 # goes back to its fair place and is tried again after a pause.
-                log.exception("job %s: error outside the engine; it goes back to the queue", job.id)
+                if is_disk_full(exc):  # expected on a full disk: said in words, no traceback
+                    log.warning("job %s: %s; it goes back to the queue", job.id, exc)
+                else:
+                    log.exception("job %s: error outside the engine; back to the queue", job.id)
                 self.health.record(job, exc)
                 self.active.end(worker.name)
                 job.status = "queued"

@@ -1,7 +1,7 @@
 """Durable state of the bot: SQLite (aiosqlite) with migrations, repositories, safe file paths."""
 
 from storage.db import Database
-from storage.errors import AlreadyExistsError, NotFoundError, StorageError
+from storage.errors import AlreadyExistsError, DiskFullError, NotFoundError, StorageError
 from storage.files import (
     FileRoots,
     UnsafePathError,
@@ -19,6 +19,7 @@ from storage.users import UserProfile
 __all__ = [
     "AlreadyExistsError",
     "Database",
+    "DiskFullError",
     "FileRoots",
     "GenerationRecord",
     "GenerationStats",

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scheduling.disk import DiskFull
+
 
 class StorageError(Exception):
     """A database problem explained in words a person hosting the bot can act on."""
+
+
+class DiskFullError(StorageError, DiskFull):
+    """A disk the bot writes to (outputs, database) is full; the words name it."""
 
 
 class NotFoundError(StorageError, LookupError):
@@ -92,7 +98,10 @@ def explain_sqlite_error(exc: BaseException, db_path: Path) -> StorageError:
             f"{db_path.name}-wal and {db_path.name}-shm next to it) and not on a read-only disk."
         )
     if kind == "full":
-        return StorageError(f"The disk holding {db_path} is full ({exc}); free some space.")
+        return DiskFullError(
+            f"The disk holding the database ({db_path}) is full ({exc}); an admin needs to "
+            "free space."
+        )
     if kind == "io":
         return StorageError(f"Reading or writing {db_path} failed with a disk error ({exc}).")
     return StorageError(f"Cannot use the database {db_path}: {exc}")

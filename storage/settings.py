@@ -40,3 +40,16 @@ class StorageSettings(SettingsSection):
         ge=0,
         description="How long a query waits for a lock held by another connection, in ms.",
     )
+    min_free_mb: int = Field(
+        default=300,
+        ge=0,
+        description="New work (/imagine, buttons, /train) is refused while the disk holding the "
+        "outputs folder or the database has less free space than this, in MB; doctor and "
+        "/admin stats warn below it.",
+    )
+    full_disk_wait_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How long a finished job whose images a full outputs disk refused waits "
+        "for space (images kept in memory, saved again every few seconds) before it fails.",
+    )

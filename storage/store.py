@@ -21,6 +21,7 @@ from storage.loras import LorasRepo
 from storage.migrate import MIGRATIONS_DIR
 from storage.moderation import BlockedWordsRepo
 from storage.settings import StorageSettings
+from storage.space import DiskSpace
 from storage.users import UsersRepo
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,16 @@ log = logging.getLogger(__name__)
 class Storage:
     """The bot's durable state (one SQLite file plus file roots); satisfies scheduling.jobs.JobStore."""
 
-    def __init__(self, db: Database, files: FileRoots) -> None:
+    def __init__(self, db: Database, files: FileRoots, space: DiskSpace | None = None) -> None:
         self.db = db
         self.files = files
+        defaults = StorageSettings.model_fields
+        self.space = space or DiskSpace(
+            files.outputs_dir,
+            db.path,
+            min_free_mb=defaults["min_free_mb"].default,
+            wait_limit_s=defaults["full_disk_wait_s"].default,
+        )
         self.users = UsersRepo(db)
         self.loras = LorasRepo(db)
         self.embeddings = EmbeddingsRepo(db)
@@ -55,7 +63,14 @@ class Storage:
             busy_timeout_ms=settings.busy_timeout_ms,
             migrations_dir=migrations_dir,
         )
-        return cls(db, FileRoots(settings.outputs_dir, settings.lora_dir, settings.embedding_dir))
+        files = FileRoots(settings.outputs_dir, settings.lora_dir, settings.embedding_dir)
+        space = DiskSpace(
+            settings.outputs_dir,
+            db.path,
+            min_free_mb=settings.min_free_mb,
+            wait_limit_s=settings.full_disk_wait_s,
+        )
+        return cls(db, files, space)
 
     async def close(self) -> None:
         """Close the database connection."""

@@ -68,6 +68,7 @@ async def start_bot(
     generation: dict[str, Any] | None = None,
     queue: dict[str, Any] | None = None,
     workers: dict[str, Any] | None = None,
+    storage: dict[str, Any] | None = None,
     **bot_settings: Any,
 ) -> ImageBot:
     """Build the real bot with settings pointing at the temp folder and the fake server."""
@@ -84,10 +85,13 @@ async def start_bot(
         BotSettings(**settings),
         DiscordSettings(token=SecretStr(world.fake.token), dev_guild_id=world.guild.id),
         StorageSettings(
-            db_path=world.tmp / "bot.sqlite3",
-            outputs_dir=world.tmp / "outputs",
-            lora_dir=world.tmp / "loras",
-            embedding_dir=world.tmp / "embeddings",
+            **{
+                "db_path": world.tmp / "bot.sqlite3",
+                "outputs_dir": world.tmp / "outputs",
+                "lora_dir": world.tmp / "loras",
+                "embedding_dir": world.tmp / "embeddings",
+                **(storage or {}),
+            }
         ),
         guild_ready_timeout=0.05,
     )

@@ -14,6 +14,7 @@ from engine.config import QueueConfig
 from engine.generator import TextToImageGenerator
 from engine.metadata import save_png
 from engine.requests import GenerationResult
+from scheduling.disk import saving
 from scheduling.jobs import JobRecord
 from scheduling.workers.base import JobRun, ProgressSink, WorkerInfo
 from scheduling.workers.core import FaultInjector, GenerationCore
@@ -78,10 +79,15 @@ class LocalWorker:
         self, run: JobRun, sink: ProgressSink, image_path: ImagePath | None
     ) -> tuple[GenerationResult, dict[str, Any]]:
         result, level = self.core.run(run, sink)
-        result.paths = self._save(run.job, result, image_path)
+
+        def save() -> tuple[GenerationResult, dict[str, Any]]:
+            result.paths = self._save(run.job, result, image_path)
+            return result, self.core.result_data(result, level)
+
         self.jobs_done += 1
         self._seconds_per_step = result.seconds_per_step
-        return result, self.core.result_data(result, level)
+        # A full disk raises ImagesUnsaved: the images stay in memory and save() runs again later.
+        return saving(save)
 
     def _save(
         self, job: JobRecord, result: GenerationResult, image_path: ImagePath | None

@@ -22,6 +22,7 @@ from engine.errors import EngineError, GenerationCancelled
 from engine.lora import lora_display_name, resolve_lora_file
 from engine.metadata import save_png_bytes
 from engine.requests import GenerationRequest, GenerationResult, ResolvedRequest
+from scheduling.disk import saving
 from scheduling.jobs import JobRecord
 from scheduling.workers.base import JobRun, ProgressSink, WorkerInfo, WorkerLost
 from scheduling.workers.core import OutOfMemoryExhausted
@@ -206,14 +207,15 @@ class RayWorker:
             raise OutOfMemoryExhausted(out["message"])
         if error:
             raise EngineError(out["message"])
-        result, data = await asyncio.to_thread(self._save, job, out, image_path)
         self.jobs_done += 1
-        self._info["seconds_per_step"] = data.get("seconds_per_step")
-        if data.get("model") and data["model"] != self.resident_model:
+        made = out["data"]
+        self._info["seconds_per_step"] = made.get("seconds_per_step")
+        if made.get("model") and made["model"] != self.resident_model:
             # A model switch on the actor dropped every adapter but this job's.
             self.held_loras = {str(request.lora)} if request.lora else set()
-            self.resident_model = data["model"]
-        return result, data
+            self.resident_model = made["model"]
+        # A full disk raises ImagesUnsaved: the PNG bytes stay in memory, saved again later.
+        return await asyncio.to_thread(saving, lambda: self._save(job, out, image_path))
 
     async def _ship_lora(self, lora: str) -> str:
         file = resolve_lora_file(lora)
