@@ -177,9 +177,10 @@ async def progress(request: web.Request) -> web.Response:
     )
     value = min(1.0, (done + fraction) / count)
     eta = context.scheduler.eta(waiting[-1].id) if waiting else (seen.eta_s if seen else None)
-    if eta is None and first is not None and value > 0:
-        elapsed = time.time() - started  # no measured speed yet: extrapolate from this job
-        eta = elapsed / value - elapsed
+    if eta is None and first is not None and first.step > 0:
+        # no speed measured yet: extrapolate from this job's own steps, once per job left
+        per_job = (time.time() - started) * first.total / first.step
+        eta = per_job * (1 - first.step / first.total) + per_job * len(waiting)
     if first is not None:
         text = f"Running step {first.step}/{first.total}"
         if waiting:
@@ -190,7 +191,10 @@ async def progress(request: web.Request) -> web.Response:
     image = None
     if seen is not None and seen.preview is not None and not skip_image:
         image = _png_base64(seen.preview)
-    answer = {"progress": round(value, 4), "eta_relative": round(max(eta or 0.0, 0.0), 2)}
+    answer: dict[str, Any] = {
+        "progress": round(value, 4),
+        "eta_relative": round(max(eta or 0.0, 0.0), 3),
+    }
     answer.update(state=state, current_image=image, textinfo=text)
     return web.json_response(answer)
 
