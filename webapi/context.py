@@ -53,7 +53,7 @@ class ApiContext:
 
 
 CONTEXT = web.AppKey("context", ApiContext)
-USER = "api_user"  # request[USER]: the ApiUser the auth middleware found
+USER = web.RequestKey("api_user", ApiUser)  # set by the auth middleware
 
 
 def context_of(request: web.Request) -> ApiContext:
