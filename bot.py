@@ -13,6 +13,7 @@ import discord
 from discord.ext import commands
 
 from botcore.acks import answer_orphaned_acks
+from botcore.answer_budget import install_answer_budget
 from botcore.outbox import Outbox
 from botcore.progress import JobMessenger
 from botcore.redact import install_token_redaction, register_secret
@@ -73,6 +74,7 @@ class ImageBot(commands.Bot):
         # result messages allow exactly their requester.
         kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, help_command=None, **kwargs)
+        install_answer_budget(self)  # a locked database cannot keep an interaction unanswered
         self.bot_settings = bot_settings
         self.discord_settings = discord_settings
         self.config = config

@@ -16,9 +16,18 @@ from cogs._option_names import refusal
 from engine.init_image import DEFAULT_STRENGTH, MAX_SIDE, UPSCALE_STRENGTH
 from engine.requests import GenerationRequest, random_seed
 from scheduling.jobs import JobRecord, NewJob
+from storage import UserProfile
+from storage.errors import DatabaseLockedError
 
 if TYPE_CHECKING:
     from bot import ImageBot
+
+# Refused rather than deferred without a record: an acknowledged command must have its job
+# written (a crash while deferred but unrecorded would lose it). See README, "database locked".
+DATABASE_BUSY = (
+    "The server's database is busy (another program has it open); nothing was queued — try "
+    "again in a moment."
+)
 
 
 async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any) -> dict[str, Any]:
@@ -26,7 +35,9 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
 
     Options `guild_id` and `channel_id` choose the model: the user's, the channel's, the server's.
     """
-    profile = await bot.storage.users.get_or_create_user(user_id)
+    # A read: a new member's profile row is written with their first result, so a locked
+    # database leaves the job's INSERT as the only write before the answer.
+    profile = await bot.storage.users.get_user(user_id) or UserProfile(user_id)
     model = await pick_model(bot, profile.model, options.get("guild_id"), options.get("channel_id"))
     size = options.get("size")
     width = height = None
@@ -115,7 +126,12 @@ async def submit_for(
         channel_id=interaction.channel_id,
         reference=reference,
     )
-    return await executor.submit(new, admin=admin, acknowledge=None if deferred else acknowledge)
+    try:
+        return await executor.submit(
+            new, admin=admin, acknowledge=None if deferred else acknowledge
+        )
+    except DatabaseLockedError:
+        raise UserFacingError(DATABASE_BUSY) from None
 
 
 def from_image(

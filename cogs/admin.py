@@ -215,6 +215,7 @@ class Admin(commands.Cog):
         state = "paused" if snapshot.paused else "running"
         embed.add_field(name="Queue", value=f"{len(snapshot.waiting)} waiting ({state})")
         embed.add_field(name="Engine", value=clip(engine_health(bot), 1024), inline=False)
+        embed.add_field(name="Database", value=bot.storage.db.locks.summary(), inline=False)
         door = bot.engine_door
         embed.add_field(name="Model", value=door.resident_model or "?")
         embed.add_field(name="VRAM preset", value=door.preset)

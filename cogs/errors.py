@@ -25,12 +25,17 @@ from cogs._option_names import refusal
 from engine.errors import EngineError, RequestError
 from scheduling.disk import DiskFull
 from scheduling.queue import QueueFullError
+from storage.errors import DatabaseLockedError
 
 if TYPE_CHECKING:
     from bot import ImageBot
 
 log = logging.getLogger(__name__)
 Choice = app_commands.Choice[str]
+DATABASE_BUSY = (
+    "The server's database is busy (another program has it open); nothing was saved — try "
+    "again in a moment."
+)
 
 
 async def reply_ephemeral(interaction: discord.Interaction, message: str) -> None:
@@ -64,6 +69,8 @@ def describe(error: Exception) -> str | None:
         return f"Invalid value: {error}"
     if isinstance(error, discord.NotFound):
         return "That message or job is gone (deleted or already finished)."
+    if isinstance(error, DatabaseLockedError):  # past the answer budget (botcore/answer_budget.py)
+        return DATABASE_BUSY
     return None
 
 

@@ -239,17 +239,24 @@ class Scheduler:
             try:
                 await acknowledge(job)
             except BaseException:
-                try:
-                    await self.store.set_job_status(job.id, "cancelled", error="not acknowledged")
-                    await self.store.mark_delivered(job.id)
-                except Exception:
-                    log.exception("could not cancel unacknowledged job %s", job.id)
+                # In a task of its own: the caller's time budget for its answer (a locked
+                # database, storage/busy.py) must not cut short the cancel of a written job.
+                cancel = asyncio.ensure_future(self._cancel_unacknowledged(job))
+                await asyncio.shield(cancel)
                 raise
 
         job = await self.queue.submit(new, check_caps=not admin, before_place=before_place)
         self.announcer.emit(Queued(job, self.queue.position(job.id) or 1, self.eta(job.id)))
         self.announcer.tell_no_worker()
         return job
+
+    async def _cancel_unacknowledged(self, job: JobRecord) -> None:
+        """A written job whose command could not be acknowledged: cancelled, nothing to deliver."""
+        try:
+            await self.store.set_job_status(job.id, "cancelled", error="not acknowledged")
+            await self.store.mark_delivered(job.id)
+        except Exception:
+            log.exception("could not cancel unacknowledged job %s", job.id)
 
     def _decided(self, request: GenerationRequest) -> GenerationRequest:
         """The request with every field decided (validated), so a rerun makes the same images."""

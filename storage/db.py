@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import aiosqlite
 
+from storage import busy
 from storage.errors import (
+    DatabaseLockedError,
     StorageError,
     corrupt_database_error,
     explain_sqlite_error,
@@ -24,6 +27,7 @@ from storage.migrate import MIGRATIONS_DIR, migrate
 log = logging.getLogger(__name__)
 
 Params = Sequence[Any] | Mapping[str, Any]
+T = TypeVar("T")
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -69,13 +73,20 @@ class Transaction:
 
 
 def _runtime_error(exc: sqlite3.Error, db_path: Path) -> StorageError:
-    if sqlite_error_kind(exc) == "other":
+    kind = sqlite_error_kind(exc)
+    if kind == "other":
         return StorageError(f"database query failed: {exc}")
+    if kind == "locked":  # retried by Database while the caller may wait (storage/busy.py)
+        return DatabaseLockedError(f"The database {db_path} is locked by another program ({exc}).")
     return explain_sqlite_error(exc, db_path)
 
 
 class Database:
-    """One aiosqlite connection; a lock keeps transactions from interleaving across coroutines."""
+    """One aiosqlite connection; a lock keeps transactions from interleaving across coroutines.
+
+    While another program holds SQLite's lock, statements are tried again with the connection
+    free in between, for as long as the calling task may wait (storage/busy.py).
+    """
 
     def __init__(self, conn: aiosqlite.Connection, path: Path, schema_version: int) -> None:
         self._conn = conn
@@ -83,6 +94,8 @@ class Database:
         self._tx = Transaction(conn, path)
         self.path = path
         self.schema_version = schema_version
+        self.locks = busy.LockEpisodes(path)
+        self._watcher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -111,6 +124,9 @@ class Database:
             version = await migrate(conn, db_path, migrations_dir)
             await conn.execute("PRAGMA foreign_keys = ON")
             await conn.execute("PRAGMA synchronous = NORMAL")
+            # Start-up waited busy_timeout_ms; from now on SQLite waits one short slice per try
+            # and the tries are Database's, so a lock never holds the one connection for long.
+            await conn.execute(f"PRAGMA busy_timeout = {busy.SLICE_MS}")
         except BaseException as exc:
             await conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -121,23 +137,54 @@ class Database:
 
     async def close(self) -> None:
         """Close the connection (waits for a running transaction to finish)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         async with self._lock:
             await self._conn.close()
 
     async def execute(self, sql: str, params: Params = ()) -> ExecResult:
         """Run one write statement in its own transaction."""
-        async with self._lock:
-            return await self._tx.execute(sql, params)
+        return await self._retrying(lambda: self._tx.execute(sql, params), write=True)
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         """Run a query and return its first row, or None."""
-        async with self._lock:
-            return await self._tx.fetchone(sql, params)
+        return await self._retrying(lambda: self._tx.fetchone(sql, params))
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """Run a query and return all its rows."""
-        async with self._lock:
-            return await self._tx.fetchall(sql, params)
+        return await self._retrying(lambda: self._tx.fetchall(sql, params))
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], *, write: bool = False) -> T:
+        """Run ``call`` holding the connection; while locked, again after a pause without it."""
+        until = busy.deadline()
+        while True:
+            async with self._lock:
+                try:
+                    result = await call()
+                except DatabaseLockedError as exc:
+                    error = exc
+                else:
+                    if write:  # a read gets through another program's lock: no sign it ended
+                        self.locks.freed()
+                    return result
+            await self._wait_out(error, until)
+
+    async def _wait_out(self, error: DatabaseLockedError, until: float | None) -> None:
+        """Note the lock, then pause before the next try, or give up past the caller's budget."""
+        if self.locks.met():
+            self._watcher = asyncio.create_task(self._watch(), name="database-lock-watch")
+        if busy.gives_up(until):
+            raise error
+        await asyncio.sleep(busy.PAUSE_S)
+
+    async def _watch(self) -> None:
+        """Try an empty write until the lock ends, so the episode ends when it does (logged)."""
+        try:
+            async with self.transaction():
+                pass
+        except Exception as exc:  # closed meanwhile: the episode stays open in the stats
+            log.info("stopped watching the database lock: %r", exc)
 
     @asynccontextmanager
     async def within(self, tx: Transaction | None) -> AsyncIterator[Transaction]:
@@ -151,11 +198,8 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """Run several statements atomically: commit on success, roll back on any exception."""
-        async with self._lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise _runtime_error(exc, self.path) from exc
+        await self._begin()
+        try:
             try:
                 yield self._tx
             except BaseException:
@@ -167,6 +211,36 @@ class Database:
                 if self._conn.in_transaction:
                     await self._conn.execute("ROLLBACK")
                 raise _runtime_error(exc, self.path) from exc
+        finally:
+            self._lock.release()
+
+    async def _begin(self) -> None:
+        """Hold the connection and SQLite's write lock (BEGIN IMMEDIATE), retrying while locked.
+
+        Nothing of the transaction runs before BEGIN succeeds, so a caller that gives up at its
+        budget has written nothing, and nothing it asked for is written later.
+        """
+        until = busy.deadline()
+        while True:
+            await self._lock.acquire()
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._lock.release()
+                error = _runtime_error(exc, self.path)
+                if not isinstance(error, DatabaseLockedError):
+                    raise error from exc
+            except BaseException:  # cancelled (a wait_for around a patient write), or closed
+                # aiosqlite's thread may still run the BEGIN: a ROLLBACK queued behind it undoes
+                # it, so the connection is never left inside a transaction nobody owns.
+                with contextlib.suppress(Exception):
+                    await self._conn.execute("ROLLBACK")
+                self._lock.release()
+                raise
+            else:
+                self.locks.freed()
+                return
+            await self._wait_out(error, until)
 
 
 def _check_location(db_path: Path) -> None:

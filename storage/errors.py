@@ -23,6 +23,10 @@ class AlreadyExistsError(StorageError, ValueError):
     """A row with the same unique key (e.g. a LoRA name) already exists."""
 
 
+class DatabaseLockedError(StorageError):
+    """Another program held the database's write lock for longer than the caller could wait."""
+
+
 # Primary SQLite result codes (https://sqlite.org/rescode.html) that start-up explains.
 _PERM, _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = (
     3,

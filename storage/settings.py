@@ -38,7 +38,8 @@ class StorageSettings(SettingsSection):
     busy_timeout_ms: int = Field(
         default=5000,
         ge=0,
-        description="How long a query waits for a lock held by another connection, in ms.",
+        description="How long opening the database at start-up waits for a lock held by another "
+        "program, in ms (once running, see 'Another program has the database open').",
     )
     min_free_mb: int = Field(
         default=300,

@@ -115,6 +115,9 @@ class UsersRepo:
 
     async def get_or_create_user(self, user_id: int) -> UserProfile:
         """The profile of ``user_id``, created with global defaults if missing."""
+        profile = await self.get_user(user_id)  # a read: it needs no write lock
+        if profile is not None:
+            return profile
         async with self._db.transaction() as tx:
             return await self._ensure_and_update(tx, user_id, {})
 

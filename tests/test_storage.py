@@ -17,6 +17,7 @@ import pytest
 from engine.requests import GenerationRequest
 from scheduling.jobs import NewJob
 from storage import Database, Storage, StorageError, StorageSettings
+from storage.busy import SLICE_MS
 from storage.errors import explain_sqlite_error, sqlite_error_kind
 from storage.migrate import MIGRATIONS_DIR, discover_migrations
 
@@ -58,7 +59,8 @@ async def test_new_database_gets_schema_wal_and_foreign_keys(tmp_path: Path) -> 
         assert (await db.fetchone("PRAGMA user_version"))[0] == LATEST
         assert (await db.fetchone("PRAGMA journal_mode"))[0] == "wal"
         assert (await db.fetchone("PRAGMA foreign_keys"))[0] == 1
-        assert (await db.fetchone("PRAGMA busy_timeout"))[0] == 1234
+        # 1234 ms was start-up's wait; once open, SQLite waits one slice and Database retries.
+        assert (await db.fetchone("PRAGMA busy_timeout"))[0] == SLICE_MS
     finally:
         await db.close()
     assert not list(tmp_path.glob("sub/*.bak-v*")), "a new database needs no backup"
