@@ -44,6 +44,12 @@ class Served:
                 future.set_result(event)
                 self._waiters.remove(item)
 
+    async def settled(self) -> None:
+        """Wait until every ended call's jobs are marked delivered or cancelled."""
+        from webapi.generate import watch_of
+
+        await watch_of(self.server.app).wait_settled()
+
     async def wait_for(self, match: Any, timeout: float = 30) -> JobEvent:
         """The first event from now on (or already seen) for which match(event) is true."""
         for event in self.events:
