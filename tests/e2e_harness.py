@@ -22,6 +22,7 @@ from tests.fake_discord import (
     InteractionRecord,
     RecordedEvent,
 )
+from webapi.settings import ApiSettings
 
 
 @dataclass
@@ -68,6 +69,7 @@ async def start_bot(
     generation: dict[str, Any] | None = None,
     queue: dict[str, Any] | None = None,
     workers: dict[str, Any] | None = None,
+    api: ApiSettings | None = None,
     **bot_settings: Any,
 ) -> ImageBot:
     """Build the real bot with settings pointing at the temp folder and the fake server."""
@@ -89,6 +91,7 @@ async def start_bot(
             lora_dir=world.tmp / "loras",
             embedding_dir=world.tmp / "embeddings",
         ),
+        api,
         guild_ready_timeout=0.05,
     )
 
