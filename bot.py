@@ -33,6 +33,9 @@ from scheduling.executor import build_scheduler
 from scheduling.jobs import JobRecord
 from scheduling.scheduler import Scheduler
 from storage import Storage, StorageError, StorageSettings
+from webapi.context import ApiContext
+from webapi.server import ApiRefused, ApiServer, exposure_problem
+from webapi.settings import ApiSettings
 
 log = logging.getLogger("bot")
 
@@ -67,6 +70,7 @@ class ImageBot(commands.Bot):
         storage: Storage,
         generator: TextToImageGenerator,
         executor: Scheduler,
+        api_settings: ApiSettings | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("intents", discord.Intents.default())
@@ -82,6 +86,10 @@ class ImageBot(commands.Bot):
         self.generator = generator
         self.executor = executor
         self.engine_door = EngineDoor(generator, executor.run_on_engine)
+        self.api: ApiServer | None = None  # the web-UI HTTP API on the same queue (API_ENABLED)
+        if api_settings is not None and api_settings.enabled:
+            context = ApiContext(executor, storage, self.engine_door, config, api_settings)
+            self.api = ApiServer(context)
         interval = max(MIN_EDIT_INTERVAL_S, config.queue.progress_interval_s)
         self.messenger = JobMessenger(self, storage, interval)
         self.outbox = Outbox(
@@ -104,9 +112,16 @@ class ImageBot(commands.Bot):
             except Exception:
                 log.exception("failed to load %s", name)
                 self.failed_extensions.append(name)
+        if self.api is not None:  # API jobs from before a restart lost their clients
+            await self.api.end_orphans()
         recovered = await self.executor.start()
         if recovered:
             log.info("%d job(s) from before the restart are queued again", recovered)
+        if self.api is not None:
+            try:
+                await self.api.start()
+            except OSError as exc:  # e.g. the port is taken: Discord is served all the same
+                log.error("the web-UI API could not start: %s", exc)
         # Results finished but not delivered before the restart, and commands acknowledged but
         # never queued, are answered in the background (REST works before the gateway is up).
         self._spawn(self.outbox.resume(), "resume-deliveries")
@@ -147,6 +162,8 @@ class ImageBot(commands.Bot):
 
         Deliveries under way get a few seconds; what is left is delivered after the next start.
         """
+        if self.api is not None:  # waiting API calls get 503 and their jobs end
+            await self.api.stop()
         await self.executor.stop()
         try:
             await self.outbox.wait_idle(timeout=10)
@@ -176,12 +193,19 @@ async def build(
     bot_settings: BotSettings,
     discord_settings: DiscordSettings,
     storage_settings: StorageSettings,
+    api_settings: ApiSettings | None = None,
     **bot_kwargs: Any,
 ) -> ImageBot:
     """Open storage, load the model on the engine thread's behalf, and assemble the bot."""
     install_token_redaction()
     if discord_settings.token is not None:
         register_secret(discord_settings.token.get_secret_value())
+    if api_settings is not None and api_settings.enabled:
+        problem = exposure_problem(api_settings)
+        if problem is not None:
+            raise ApiRefused(problem)
+        for password in api_settings.credentials().values():
+            register_secret(password)
     resolve_model_source(config.model.model_id, config.model.allow_ckpt)  # fail before opening
     generator = TextToImageGenerator(config)
     generator.models.check_sources(config.model.allow_ckpt)
@@ -223,6 +247,7 @@ async def build(
         storage=storage,
         generator=generator,
         executor=executor,
+        api_settings=api_settings,
         **bot_kwargs,
     )
     bot.pool_grower = grower
@@ -248,8 +273,8 @@ async def run() -> int:
         print(NO_TOKEN, file=sys.stderr)
         return 2
     try:
-        bot = await build(config, bot_settings, discord_settings, storage_settings)
-    except (StorageError, EngineError) as exc:
+        bot = await build(config, bot_settings, discord_settings, storage_settings, settings.api)
+    except (StorageError, EngineError, ApiRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     loop = asyncio.get_running_loop()

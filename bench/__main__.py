@@ -23,6 +23,7 @@ GROUPS = (
     "training",
     "fastpath",
     "rayscale",
+    "apicost",
 )
 DEFAULT = ("engine", "looplag", "lora", "discord", "memory", "queue")
 
@@ -68,6 +69,7 @@ def machine() -> dict[str, Any]:
 def plan(quick: bool) -> dict[str, Callable[[], Any]]:
     """The benchmark callables with their repetition counts (smaller with --quick)."""
     from bench import engine_bench as eb
+    from bench.api_cost import api_cost
     from bench.discord_bench import discord_overhead
     from bench.fast_path import fast_path
     from bench.memory import peak_memory
@@ -109,6 +111,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
         "training": lambda: training(steps=1 if quick else 2),
         "fastpath": lambda: fast_path(tiny=quick),
         "rayscale": lambda: (sim(quick), ray_parts(quick, {"throughput", "overhead"})),
+        "apicost": lambda: api_cost(pairs=3 if quick else 5, full=not quick),
     }
 
 

@@ -28,6 +28,7 @@ from discord.http import handle_message_parameters
 from botcore.progress import JobMessenger, Update, token_fresh
 from scheduling.events import Cancelled, Failed, Finished, JobEvent
 from scheduling.jobs import JobRecord
+from webapi.context import is_api_job
 
 if TYPE_CHECKING:
     from storage import Storage
@@ -139,7 +140,7 @@ class Outbox:
 
     def on_event(self, event: JobEvent) -> None:
         """Executor listener: start delivering a job as soon as its outcome is recorded."""
-        if isinstance(event, (Finished, Failed, Cancelled)):
+        if isinstance(event, (Finished, Failed, Cancelled)) and not is_api_job(event.job):
             self.deliver(event.job.id)
 
     def deliver(self, job_id: int) -> None:
@@ -161,7 +162,7 @@ class Outbox:
 
     async def resume(self) -> int:
         """Deliver every job left undelivered (after a restart); return how many."""
-        jobs = await self.storage.undelivered_jobs()
+        jobs = [job for job in await self.storage.undelivered_jobs() if not is_api_job(job)]
         for job in jobs:
             self.deliver(job.id)
         if jobs:

@@ -3,6 +3,7 @@
 `python -m engine doctor` checks the machine and the settings instead (engine/doctor.py).
 `python -m engine upscale PATH --factor 2` enlarges an image and repaints it lightly.
 `python -m engine inpaint PATH --mask MASK` / `outpaint PATH --zoom 2` repaint part of an image.
+`python -m engine serve [--host --port --api-auth --model]` serves the web-UI HTTP API (webapi/).
 """
 
 from __future__ import annotations
@@ -200,6 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor(argv[1:])
     if argv[:1] == ["upscale"]:
         return _upscale_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        # By module name, as the Ray backend is: engine/ never imports webapi, storage or scheduling.
+        import importlib
+
+        return importlib.import_module("webapi.serve").main(argv[1:])
     if argv[:1] in (["inpaint"], ["outpaint"]):
         return _region_main(argv[0], argv[1:])
     args = build_parser().parse_args(argv)

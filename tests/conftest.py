@@ -27,7 +27,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep a developer's .env and settings variables out of the tests."""
     for key in list(os.environ):
         if key.startswith(
-            ("MODEL_", "OPT_", "GEN_", "QUEUE_", "WORKERS_", "STORAGE_", "DISCORD_", "BOT_")
+            ("MODEL_", "OPT_", "GEN_", "QUEUE_", "WORKERS_", "STORAGE_", "DISCORD_", "BOT_", "API_")
         ):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

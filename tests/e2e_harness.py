@@ -22,6 +22,7 @@ from tests.fake_discord import (
     InteractionRecord,
     RecordedEvent,
 )
+from webapi.settings import ApiSettings
 
 
 @dataclass
@@ -69,6 +70,7 @@ async def start_bot(
     queue: dict[str, Any] | None = None,
     workers: dict[str, Any] | None = None,
     storage: dict[str, Any] | None = None,
+    api: ApiSettings | None = None,
     **bot_settings: Any,
 ) -> ImageBot:
     """Build the real bot with settings pointing at the temp folder and the fake server."""
@@ -93,6 +95,7 @@ async def start_bot(
                 **(storage or {}),
             }
         ),
+        api,
         guild_ready_timeout=0.05,
     )
 

@@ -9,12 +9,15 @@ from aiohttp import web
 
 from engine.config import AppConfig
 from engine.front_door import EngineDoor
+from scheduling.jobs import JobRecord
 from scheduling.scheduler import Scheduler
 from storage import Storage
 from webapi.settings import ApiSettings
 
 # The one user of the queue that an API without credentials serves (every client shares it).
 OPEN_API_USER = "api"
+# The key of an API job's reference that holds its caller's credential name.
+API_REFERENCE = "api"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ def api_user_id(name: str) -> int:
     """A stable queue user id for an API credential: negative, so it never equals a Discord id."""
     digest = hashlib.sha256(f"api:{name}".encode()).digest()
     return -(int.from_bytes(digest[:6], "big") + 1)
+
+
+def is_api_job(job: JobRecord) -> bool:
+    """Whether an HTTP API client asked for this job (webapi answers it; Discord never sees it)."""
+    return API_REFERENCE in job.reference
 
 
 def is_api_user(user_id: int) -> bool:
