@@ -35,6 +35,7 @@ from webapi.app import build_app
 from webapi.catalog import sampler_for
 from webapi.context import ApiContext, ApiUser, api_user_id
 from webapi.options import caller_model
+from webapi.payloads import parse_request
 from webapi.settings import ApiSettings
 
 ALICE = aiohttp.BasicAuth("alice", "pw-a")
@@ -294,6 +295,11 @@ async def test_options_switch_the_model_per_caller_and_survive_a_restart(
     assert (await api.get("/sdapi/v1/options"))["sd_model_checkpoint"] == "twin"
     assert (await api.get("/sdapi/v1/options", auth=BOB))["sd_model_checkpoint"] == "tiny"
     assert await caller_model(api.context, ApiUser.named("bob")) is None
+    # txt2img takes the caller's choice when the call names no checkpoint of its own.
+    body = {"prompt": "a cat"}
+    alice = await parse_request(api.context, ApiUser.named("alice"), body, img2img=False)
+    bob = await parse_request(api.context, ApiUser.named("bob"), body, img2img=False)
+    assert (alice.job_request(0).model, bob.job_request(0).model) == ("twin", None)
     status, _ = await api.post("/sdapi/v1/options", ["not", "an", "object"])
     assert status == 422
     # A new Storage on the same file (as after a restart) still knows alice's choice.

@@ -17,14 +17,13 @@ from engine.config import check_size
 from engine.errors import RequestError
 from engine.init_image import UPSCALE_STRENGTH, check_strength, upscaled_size
 from engine.requests import MAX_SEED, GenerationRequest, random_seed
-from engine.schedulers import SCHEDULER_NAMES
 from storage.lora_tags import prompt_lora_entries
 from storage.loras import LoraRecord
 from storage.sources import ImageRefused, store_mask, store_source
+from webapi.catalog import sampler_for
 from webapi.context import ApiContext, ApiUser
+from webapi.options import caller_model, find_checkpoint
 
-# Where POST /sdapi/v1/options keeps the checkpoint API requests use by default (storage kv).
-MODEL_KEY = "api:sd_model_checkpoint"
 CHECKPOINT = "override_settings.sd_model_checkpoint"
 # GenerationRequest field -> the web-UI field a client sent it as (422 names the client's field).
 API_FIELDS = {
@@ -46,8 +45,6 @@ API_FIELDS = {
     "mask_blur": "mask_blur",
     "draft": "draft",
 }
-# Web-UI schedulers that leave the sampler as it is named (its own default noise schedule).
-_PLAIN_SCHEDULERS = {"", "automatic", "uniform", "default"}
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 MAX_N_ITER = 16
 
@@ -117,22 +114,15 @@ class ApiRequest:
 
 def sampler_name(sampler: Any, scheduler: Any) -> str | None:
     """The engine's sampler for a web-UI sampler_name + scheduler ("DPM++ 2M" + "Karras")."""
-    if sampler is None or sampler == "":
-        return None
-    if not isinstance(sampler, str):
+    if sampler is not None and not isinstance(sampler, str):
         raise Invalid("sampler_name", f"must be a name (got {sampler!r})")
-    known = {name.lower(): name for name in SCHEDULER_NAMES}
-    base = " ".join(sampler.split())
-    wanted = str(scheduler or "").strip().lower()
-    if wanted == "karras" and not base.lower().endswith(" karras"):
-        name = known.get(f"{base} karras".lower())
-        if name is None:
-            raise Invalid("scheduler", f"{sampler!r} has no Karras variant here")
-        return name
-    if wanted not in _PLAIN_SCHEDULERS and wanted != "karras":
-        raise Invalid("scheduler", f"unknown scheduler {scheduler!r}; use Automatic or Karras")
-    # "DPM++ SDE" exists here only with its Karras schedule (its web-UI default as well).
-    return known.get(base.lower()) or known.get(f"{base} karras".lower()) or base
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise Invalid("scheduler", f"must be a name (got {scheduler!r})")
+    try:
+        return sampler_for(sampler, scheduler)
+    except ValueError as exc:  # "field: message"
+        field_name, _, message = str(exc).partition(": ")
+        raise Invalid(field_name, message) from None
 
 
 def _integer(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -170,26 +160,21 @@ def checkpoint(ctx: ApiContext, title: Any) -> str:
     """The MODEL_CHOICES name of a web-UI checkpoint title ("name.safetensors [hash]" too)."""
     if not isinstance(title, str) or not title.strip():
         raise Invalid(CHECKPOINT, f"must be a model name (got {title!r})")
-    plain = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", title.strip())
-    stem = re.sub(r"\.(safetensors|ckpt)$", "", plain, flags=re.IGNORECASE)
-    for candidate in (title.strip(), plain, stem):
-        found = ctx.door.find_model(candidate)
-        if found is not None:
-            return found
-    names = ", ".join(ctx.door.model_names())
-    raise Invalid(CHECKPOINT, f"unknown model {title!r}; choose one of: {names}")
+    found = find_checkpoint(ctx, title)
+    if found is None:
+        names = ", ".join(ctx.door.model_names())
+        raise Invalid(CHECKPOINT, f"unknown model {title!r}; choose one of: {names}")
+    return found
 
 
-async def request_model(ctx: ApiContext, body: dict[str, Any]) -> str | None:
-    """The model a call runs on: its override, the one /options chose, else the loaded one."""
+async def request_model(ctx: ApiContext, user: ApiUser, body: dict[str, Any]) -> str | None:
+    """The model a call runs on: its override, the caller's /options choice, else the loaded one."""
     overrides = body.get("override_settings") or {}
     if not isinstance(overrides, dict):
         raise Invalid("override_settings", "must be an object")
     if overrides.get("sd_model_checkpoint") is not None:
         return checkpoint(ctx, overrides["sd_model_checkpoint"])
-    chosen = await ctx.storage.kv.get(MODEL_KEY)
-    found = ctx.door.find_model(chosen) if chosen else None
-    return found  # None: the model loaded when the job is queued (the scheduler writes it)
+    return await caller_model(ctx, user)  # None: the model loaded when the job is queued
 
 
 def _lora_fits(ctx: ApiContext, model: str | None):
@@ -243,7 +228,7 @@ async def parse_request(
         "num_images": batch_size,
         "scheduler": sampler,
         "draft": False,
-        "model": await request_model(ctx, body),
+        "model": await request_model(ctx, user, body),
     }
     if isinstance(prompt, str) and prompt.strip():
         try:
