@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from engine import img2img
 from engine.adapters import draft_lora_missing
 from engine.embeddings import EmbeddingInfo
 from engine.errors import EngineError, LoraError, LoraMismatchError, RequestError
@@ -50,6 +53,14 @@ class EngineDoor:
     def __init__(self, generator: TextToImageGenerator, between_jobs: BetweenJobs) -> None:
         self._generator = generator
         self._between_jobs = between_jobs
+
+    # ----- upscaling -----------------------------------------------------------------------
+    async def enlarge(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """The image at ``size`` through the GEN_UPSCALER model (Lanczos without one)."""
+        return await self._between_jobs(self._enlarge, image, size)
+
+    def _enlarge(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        return img2img.enlarge(image, size, self._generator.upscaler())
 
     # ----- LoRAs ---------------------------------------------------------------------------
     async def check_lora(self, path: Path) -> LoraFit:

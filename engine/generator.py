@@ -338,7 +338,7 @@ class TextToImageGenerator:
                 raise GenerationCancelled(f"cancelled after step {step + 1}")
             return tensors
 
-        chosen = pipeline_call(pipe, resolved, self._upscaler(), self.slot.tiny_vae)
+        chosen = pipeline_call(pipe, resolved, self.upscaler(), self.slot.tiny_vae)
         kwargs.update(chosen.kwargs)
         tile = self.slot.vae_tile_size(
             resolved.width, resolved.height, resolved.num_images, resolved.upscale is not None
@@ -381,7 +381,7 @@ class TextToImageGenerator:
         self.last_result = result
         return result
 
-    def _upscaler(self) -> img2img.ModelUpscaler | None:
+    def upscaler(self) -> img2img.ModelUpscaler | None:
         """The GEN_UPSCALER model, loaded on first use; None for the plain resampler."""
         ref = self.config.generation.upscaler.strip()
         if not ref:

@@ -277,6 +277,48 @@ async def test_png_info_reads_parameters_and_names_a_bad_image(api: Api) -> None
         assert status == 422 and answer["detail"][0]["loc"] == ["body", "image"], answer
 
 
+async def test_extra_single_image_enlarges_and_names_a_bad_field(api: Api) -> None:
+    source = _b64_png("a red castle\nSteps: 7, Seed: 42", size=(24, 16))
+    body = {"image": source, "upscaler_1": "lanczos", "upscaling_resize": 2}
+    status, answer = await api.post("/sdapi/v1/extra-single-image", body)
+    assert status == 200, answer
+    with Image.open(io.BytesIO(base64.b64decode(answer["image"]))) as big:
+        assert big.size == (48, 32) and big.getpixel((20, 10)) == (255, 0, 0)
+        assert big.info["parameters"].startswith("a red castle")  # the source's parameters kept
+    status, answer = await api.post(
+        "/sdapi/v1/extra-single-image",
+        {
+            "image": source,
+            "resize_mode": 1,
+            "upscaling_resize_w": 40,
+            "upscaling_resize_h": 30,
+            "upscaler_1": "Lanczos",
+        },
+    )
+    assert status == 200
+    with Image.open(io.BytesIO(base64.b64decode(answer["image"]))) as scaled:
+        assert scaled.size == (40, 30)
+    status, answer = await api.post("/sdapi/v1/extra-single-image", {"image": source})
+    with Image.open(io.BytesIO(base64.b64decode(answer["image"]))) as same:
+        assert same.size == (24, 16)  # upscaler_1 defaults to None, as in the web UI
+    for bad, field in (
+        ({"image": source, "upscaler_1": "R-ESRGAN 4x+"}, "upscaler_1"),
+        ({"image": source, "upscaler_1": "Lanczos", "upscaling_resize": 9}, "upscaling_resize"),
+        (
+            {"image": _b64_png(size=(1024, 8)), "upscaler_1": "Lanczos", "upscaling_resize": 5},
+            "upscaling_resize",
+        ),
+        ({"image": source, "resize_mode": 2}, "resize_mode"),
+        ({"upscaler_1": "Lanczos"}, "image"),
+    ):
+        status, answer = await api.post("/sdapi/v1/extra-single-image", bad)
+        assert status == 422 and answer["detail"][0]["loc"] == ["body", field], answer
+    # The model path runs on the engine's thread between jobs (Lanczos here: no GEN_UPSCALER).
+    with Image.open(io.BytesIO(base64.b64decode(source))) as opened:
+        enlarged = await api.context.door.enlarge(opened.convert("RGB"), (36, 24))
+    assert enlarged.size == (36, 24)
+
+
 async def test_options_switch_the_model_per_caller_and_survive_a_restart(
     api: Api, generator: TextToImageGenerator, tmp_path: Path
 ) -> None:

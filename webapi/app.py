@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from webapi import generate, info
+from webapi import extras, generate, info
 from webapi.context import CONTEXT, OPEN_API_USER, USER, ApiContext, ApiUser
 from webapi.errors import http_error
 
@@ -54,4 +54,5 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     generate.add_routes(app)
     info.add_routes(app)
+    extras.add_routes(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 
@@ -38,3 +39,14 @@ def http_error(
     cls = _BY_STATUS[status]
     body = json.dumps({"detail": message, "error": cls.__name__, "errors": message})
     return cls(text=body, content_type="application/json", headers=headers)
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; 422 naming ``body`` when it is not one."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise invalid("body", "is not JSON") from None
+    if not isinstance(body, dict):
+        raise invalid("body", "must be a JSON object")
+    return body

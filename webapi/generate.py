@@ -13,7 +13,7 @@ from aiohttp import web
 
 from scheduling.queue import QueueFullError
 from webapi.context import CONTEXT, ApiContext, context_of, user_of
-from webapi.errors import http_error, invalid
+from webapi.errors import http_error, invalid, json_object
 from webapi.jobs import DISCONNECTED, Call, JobFailed, JobWatch, Outcome, ShuttingDown
 from webapi.payloads import ApiRequest, api_field_error, check_hires, parse_request
 
@@ -47,16 +47,6 @@ async def img2img(request: web.Request) -> web.StreamResponse:
     return await _generate(request, img2img=True)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise invalid("body", "is not JSON") from None
-    if not isinstance(body, dict):
-        raise invalid("body", "must be a JSON object")
-    return body
-
-
 def _refused(exc: ValueError) -> web.HTTPError:
     error = api_field_error(exc)
     return invalid(error.field, error.message)
@@ -65,7 +55,7 @@ def _refused(exc: ValueError) -> web.HTTPError:
 async def _generate(request: web.Request, *, img2img: bool) -> web.StreamResponse:
     ctx, user = context_of(request), user_of(request)
     watch = watch_of(request.app)
-    body = await _body(request)
+    body = await json_object(request)
     if ctx.scheduler.stopping:
         raise http_error(503, SHUTDOWN)
     try:

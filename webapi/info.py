@@ -6,8 +6,6 @@ answers the server-level ones itself: /png-info, /memory and /cmd-flags.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import logging
 import os
@@ -20,7 +18,8 @@ from PIL import Image, UnidentifiedImageError
 from engine.metadata import parse_parameters
 from webapi import catalog, options, progress
 from webapi.context import context_of
-from webapi.errors import invalid
+from webapi.errors import invalid, json_object
+from webapi.payloads import Invalid, decode_image
 from webapi.settings import is_loopback
 
 log = logging.getLogger(__name__)
@@ -31,15 +30,10 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 
 def decode_image_field(value: Any, field: str = "image") -> Image.Image:
     """A base64 (or data: URL) image from a request field; 422 naming ``field`` when it is not."""
-    if not isinstance(value, str) or not value.strip():
-        raise invalid(field, "a base64-encoded image is required")
-    text = value.strip()
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
     try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid(field, "is not valid base64") from None
+        data = decode_image(value, field)
+    except Invalid as exc:
+        raise invalid(exc.field, exc.message) from None
     try:
         image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
@@ -70,12 +64,7 @@ def web_ui_parameters(text: str) -> dict[str, Any]:
 
 async def png_info(request: web.Request) -> web.Response:
     """POST /sdapi/v1/png-info: the parameters text of a PNG, raw and parsed."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise invalid("body", "must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise invalid("body", "must be a JSON object")
+    body = await json_object(request)
     with decode_image_field(body.get("image")) as image:
         chunks = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
     text = chunks.pop("parameters", "")
