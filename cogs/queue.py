@@ -30,7 +30,13 @@ def job_summary(job: JobRecord) -> str:
         count = request.num_images or 1
         prompt = clip(request.prompt.replace("\n", " "), 60)
         what = f"{count} image{'s' if count != 1 else ''}: “{prompt}”"
-    return f"job {job.id} · <@{job.user_id}> · {what}"
+    return f"job {job.id} · {owner(job)} · {what}"
+
+
+def owner(job: JobRecord) -> str:
+    """Who asked for a job: a member's mention, or the web API credential that sent it."""
+    api_user = job.reference.get("api")
+    return f"API client `{api_user}`" if api_user else f"<@{job.user_id}>"
 
 
 class Queue(commands.Cog):

@@ -8,7 +8,8 @@ import json
 import aiohttp
 
 from scheduling.events import JobEvent, Queued, Started
-from tests.e2e_harness import running, wait_result
+from tests.e2e_harness import answer as first_answer
+from tests.e2e_harness import running, text_of, wait_result
 from webapi.generate import watch_of
 from webapi.settings import ApiSettings
 
@@ -42,6 +43,8 @@ async def test_a_discord_member_is_not_held_back_by_an_api_client(world, tiny_mo
             await until(lambda: sum(len(ids) for ids in queued.values()) >= 3)
             it = await world.slash(world.alice, "imagine", {"prompt": "a blue square"})
             await until(lambda: world.alice.id in queued)
+            shown = text_of(await first_answer(await world.slash(world.bob, "queue")))
+            assert "API client `api`" in shown and "<@-" not in shown, shown
             bot.executor.resume()
             response = await call
             answer = await response.json()
