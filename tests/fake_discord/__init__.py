@@ -75,7 +75,8 @@ Injected faults (for the next ``count`` matching requests; ``route`` is ``None``
 :class:`Routes` string such as ``Routes.CREATE_MESSAGE`` or a predicate on the request):
     ``rate_limit(count, route=, retry_after=0.3, is_global=False)`` (429 with Discord's body and
     headers, which discord.py honours), ``fail(count, status=500|502|503|504, route=)``,
-    ``hang(count, delay=, route=)`` (answered only after ``delay``), ``clear_faults()``;
+    ``hang(count, delay=, route=)`` (answered only after ``delay``; the returned fault's
+    ``wait_held(n)`` and ``wait_settled(n)`` await the held and the landed requests), ``clear_faults()``;
     ``faults.served`` lists what was served.
 
 Recorded elsewhere: ``registered_commands`` (``{None: global, guild_id: [...]}``), ``channel_messages``,
