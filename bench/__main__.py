@@ -23,6 +23,7 @@ GROUPS = (
     "training",
     "fastpath",
     "rayscale",
+    "soak",
 )
 DEFAULT = ("engine", "looplag", "lora", "discord", "memory", "queue")
 
@@ -74,6 +75,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
     from bench.models import ensure_sd15, tiny_model_dir
     from bench.queue_scale import queue_scale
     from bench.ray_scale import ray_parts, sim
+    from bench.soak import soak
     from bench.training import training
 
     def discord() -> list[Any]:
@@ -109,6 +111,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
         "training": lambda: training(steps=1 if quick else 2),
         "fastpath": lambda: fast_path(tiny=quick),
         "rayscale": lambda: (sim(quick), ray_parts(quick, {"throughput", "overhead"})),
+        "soak": lambda: soak(jobs=100 if quick else 500),
     }
 
 
