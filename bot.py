@@ -15,6 +15,7 @@ from discord.ext import commands
 from botcore.acks import answer_orphaned_acks
 from botcore.outbox import Outbox
 from botcore.progress import JobMessenger
+from botcore.reconnect import cap_reconnect_backoff
 from botcore.redact import install_token_redaction
 from botcore.settings import (
     MIN_EDIT_INTERVAL_S,
@@ -178,6 +179,7 @@ async def build(
 ) -> ImageBot:
     """Open storage, load the model on the engine thread's behalf, and assemble the bot."""
     install_token_redaction()
+    cap_reconnect_backoff()
     resolve_model_source(config.model.model_id, config.model.allow_ckpt)  # fail before opening
     generator = TextToImageGenerator(config)
     generator.models.check_sources(config.model.allow_ckpt)

@@ -6,6 +6,8 @@ import math
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e_harness import World, is_result, running, wait_result
 
 
@@ -52,3 +54,21 @@ async def test_jobs_deliver_through_a_gateway_outage_and_commands_work_after_res
         assert callback.type == 5 and callback.at - sent < 1.0
         await wait_result(after)
     assert fake.rejections == []  # nothing late, nothing refused
+
+
+async def test_after_a_long_outage_the_bot_is_back_within_the_reconnect_cap(
+    world: World, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cap, scaled down: discord.py alone would wait up to 2**n s before its n-th try.
+    monkeypatch.setattr("botcore.reconnect.RECONNECT_MAX_S", 0.3)
+    fake, gateway = world.fake, world.fake.gateway
+    async with running(world, tiny_model_dir):
+        await fake.drop_gateway(None, down_for=math.inf)
+        await gateway.wait_refused(6, timeout=10)  # uncapped: 1+2+4+8+16 s on average
+        fake.restore_gateway()
+        restored = time.monotonic()
+        await fake.wait_resumed(timeout=10)
+        assert time.monotonic() - restored < 2.0
+        assert gateway.identify_count == 1
+        after = await world.slash(world.alice, "imagine", {"prompt": "a calm sea", "seed": 3})
+        assert (await after.wait_callback(timeout=3)).type == 5
