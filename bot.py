@@ -16,6 +16,7 @@ from botcore.acks import answer_orphaned_acks
 from botcore.answer_budget import install_answer_budget
 from botcore.outbox import Outbox
 from botcore.progress import JobMessenger
+from botcore.reconnect import cap_reconnect_backoff
 from botcore.redact import install_token_redaction, register_secret
 from botcore.settings import (
     MIN_EDIT_INTERVAL_S,
@@ -206,6 +207,7 @@ async def build(
             raise ApiRefused(problem)
         for password in api_settings.credentials().values():
             register_secret(password)
+    cap_reconnect_backoff()
     resolve_model_source(config.model.model_id, config.model.allow_ckpt)  # fail before opening
     generator = TextToImageGenerator(config)
     generator.models.check_sources(config.model.allow_ckpt)

@@ -24,6 +24,7 @@ GROUPS = (
     "fastpath",
     "rayscale",
     "apicost",
+    "soak",
 )
 DEFAULT = ("engine", "looplag", "lora", "discord", "memory", "queue")
 
@@ -76,6 +77,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
     from bench.models import ensure_sd15, tiny_model_dir
     from bench.queue_scale import queue_scale
     from bench.ray_scale import ray_parts, sim
+    from bench.soak import soak
     from bench.training import training
 
     def discord() -> list[Any]:
@@ -112,6 +114,7 @@ def plan(quick: bool) -> dict[str, Callable[[], Any]]:
         "fastpath": lambda: fast_path(tiny=quick),
         "rayscale": lambda: (sim(quick), ray_parts(quick, {"throughput", "overhead"})),
         "apicost": lambda: api_cost(pairs=3 if quick else 5, full=not quick),
+        "soak": lambda: soak(jobs=100 if quick else 500),
     }
 
 

@@ -96,13 +96,14 @@ class JobMessenger:
         if wait > 0:
             state.pending = update
             if state.flush is None or state.flush.done():
-                state.flush = asyncio.create_task(self._flush_later(job, wait))
+                state.flush = asyncio.create_task(self._flush_later(job, state, wait))
             return
         await self._send(job, state, update)
 
-    async def _flush_later(self, job: JobRecord, delay: float) -> None:
+    async def _flush_later(self, job: JobRecord, state: _State, delay: float) -> None:
         await asyncio.sleep(delay)
-        state = self._state(job.id)
+        # Awake, it is an edit like any other: finalize waits for it and never cancels it.
+        state.flush = None
         update, state.pending = state.pending, None
         if update is not None and not state.final:
             await self._send(job, state, update)
@@ -117,15 +118,19 @@ class JobMessenger:
             return
         state.final = True
         state.pending = None
-        if state.flush is not None and not state.flush.done():
+        if state.flush is not None and not state.flush.done():  # still asleep: nothing sent
             state.flush.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await state.flush
-        async with state.lock:  # let an edit in flight land before the outcome
+        # Let an edit in flight land before the outcome: one cancelled on its way may still
+        # reach Discord, after the outcome, and replace it (its text, no images).
+        async with state.lock:
             self._states.pop(job_id, None)
 
     async def _send(self, job: JobRecord, state: _State, update: Update) -> None:
         async with state.lock:
+            if state.final:  # finalized while this edit waited: the outcome comes next
+                return
             state.last = time.monotonic()
             try:
                 # A hung edit must not hold the lock that the final delivery waits for.

@@ -1,11 +1,16 @@
 """A child process for the crash campaign: the real bot against a fake Discord on 127.0.0.1.
 
 python -m tests.crash_bot PORT TOKEN APP_DATA MODEL_DIR GUILD_ID — runs until SIGKILLed.
+Logs at INFO to stderr in the bot's format (tests/soak.py reads it); settings come from the
+environment too (BOT_UPLOAD_TIMEOUT_S, QUEUE_PER_USER_CAP, ...); CRASH_BOT_DEBUG=name,name
+puts those loggers at DEBUG.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +50,11 @@ async def serve(port: int, token: str, data: Path, model: Path, guild_id: int) -
 def main() -> None:
     """Parse the arguments and serve until killed."""
     port, token, data, model, guild = sys.argv[1:6]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for name in filter(None, os.environ.get("CRASH_BOT_DEBUG", "").split(",")):
+        logging.getLogger(name).setLevel(logging.DEBUG)  # e.g. botcore,discord.webhook.async_
     asyncio.run(serve(int(port), token, Path(data), Path(model), int(guild)))
 
 

@@ -11,60 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bot_process import BotProcess
 from tests.e2e_harness import World, answer
 from tests.fake_discord import Routes
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-class Child:
-    """The bot process: started, waited for, killed."""
-
-    def __init__(self, world: World, data: Path, model: Path) -> None:
-        self.world, self.data, self.model = world, data, model
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        gateway = self.world.fake.gateway
-        before = gateway.identify_count
-        args = [str(self.world.fake.port), self.world.fake.token, str(self.data), str(self.model)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash_bot", *args, str(self.world.guild.id)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(1200):
-            if gateway.identify_count > before and gateway.current is not None:
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the bot exited with {self.proc.returncode}")
-            await asyncio.sleep(0.1)
-        raise AssertionError("the bot did not connect within 120 s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
 @pytest.fixture
-def child(world: World, tiny_model_dir: Path):
+async def child(world: World, tiny_model_dir: Path):
     """The bot's child process; killed at teardown whatever happened (a timeout included)."""
-    bot = Child(world, world.tmp / "crash", tiny_model_dir)
+    bot = BotProcess(world.fake, world.guild.id, world.tmp / "crash", tiny_model_dir)
     yield bot
-    bot.kill()
+    await bot.close()
 
 
 def job_rows(db: Path) -> dict[str, tuple[int, str, bool]]:
@@ -111,7 +75,7 @@ def is_result_upload(request) -> bool:
 
 @pytest.mark.timeout(600)  # about 60 s alone; five child starts are slow on a loaded machine
 async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
-    world: World, child: Child
+    world: World, child: BotProcess
 ) -> None:
     db = child.data / "bot.sqlite3"
     bot = child
@@ -128,7 +92,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     # 1. Killed right after the acknowledgement: the job was written before the defer.
     it = await imagine("acked castle")
     assert (await it.wait_callback(timeout=30)).type == 5
-    bot.kill()
+    await bot.kill()
     await bot.start()
 
     def all_delivered() -> bool:
@@ -140,7 +104,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     held = [world.fake.hang(1, delay=3.0, route=is_result_upload)]
     await imagine("finished castle")
     await wait_for(lambda: job_rows(db).get("finished castle", (0, ""))[1] == "finished")
-    bot.kill()
+    await bot.kill()
     await bot.start()
 
     # 3a. Killed during the upload on the interaction token: the request reached Discord.
@@ -149,7 +113,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     held.append(upload)
     await imagine("uploading castle")
     await wait_for(lambda: upload.remaining == 0)
-    bot.kill()
+    await bot.kill()
     await bot.start()
 
     # 3b. The same on the channel fallback (token refused): only the nonce prevents a repeat.
@@ -162,7 +126,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
     held.append(post)
     await answer(await world.slash(world.admin, "admin resume"))
     await wait_for(lambda: post.remaining == 0)
-    bot.kill()
+    await bot.kill()
     await bot.start()
 
     try:
@@ -174,7 +138,7 @@ async def test_sigkill_in_every_window_loses_nothing_and_shows_nothing_twice(
         reply = await click.wait_callback(timeout=30)
         assert "fixed seed" in reply.data["content"]
     finally:
-        bot.kill()
+        await bot.kill()
     rows = job_rows(db)
     assert sorted(rows) == sorted(prompts)
     lost = [p for p, (job_id, status, done) in rows.items() if status != "done" or not done]

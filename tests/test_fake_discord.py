@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import discord
 import pytest
 from discord import app_commands
@@ -263,6 +265,77 @@ async def test_reconnect_resumes_and_commands_still_work(world: World) -> None:
     assert (await after.wait_callback()).content == "using ink"
     sequences = fake.gateway.sequences
     assert sequences == sorted(set(sequences)) and sequences[0] == 1
+
+
+@pytest.mark.parametrize("code", [None, 4000], ids=["tcp-cut", "close-4000"])
+async def test_hard_drop_resumes_without_identify(world: World, code: int | None) -> None:
+    fake = world.fake
+    await fake.drop_gateway(code)  # no RECONNECT: the connection just ends
+    await fake.wait_resumed()
+    gateway = fake.gateway
+    assert gateway.identify_count == 1 and gateway.resume_count == 1 and gateway.drops == [code]
+    after = await fake.send_slash(world.alice, world.general, "lora use", {"name": "ink"})
+    assert (await after.wait_callback()).content == "using ink"
+
+
+async def test_gateway_outage_refuses_connections_until_restored(world: World) -> None:
+    fake = world.fake
+    await fake.drop_gateway(down_for=math.inf)
+    await fake.gateway.wait_refused(1)  # discord.py backs off and tries again meanwhile
+    assert fake.gateway.current is None and fake.gateway.resume_count == 0
+    # REST still works while the gateway is down.
+    channel = await world.bot.fetch_channel(world.general.id)
+    assert channel.id == world.general.id
+    fake.restore_gateway()
+    await fake.wait_resumed(timeout=15)  # discord.py's backoff: up to 4 s after two refusals
+    assert fake.gateway.identify_count == 1
+    after = await fake.send_slash(world.alice, world.general, "lora use", {"name": "anime"})
+    assert (await after.wait_callback()).content == "using anime"
+
+
+async def test_drop_of_a_forgotten_session_identifies_again(world: World) -> None:
+    fake = world.fake
+    ready = asyncio.Event()
+
+    async def on_ready() -> None:
+        ready.set()
+
+    async def identify_at_once(shard_id: int | None, *, initial: bool = False) -> None:
+        """discord.py waits 5 s before a repeated IDENTIFY (Discord's identify rate)."""
+
+    world.bot.add_listener(on_ready)
+    world.bot.before_identify_hook = identify_at_once  # type: ignore[method-assign]
+    await fake.drop_gateway(4000, resumable=False)
+    await fake.gateway.wait_identified(2)
+    await asyncio.wait_for(ready.wait(), 5)  # a new session: discord.py is ready again
+    invalid = [m for m in fake.gateway.sent if m.get("op") == 9]
+    assert invalid == [{"op": 9, "d": False}] and fake.gateway.resume_count == 0
+    after = await fake.send_slash(world.alice, world.general, "lora use", {"name": "ink"})
+    assert (await after.wait_callback()).content == "using ink"
+
+
+async def test_resume_replays_the_dispatches_after_the_clients_sequence() -> None:
+    async with FakeDiscord(token=None) as fake:
+        fake.add_guild("One")
+        fake.add_guild("Two")
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(fake.gateway_url) as ws:
+                assert (await ws.receive_json())["op"] == 10
+                await ws.send_json({"op": 2, "d": {"token": "t", "intents": 0}})
+                ready = await ws.receive_json()
+                assert ready["t"] == "READY" and ready["s"] == 1
+            # The client saw READY only; the two GUILD_CREATEs were lost with the connection.
+            session = ready["d"]["session_id"]
+            async with http.ws_connect(fake.gateway_url) as ws:
+                await ws.receive_json()  # HELLO
+                await ws.send_json({"op": 6, "d": {"token": "t", "session_id": session, "seq": 1}})
+                replay = [await ws.receive_json() for _ in range(3)]
+    assert [(m["t"], m["s"]) for m in replay] == [
+        ("GUILD_CREATE", 2),
+        ("GUILD_CREATE", 3),
+        ("RESUMED", 4),
+    ]
+    assert fake.gateway.replayed == 2
 
 
 async def test_original_and_followup_get_edit_delete(world: World) -> None:

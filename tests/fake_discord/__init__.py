@@ -33,6 +33,13 @@ State and factories (:class:`FakeDiscord`):
 
 Gateway: ``await wait_ready()``, ``await send_reconnect()`` (op 7) then ``await wait_resumed()``,
 ``await dispatch(event, data)``; ``gateway.sent`` / ``gateway.received`` / ``gateway.sequences``.
+``await drop_gateway(code=None, down_for=0.0, resumable=True)``: the connection dropped without a
+RECONNECT (``None``: the TCP connection cut, the client sees 1006; or a close code such as 4000),
+new connections refused with 503 for ``down_for`` seconds (``math.inf``: until
+``restore_gateway()``); ``resumable=False`` forgets the session (the RESUME gets INVALID_SESSION,
+the client IDENTIFYs again). A RESUME replays the session's dispatches after the client's last
+sequence, as Discord does. ``gateway.drops``, ``.refused``, ``.replayed``; ``await
+gateway.wait_refused(n)``, ``.wait_live()``, ``.wait_closed()``, ``.wait_identified(n)``.
 zlib-stream transport compression is honoured when the client asks for it (discord.py does by default).
 
 Interactions: ``send_slash(user, channel, command, options=None)`` (``command`` may be ``"lora use"`` or
@@ -68,7 +75,8 @@ Injected faults (for the next ``count`` matching requests; ``route`` is ``None``
 :class:`Routes` string such as ``Routes.CREATE_MESSAGE`` or a predicate on the request):
     ``rate_limit(count, route=, retry_after=0.3, is_global=False)`` (429 with Discord's body and
     headers, which discord.py honours), ``fail(count, status=500|502|503|504, route=)``,
-    ``hang(count, delay=, route=)`` (answered only after ``delay``), ``clear_faults()``;
+    ``hang(count, delay=, route=)`` (answered only after ``delay``; the returned fault's
+    ``wait_held(n)`` and ``wait_settled(n)`` await the held and the landed requests), ``clear_faults()``;
     ``faults.served`` lists what was served.
 
 Recorded elsewhere: ``registered_commands`` (``{None: global, guild_id: [...]}``), ``channel_messages``,

@@ -8,7 +8,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -62,7 +62,9 @@ class Fault:
     retry_after: float = 0.0
     is_global: bool = False
     delay: float = 0.0
+    held: int = 0  # requests a "hang" fault has begun to hold
     settled: int = 0  # held requests whose handling has ended (answered or cut off)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer ``request`` as this fault does."""
@@ -71,14 +73,36 @@ class Fault:
             # the client cannot know whether it took effect.
             try:
                 await read_body(request)
+                self.held += 1
+                self._changed.set()
                 await asyncio.sleep(self.delay)
                 return await handler(request)
             finally:
                 self.settled += 1
+                self._changed.set()
         await request.read()  # drain the upload so the client sees the answer, not a reset
         if self.kind == "rate_limit":
             return rate_limited(request, self.retry_after, is_global=self.is_global)
         return server_error(self.status)
+
+    async def wait_held(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until ``count`` requests in all are (or were) held by this fault."""
+        await self._wait(lambda: self.held >= count, timeout, f"{count} held requests")
+
+    async def wait_settled(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until ``count`` held requests in all have been handled (landed late or cut off)."""
+        await self._wait(lambda: self.settled >= count, timeout, f"{count} settled requests")
+
+    async def _wait(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        async def wait() -> None:
+            while not check():
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no {what} within {timeout}s") from None
 
 
 def rate_limited(request: web.Request, retry_after: float, *, is_global: bool) -> web.Response:

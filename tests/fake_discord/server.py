@@ -350,6 +350,16 @@ class FakeDiscord:
         """Wait until the client resumed after the last :meth:`send_reconnect`."""
         await self.gateway.wait_resumed(timeout)
 
+    async def drop_gateway(
+        self, code: int | None = None, *, down_for: float = 0.0, resumable: bool = True
+    ) -> None:
+        """Drop the gateway connection without a RECONNECT (see :meth:`Gateway.drop`)."""
+        await self.gateway.drop(code, down_for=down_for, resumable=resumable)
+
+    def restore_gateway(self) -> None:
+        """Accept gateway connections again after :meth:`drop_gateway` with ``down_for``."""
+        self.gateway.restore()
+
     async def dispatch(self, event: str, data: dict[str, Any]) -> int:
         """Send any DISPATCH event; returns its sequence number."""
         return await self.gateway.dispatch(event, data)
