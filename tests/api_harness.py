@@ -62,7 +62,12 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serving(
-    generator: Any, tmp: Path, *, queue: dict[str, Any] | None = None, **api: Any
+    generator: Any,
+    tmp: Path,
+    *,
+    queue: dict[str, Any] | None = None,
+    min_free_mb: int = 0,
+    **api: Any,
 ) -> AsyncIterator[Served]:
     """Serve the API on a free port of 127.0.0.1 on `generator` until the block ends."""
     settings = StorageSettings(
@@ -70,6 +75,7 @@ async def serving(
         outputs_dir=tmp / "outputs",
         lora_dir=tmp / "loras",
         embedding_dir=tmp / "embeddings",
+        min_free_mb=min_free_mb,
     )
     storage = await Storage.open(settings.db_path, settings=settings)
     config = generator.config
@@ -80,6 +86,7 @@ async def serving(
         queue_config,
         image_path=lambda job, index: storage.files.image_path(job.id, index),
         deliver=True,
+        space=storage.space,
     )
     scheduler.close_workers = False  # the module's generator outlives this server
     door = EngineDoor(generator, scheduler.run_on_engine)

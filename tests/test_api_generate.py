@@ -188,6 +188,15 @@ async def test_cap_answers_429_with_retry_after(tiny_generator, tmp_path: Path) 
             assert status == 200 and len(body["images"]) == 3
 
 
+async def test_a_nearly_full_disk_answers_507_naming_it(tiny_generator, tmp_path: Path) -> None:
+    # No disk here has a petabyte free: the threshold makes every disk "nearly full".
+    async with serving(tiny_generator, tmp_path, min_free_mb=10**9) as api:
+        async with aiohttp.ClientSession() as http:
+            status, _, body = await post(http, api.url, T2I, {"prompt": "a cat"})
+        assert status == 507 and "disk holding" in body["detail"], body
+        assert await api.storage.undelivered_jobs() == []  # nothing was queued
+
+
 async def test_disconnect_cancels_the_running_job(tiny_generator, tmp_path: Path) -> None:
     async with serving(tiny_generator, tmp_path) as api:
         http = aiohttp.ClientSession()

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from scheduling.disk import DiskFull
 from scheduling.queue import QueueFullError
 from webapi.context import CONTEXT, ApiContext, context_of, user_of
 from webapi.errors import http_error, invalid, json_object
@@ -79,6 +80,8 @@ async def _generate(request: web.Request, *, img2img: bool) -> web.StreamRespons
             raise http_error(503, SHUTDOWN) from None
         except JobFailed as exc:
             raise http_error(500, str(exc)) from None
+        except DiskFull as exc:  # the disk named in words, as Discord users are told
+            raise http_error(507, str(exc)) from None
         except ValueError as exc:  # a hires pass refused by the engine
             raise _refused(exc) from None
         answer = await answer_body(ctx, api, outcomes)

@@ -89,6 +89,7 @@ async def serve(config: AppConfig, storage_settings: StorageSettings, api: ApiSe
             config.queue,
             image_path=lambda job, index: storage.files.image_path(job.id, index),
             deliver=True,  # the API answers each job and marks it delivered
+            space=storage.space,  # a nearly full disk refuses new calls (507) as in Discord
         )
         door = EngineDoor(generator, scheduler.run_on_engine)
         server = ApiServer(ApiContext(scheduler, storage, door, config, api))
