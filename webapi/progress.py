@@ -221,23 +221,25 @@ async def _cancel(request: web.Request, *, waiting_too: bool) -> int:
     return len(asked)
 
 
+async def _stop(request: web.Request, *, waiting_too: bool) -> None:
+    """Cancel the caller's jobs and note it for /progress (interrupted, or skipped)."""
+    count = await _cancel(request, waiting_too=waiting_too)
+    user = user_of(request)
+    what = "interrupted" if waiting_too else "skipped"
+    if count:
+        tracker_for(context_of(request).scheduler).mark(user.user_id, **{what: True})
+    log.info("API user %s %s %d job(s)", user.name, what, count)
+
+
 async def interrupt(request: web.Request) -> web.Response:
     """POST /sdapi/v1/interrupt: stop all the caller's jobs (running and waiting)."""
-    count = await _cancel(request, waiting_too=True)
-    user = user_of(request)
-    if count:
-        tracker_for(context_of(request).scheduler).mark(user.user_id, interrupted=True)
-    log.info("API user %s interrupted %d job(s)", user.name, count)
+    await _stop(request, waiting_too=True)
     return web.json_response({})
 
 
 async def skip(request: web.Request) -> web.Response:
     """POST /sdapi/v1/skip: stop the caller's running job; their waiting ones go on."""
-    count = await _cancel(request, waiting_too=False)
-    user = user_of(request)
-    if count:
-        tracker_for(context_of(request).scheduler).mark(user.user_id, skipped=True)
-    log.info("API user %s skipped %d running job(s)", user.name, count)
+    await _stop(request, waiting_too=False)
     return web.json_response(None)
 
 
