@@ -48,7 +48,7 @@ async def build_request(bot: ImageBot, user_id: int, prompt: str, **options: Any
         raise UserFacingError(f"At most {max_images(bot)} images per request on this machine.")
     draft = options.get("draft")
     if draft is None:  # the server's default (GEN_DRAFT_DEFAULT), written into the job
-        draft = bot.engine_door.draft_by_default()
+        draft = bot.engine_door.draft_by_default(model)
     # A draft brings its own steps, CFG and sampler; the saved full-quality defaults don't apply.
     saved = (None, None, None) if draft else (profile.steps, profile.cfg, profile.negative_prompt)
     saved_steps, saved_cfg, saved_negative = saved

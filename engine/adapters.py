@@ -9,8 +9,9 @@ from typing import Any
 from engine.config import AppConfig
 from engine.embeddings import EmbeddingError, EmbeddingInfo, EmbeddingSet
 from engine.errors import EngineError, LoraError
-from engine.lora import WEIGHT_NAME, LoraManager, resolve_lora_file
+from engine.lora import WEIGHT_NAME, LoraManager, inspect_lora_file, resolve_lora_file
 from engine.lora_fuse import fusable
+from engine.model_choices import family_name
 from engine.pipeline import offline, resolve_model_source
 from engine.requests import ResolvedRequest
 
@@ -72,22 +73,31 @@ def draft_lora_missing(config: AppConfig, folder: Path | None = None) -> str | N
 
 def draft_lora_on_disk(config: AppConfig, folder: Path | None = None) -> bool:
     """Whether the drafts' LoRA is on this machine already (a default draft never downloads)."""
+    return draft_lora_file(config, folder) is not None
+
+
+def draft_lora_file(config: AppConfig, folder: Path | None = None) -> Path | None:
+    """The drafts' LoRA file when it is on this machine (a hub id: in the cache), else None."""
     ref = draft_lora_ref(config, folder)
     path = Path(ref).expanduser()
     if _is_hub_id(ref, path):
-        return _in_cache(config, ref)
+        cached = _cached(config, ref)
+        return Path(cached) if cached else None
     try:
-        resolve_lora_file(path)
+        return resolve_lora_file(path)
     except LoraError:
-        return False
-    return True
+        return None
 
 
 def _in_cache(config: AppConfig, ref: str) -> bool:
+    return _cached(config, ref) is not None
+
+
+def _cached(config: AppConfig, ref: str) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(ref, WEIGHT_NAME, cache_dir=str(config.model.cache_dir))
-    return isinstance(cached, str)
+    return cached if isinstance(cached, str) else None
 
 
 def _is_hub_id(ref: str, path: Path) -> bool:
@@ -109,13 +119,17 @@ class Adapters:
         self.default_lora: tuple[str, float] | None = None
         self._embedding_files: dict[str, Path] = {}  # loaded again after a model switch
         self._warned_no_draft = False
+        self._draft_widths: dict[Path, int | None] = {}  # draft LoRA file -> its text width
+        self._told_other_family: set[int] = set()
         self.model_folder: Path | None = None  # the loaded model's folder (its own draft LoRA)
 
-    def draft_by_default(self, device: str) -> bool:
+    def draft_by_default(self, device: str, model_width: int | None = None) -> bool:
         """Whether a request that does not say is a draft (GEN_DRAFT_DEFAULT on `device`).
 
         auto: drafts on a CPU. A default draft falls back to full quality, with one WARNING,
-        while the draft LoRA is not on this machine: it is never downloaded for a default.
+        while the draft LoRA is not on this machine: it is never downloaded for a default. It
+        is full quality too on a model of another family than the LoRA's (`model_width`: the
+        text width of the model the request runs on, e.g. an SD 2.x one in MODEL_CHOICES).
         """
         setting = self.config.generation.draft_default
         if setting == "off" or (setting == "auto" and device != "cpu"):
@@ -125,8 +139,9 @@ class Adapters:
         folder = None
         if setting == "on":  # before a load, MODEL_ID's folder tells whether it ships one
             folder = self.model_folder if self.lora else model_folder(self.config.model.model_id)
-        if draft_lora_on_disk(self.config, folder):
-            return True
+        file = draft_lora_file(self.config, folder)
+        if file is not None:
+            return self._draft_fits(file, model_width)
         if not self._warned_no_draft:
             self._warned_no_draft = True
             log.warning(
@@ -137,6 +152,29 @@ class Adapters:
                 setting,
                 device,
                 draft_lora_ref(self.config, folder),
+            )
+        return False
+
+    def _draft_fits(self, file: Path, model_width: int | None) -> bool:
+        """Whether the draft LoRA in ``file`` was made for models of ``model_width``."""
+        if model_width is None:
+            return True
+        if file not in self._draft_widths:
+            try:
+                self._draft_widths[file] = inspect_lora_file(file).text_width
+            except LoraError:
+                self._draft_widths[file] = None  # a bad file is refused when a draft loads it
+        width = self._draft_widths[file]
+        if width is None or width == model_width:
+            return True
+        if model_width not in self._told_other_family:
+            self._told_other_family.add(model_width)
+            log.info(
+                "the draft LoRA %s is for %s models: requests on %s models are made at full "
+                "quality unless they ask for a draft",
+                file.parent.name if file.name == WEIGHT_NAME else file.name,
+                family_name(width),
+                family_name(model_width),
             )
         return False
 

@@ -186,9 +186,9 @@ class EngineDoor:
         """Width and height of a default image: GEN_WIDTH/GEN_HEIGHT when set, else the model's."""
         return native_size(self._generator.config.generation, self._generator.model_defaults)
 
-    def draft_by_default(self) -> bool:
-        """Whether /imagine without a `draft` option makes a draft here (GEN_DRAFT_DEFAULT)."""
-        return self._generator.draft_by_default()
+    def draft_by_default(self, model: str | None = None) -> bool:
+        """Whether /imagine without a `draft` option makes a draft on `model` (None: loaded)."""
+        return self._generator.draft_by_default(model)
 
     def prepare(self, request: GenerationRequest) -> ResolvedRequest:
         """Validate a request and fill its defaults (RequestError naming the bad field).

@@ -159,10 +159,11 @@ class TextToImageGenerator:
             self.adapters.unfuse()  # a rung may offload the UNet: never with a LoRA fused in
         self.slot.set_memory_level(level)
 
-    def draft_by_default(self) -> bool:
-        """Whether a request that does not say is a draft here (GEN_DRAFT_DEFAULT, the device)."""
+    def draft_by_default(self, model: str | None = None) -> bool:
+        """Whether a request (on `model`; None: the loaded one) that does not say is a draft."""
         device = self.device if self.loaded else resolve_device(self.config.model.device)
-        return self.adapters.draft_by_default(device)
+        width = self.models.width(model) if model else self.text_width
+        return self.adapters.draft_by_default(device, width)
 
     def preview(self, latents: Any, max_side: int = 128) -> Any:
         """A small image of the first latent: the tiny VAE when loaded, else a linear guess."""

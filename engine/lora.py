@@ -33,6 +33,8 @@ class LoraFileInfo:
     format: str  # "diffusers", "kohya" or "peft"
     has_text_encoder: bool
     metadata: dict[str, str]
+    # The text width its cross-attention keys take (768 SD 1.x, 1024 SD 2.x); None: none found.
+    text_width: int | None = None
 
 
 def resolve_lora_file(path: str | Path) -> Path:
@@ -60,13 +62,17 @@ def inspect_lora_file(path: str | Path) -> LoraFileInfo:
         with safe_open(str(file), framework="pt") as handle:
             keys = list(handle.keys())
             metadata = handle.metadata() or {}
-            rank = None
+            rank = width = None
             for key in keys:
                 if any(m in key for m in ("lora_A", "lora_down", "lora.down")) and key.endswith(
                     "weight"
                 ):
-                    rank = int(handle.get_slice(key).get_shape()[0])
-                    break
+                    shape = handle.get_slice(key).get_shape()
+                    rank = int(shape[0]) if rank is None else rank
+                    # kohya joins names with "_": attn2_to_k; diffusers and peft: attn2.to_k
+                    if "attn2" in key and "to_k" in key and len(shape) == 2:
+                        width = int(shape[1])
+                        break
     except Exception as exc:
         log.info("LoRA file %s is not readable: %s", file, exc)
         raise LoraError("is not a readable safetensors file", file.name) from None
@@ -80,7 +86,7 @@ def inspect_lora_file(path: str | Path) -> LoraFileInfo:
     else:
         fmt = "peft"
     has_te = any(k.startswith(("text_encoder.", "lora_te")) for k in lora_keys)
-    return LoraFileInfo(file, len(keys), rank, fmt, has_te, dict(metadata))
+    return LoraFileInfo(file, len(keys), rank, fmt, has_te, dict(metadata), width)
 
 
 def lora_display_name(path: str | Path) -> str:

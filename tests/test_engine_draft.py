@@ -284,3 +284,28 @@ def test_a_model_folder_ships_its_own_draft_lora(
     explicit = tiny_config(folder, draft_lora=str(tmp_path / "gone.safetensors"))
     assert draft_lora_ref(explicit, folder) == str(tmp_path / "gone.safetensors")
     assert draft_lora_missing(explicit, folder) is not None
+
+
+def test_a_default_draft_stays_off_on_a_model_of_another_family(
+    tiny_model_dir: Path, draft_lora: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from engine.front_door import EngineDoor
+    from engine.lora import inspect_lora_file
+    from tests.tiny_sd import save_tiny_pipeline
+
+    # The draft LoRA's cross-attention keys tell its family, in both layouts it comes in.
+    assert inspect_lora_file(draft_lora).text_width == 32
+    kohya = make_tiny_lora(tmp_path / "kohya", seed=6, kohya=True, cross_attention_dim=48)
+    assert inspect_lora_file(kohya).text_width == 48
+    wide = save_tiny_pipeline(tmp_path / "wide", seed=0, cross_attention_dim=48)
+    cfg = tiny_config(tiny_model_dir, draft_lora=str(draft_lora), draft_default="on")
+    cfg.model = cfg.model.model_copy(update={"choices": f"tiny={tiny_model_dir},wide={wide}"})
+    gen = TextToImageGenerator(cfg)
+    gen.load_model()
+    door = EngineDoor(gen, between_jobs=None)  # type: ignore[arg-type]
+    assert door.draft_by_default() and door.draft_by_default("tiny")
+    with caplog.at_level(logging.INFO, logger="engine"):
+        # Drafting "wide" would load a LoRA made for another width and fail the job.
+        assert not door.draft_by_default("wide") and not door.draft_by_default("wide")
+    told = [r for r in caplog.records if "full quality unless they ask" in r.getMessage()]
+    assert len(told) == 1
