@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from botcore.acks import recorded_defer
+from botcore.acks import later, recorded_defer
 from botcore.progress import Update
 from cogs._checks import UserFacingError, admin_only
 from cogs._job_views import cancel_view
@@ -294,7 +294,7 @@ class Train(commands.Cog):
             )
             return await bot.executor.submit(new, admin=True)
         except BaseException:
-            await bot.storage.loras.delete_lora(name)
+            await later(lambda: bot.storage.loras.delete_lora(name), f"free the LoRA name {name}")
             raise
 
     # ----- job events --------------------------------------------------------------------
