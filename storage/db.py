@@ -175,8 +175,9 @@ class Database:
             await self._wait_out(error, until)
 
     async def _hold(self, until: float | None) -> None:
-        """Take the connection; a caller with a budget waits for it only until the budget ends."""
-        if until is None or not self._lock.locked():
+        """Take the connection; while another program holds the lock, a caller with a budget
+        waits for it only until the budget ends (the others' tries hold it in turn)."""
+        if until is None or self.locks.since is None or not self._lock.locked():
             await self._lock.acquire()
             return
         left = until - asyncio.get_running_loop().time()

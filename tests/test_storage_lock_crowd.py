@@ -62,3 +62,19 @@ async def test_a_crowd_of_commands_gives_up_in_time_and_reads_pass(
     assert len(tries) <= 5, f"{len(tries)} DEBUG lines about tries"
     episode = [(r.levelname, r.name) for r in caplog.records if r.name.startswith("storage")]
     assert episode == [("WARNING", "storage.busy"), ("INFO", "storage.busy")], episode
+
+
+async def test_past_its_budget_a_write_still_waits_its_turn_when_nothing_is_locked(
+    tmp_path: Path,
+) -> None:
+    """A deferred command (a download, a LoRA check) writes after its budget: no other program
+    holds the file, so waiting for the bot's own connection is no reason to refuse."""
+    storage = await Storage.open(settings=_settings(tmp_path))
+    try:
+        async with storage.db.transaction() as tx:  # the bot's own write under way
+            seed = asyncio.create_task(within_budget(0.0, storage.users.set_fixed_seed(1, 9)))
+            await asyncio.sleep(0.05)
+            await tx.execute("INSERT INTO settings (key, value, updated_at) VALUES ('k', '1', 0)")
+        assert (await seed).fixed_seed == 9
+    finally:
+        await storage.close()
