@@ -38,8 +38,9 @@ async def test_a_crowd_of_commands_gives_up_in_time_and_reads_pass(
             patient = [
                 asyncio.create_task(storage.users.set_fixed_seed(100 + n, n)) for n in range(5)
             ]
-            while storage.db.locks.since is None:  # commands arrive once the lock is met
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(5):  # commands arrive once the lock is met
+                while storage.db.locks.since is None:
+                    await asyncio.sleep(0.01)
             crowd = [
                 within_budget(BUDGET_S, timed(storage.users.set_fixed_seed(n, n)))
                 for n in range(2, 2 + CROWD)
