@@ -56,8 +56,8 @@ async def test_a_crowd_of_commands_gives_up_in_time_and_reads_pass(
     finally:
         await storage.close()
     print(f"slowest give-up {max(took):.2f} s (budget {BUDGET_S} s), read {read_s:.3f} s")
-    assert profile is not None and read_s < 0.2
-    assert max(took) < BUDGET_S + 0.15, sorted(took)
+    assert profile is not None and read_s < 0.3
+    assert max(took) < BUDGET_S + 0.3, sorted(took)  # before: 2.3 s
     tries = [r for r in caplog.records if r.name == "aiosqlite" and "locked" in r.getMessage()]
     # Only the first tries, made before the episode was known (before: two lines per try).
     assert len(tries) <= 5, f"{len(tries)} DEBUG lines about tries"
