@@ -4,23 +4,30 @@ Commands that must defer before they can write their job (``/train`` downloads i
 first) record the interaction before deferring and forget it once they have answered. A crash
 in between leaves the record, and the next start answers the interaction with a clear message.
 (``/imagine`` needs none of this: it writes its job before it defers.)
+
+A clean-up that meets a locked database past the command's answer budget runs again in a task
+of its own that waits the lock out (``later``): the member was already told in words, so the
+next start must not answer the interaction a second time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from botcore.progress import interaction_reference, token_fresh
+from storage.errors import DatabaseLockedError
 
 if TYPE_CHECKING:
     from storage import Storage
 
 log = logging.getLogger(__name__)
+_later: set[asyncio.Task[None]] = set()
 
 ACK_PREFIX = "ack:"
 RESTARTED = (
@@ -42,10 +49,34 @@ class AckRecord:
         if self.forgotten:
             return
         try:
-            await self.storage.kv.delete(self.key)
+            await later(lambda: self.storage.kv.delete(self.key), f"forget {self.key}")
             self.forgotten = True
         except Exception:
             log.exception("could not forget the acknowledgement %s", self.key)
+
+
+async def later(write: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run a clean-up write now or, if a locked database outlasts the answer budget, in a task
+    of its own that waits the lock out (tasks started by a command's task have no budget)."""
+    try:
+        await write()
+    except DatabaseLockedError:
+        log.info("the database is locked: %s waits for the lock to end", what)
+        task = asyncio.ensure_future(_patiently(write, what))
+        _later.add(task)
+        task.add_done_callback(_later.discard)
+
+
+async def _patiently(write: Callable[[], Awaitable[object]], what: str) -> None:
+    try:
+        await write()
+    except Exception:
+        log.exception("could not %s", what)
+
+
+async def settled() -> None:
+    """Wait for the clean-ups left waiting for a database lock to end."""
+    await asyncio.gather(*_later, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager

@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from botcore.acks import recorded_defer
+from botcore.acks import later, recorded_defer
 from botcore.progress import Update
 from cogs._checks import UserFacingError, admin_only
 from cogs._job_views import cancel_view
@@ -36,6 +36,7 @@ from cogs._train_setup import (
 from cogs._uploads import check_trigger_word, check_uploads
 from engine.train_lora import TrainConfig
 from engine.training.recipe import read_recipe
+from scheduling.disk import is_disk_full
 from scheduling.events import JobEvent
 from scheduling.jobs import JobRecord, NewJob
 from storage import AlreadyExistsError, safe_name
@@ -294,7 +295,7 @@ class Train(commands.Cog):
             )
             return await bot.executor.submit(new, admin=True)
         except BaseException:
-            await bot.storage.loras.delete_lora(name)
+            await later(lambda: bot.storage.loras.delete_lora(name), f"free the LoRA name {name}")
             raise
 
     # ----- job events --------------------------------------------------------------------
@@ -346,8 +347,11 @@ class Train(commands.Cog):
         try:
             png = await self.bot.engine_door.before_after_png(prompt, seed, size, weights, name)
             await asyncio.to_thread(atomic_write_bytes, saved, png)
-        except Exception:
-            log.exception("could not make the before/after images of LoRA %s", name)
+        except Exception as exc:
+            if is_disk_full(exc):  # the LoRA is ready all the same; no traceback for a full disk
+                log.warning("no before/after images of LoRA %s: %s", name, exc)
+            else:
+                log.exception("could not make the before/after images of LoRA %s", name)
             return None
         return prompt, png
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
+from pathlib import Path
 
 from engine.errors import GenerationCancelled
 from scheduling.announcer import Announcer
@@ -75,6 +77,21 @@ class DiskWait:
                 return done
         finally:
             self.waiting -= 1
+
+
+def stopped_words(guard: SpaceGuard, job: JobRecord, run: JobRun) -> str:
+    """Why a job stopped on a full disk, naming the disk (a training's: its LoRA folder)."""
+    if job.kind == "train" and job.train.output_dir:
+        folder = Path(job.train.output_dir).parent
+        try:
+            free = f" ({shutil.disk_usage(folder).free / 2**20:,.0f} MB free)"
+        except OSError:
+            free = ""
+        return (
+            f"The disk holding {folder.as_posix()}/ is full{free}, so the training could not "
+            f"save its weights (at step {run.step}); try again once an admin has freed space."
+        )
+    return f"{guard.outputs_full()}, so this job could not finish; try again once space is freed."
 
 
 def _duration(seconds: float) -> str:

@@ -14,8 +14,8 @@ from engine.config import QueueConfig
 from engine.errors import EngineError, GenerationCancelled, RequestError
 from scheduling.active import ActiveRuns
 from scheduling.announcer import Announcer
-from scheduling.disk import ImagesUnsaved, OutputsStayedFull
-from scheduling.disk_wait import DiskWait
+from scheduling.disk import ImagesUnsaved, OutputsStayedFull, is_disk_full
+from scheduling.disk_wait import DiskWait, stopped_words
 from scheduling.events import Notice, Started
 from scheduling.health import EngineHealth
 from scheduling.jobs import JobRecord, JobStore
@@ -114,6 +114,11 @@ class JobRunner:
         except (OutOfMemoryExhausted, EngineError, RequestError, OutputsStayedFull) as exc:
             await self.outcomes.fail(job, str(exc))
         except Exception as exc:
+            if is_disk_full(exc):  # in words naming the disk, without a traceback
+                words = stopped_words(self.disk.guard, job, run)
+                log.warning("job %s stopped: %s (%s)", job.id, words, exc)
+                await self.outcomes.fail(job, words, repr(exc))
+                return
             log.exception("job %s failed", job.id)
             await self.outcomes.fail(
                 job,

@@ -10,7 +10,9 @@ program's write lock does not block reads). Who tries again for how long:
 - everything else (job status changes, results, delivery marks, and the work an interaction
   hands to other tasks) tries until the lock ends: accepted jobs keep running and delivering.
 
-``LockEpisodes`` notes each episode once: a WARNING when it starts, an INFO with its length.
+While an episode lasts only its watcher tries every PAUSE_S; other writers wait for it to find
+the database free (``LockEpisodes.free``). ``LockEpisodes`` notes each episode once: a WARNING
+when it starts, an INFO with its length.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SLICE_MS = 50  # SQLite's own wait per try (PRAGMA busy_timeout once the database is open)
-PAUSE_S = 0.05  # between tries, with the connection free for other queries
+PAUSE_S = 0.05  # between the watcher's tries, with the connection free for other queries
+# Other writers wait for the watcher to find the lock ended, trying themselves at least this
+# often (in case it stopped) and once just before their budget ends: with each writer trying
+# every PAUSE_S, a crowd of them held the connection in turn and ran far past their budgets.
+WAKE_S = 1.0
 
 
 @dataclass(eq=False)
@@ -74,6 +80,21 @@ def budget_for_new_tasks(seconds: float) -> Iterator[None]:
         budget.owners.update(asyncio.all_tasks(loop) - before)
 
 
+_episodes: weakref.WeakSet[LockEpisodes] = weakref.WeakSet()
+
+
+def _quiet_tries(record: logging.LogRecord) -> bool:
+    """Drop aiosqlite's DEBUG lines about each try while an episode lasts (two per try, ten
+    tries a second: a night's lock would write millions); the episode's WARNING says it all."""
+    if record.levelno > logging.DEBUG or not any(e.since is not None for e in _episodes):
+        return True
+    text = record.getMessage()
+    return "BEGIN IMMEDIATE" not in text and "database is locked" not in text
+
+
+logging.getLogger("aiosqlite").addFilter(_quiet_tries)
+
+
 class LockEpisodes:
     """When another program held the database locked, and for how long (log, /admin stats)."""
 
@@ -85,12 +106,16 @@ class LockEpisodes:
         self.total_s = 0.0
         self.last_s = 0.0
         self.last_ended = 0.0
+        self.free = asyncio.Event()  # set while no episode is under way
+        self.free.set()
+        _episodes.add(self)
 
     def met(self) -> bool:
         """A try found the lock taken; True when that starts an episode (logged once)."""
         if self.since is not None:
             return False
         self.since, self._started = time.time(), time.monotonic()
+        self.free.clear()
         log.warning(
             "The database %s is locked by another program (a database browser or a backup "
             "tool?). Commands that must write are refused until it is free; accepted jobs wait "
@@ -107,6 +132,7 @@ class LockEpisodes:
         self.count += 1
         self.total_s += self.last_s
         self.since, self.last_ended = None, time.time()
+        self.free.set()
         log.info(
             "The database %s is free again after being locked for %.1f s.",
             self.path,

@@ -158,25 +158,65 @@ class Database:
     async def _retrying(self, call: Callable[[], Awaitable[T]], *, write: bool = False) -> T:
         """Run ``call`` holding the connection; while locked, again after a pause without it."""
         until = busy.deadline()
+        if write:
+            await self._await_watcher(until)
         while True:
-            async with self._lock:
-                try:
-                    result = await call()
-                except DatabaseLockedError as exc:
-                    error = exc
-                else:
-                    if write:  # a read gets through another program's lock: no sign it ended
-                        self.locks.freed()
-                    return result
+            await self._hold(until)
+            try:
+                result = await call()
+            except DatabaseLockedError as exc:
+                error = exc
+            else:
+                if write:  # a read gets through another program's lock: no sign it ended
+                    self.locks.freed()
+                return result
+            finally:
+                self._lock.release()
             await self._wait_out(error, until)
 
+    async def _hold(self, until: float | None) -> None:
+        """Take the connection; while another program holds the lock, a caller with a budget
+        waits for it only until the budget ends (the others' tries hold it in turn)."""
+        if until is None or self.locks.since is None or not self._lock.locked():
+            await self._lock.acquire()
+            return
+        left = until - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self._lock.acquire(), max(0.0, left))
+        except TimeoutError:
+            raise DatabaseLockedError(
+                f"The database {self.path} is busy; its turn did not come in time."
+            ) from None
+
     async def _wait_out(self, error: DatabaseLockedError, until: float | None) -> None:
-        """Note the lock, then pause before the next try, or give up past the caller's budget."""
+        """Note the lock, then wait before the next try, or give up past the caller's budget.
+
+        Only the watcher tries every PAUSE_S; the others wait for it to find the database free.
+        """
         if self.locks.met():
             self._watcher = asyncio.create_task(self._watch(), name="database-lock-watch")
         if busy.gives_up(until):
             raise error
-        await asyncio.sleep(busy.PAUSE_S)
+        if not await self._await_watcher(until):
+            await asyncio.sleep(busy.PAUSE_S)
+
+    async def _await_watcher(self, until: float | None) -> bool:
+        """While another task watches a lock, wait for it to end (False: nobody else watches).
+
+        Returns after at most WAKE_S, or in time for one last try before the budget ends.
+        """
+        watcher = self._watcher
+        if self.locks.since is None or watcher is None or watcher.done():
+            return False
+        if asyncio.current_task() is watcher:
+            return False
+        wait = busy.WAKE_S
+        if until is not None:
+            wait = min(wait, until - asyncio.get_running_loop().time() - busy.SLICE_MS / 1000)
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.locks.free.wait(), wait)
+        return True
 
     async def _watch(self) -> None:
         """Try an empty write until the lock ends, so the episode ends when it does (logged)."""
@@ -221,8 +261,9 @@ class Database:
         budget has written nothing, and nothing it asked for is written later.
         """
         until = busy.deadline()
+        await self._await_watcher(until)
         while True:
-            await self._lock.acquire()
+            await self._hold(until)
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -26,9 +27,30 @@ TEMP_PREFIX = ".tmp-"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
+FULL_BYTES = 1 << 20  # less free than this after a failed write: the disk filled up
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write means a full disk: torch reports one as a RuntimeError ("unexpected
+    pos"), safetensors as a SafetensorError ("os error 28"), Python as OSError(ENOSPC)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(exc, Exception):
+        return False
+    if "No space left" in str(exc) or "os error 28" in str(exc):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_BYTES
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder that becomes `target` only when the block finishes without error."""
+    """Yield a temporary folder that becomes `target` only when the block finishes without error.
+
+    A write that failed on a full disk is raised as OSError(ENOSPC) naming the folder.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.parent / f"{TEMP_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}"
     temp.mkdir()
@@ -45,8 +67,12 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         _fsync(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc, target.parent)
         shutil.rmtree(temp, ignore_errors=True)
+        if full and not isinstance(exc, OSError):
+            text = f"No space left on the disk holding {target.parent}"
+            raise OSError(errno.ENOSPC, text, str(target)) from exc
         raise
 
 
@@ -59,8 +85,10 @@ def _fsync(path: Path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        # A file whose data could not reach the disk must not become a checkpoint or a LoRA.
+        if not path.is_dir() and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise
     finally:
         os.close(fd)
 
