@@ -144,6 +144,11 @@ async def cmd_flags(request: web.Request) -> web.Response:
     )
 
 
+async def ping(request: web.Request) -> web.Response:
+    """GET /internal/ping: the web UI's liveness check (clients probe it before connecting)."""
+    return web.json_response({})
+
+
 def add_routes(app: web.Application) -> None:
     """Register the information and control endpoints."""
     progress.add_routes(app)
@@ -152,3 +157,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/sdapi/v1/png-info", png_info)
     app.router.add_get("/sdapi/v1/memory", memory)
     app.router.add_get("/sdapi/v1/cmd-flags", cmd_flags)
+    app.router.add_get("/internal/ping", ping)
