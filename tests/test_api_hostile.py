@@ -3,16 +3,22 @@ answered 422 (never 500), /interrupt ends the whole call, a full queue never str
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from PIL import Image
 
-from scheduling.events import Queued
+from engine.requests import GenerationRequest
+from scheduling.events import Finished, JobEvent, Progress, Queued, Started
+from scheduling.jobs import NewJob
+from scheduling.queue import QueueFullError
 from tests.api_harness import image_of, png_b64, serving
+from webapi.context import is_api_job
 
 T2I, I2I = "/sdapi/v1/txt2img", "/sdapi/v1/img2img"
 # A non-ASCII password, as Python `requests` sends it: latin-1 bytes, not UTF-8.
@@ -84,3 +90,60 @@ async def test_sloppy_clients_are_served_and_bad_values_named(tiny_generator, tm
         status, answer = await call(http, api.url, "/sdapi/v1/extra-single-image", request)
         assert status == 200 and image_of(answer["image"]).size == (16, 16), answer
         assert not [e for e in api.events if isinstance(e, Queued) and e.job.request.upscale]
+
+
+async def test_interrupt_ends_the_rest_of_the_call(tiny_generator, tmp_path: Path) -> None:
+    # n_iter past the per-user cap: the later iterations wait for room, then must not start.
+    async with (
+        serving(tiny_generator, tmp_path, queue={"per_user_cap": 1}) as api,
+        aiohttp.ClientSession() as http,
+    ):
+        request = {"prompt": "a cat", "n_iter": 6, "steps": 100}
+        answer = asyncio.create_task(call(http, api.url, T2I, request))
+        await api.wait_for(lambda e: isinstance(e, Progress))
+        async with http.post(api.url + "/sdapi/v1/interrupt") as response:
+            assert response.status == 200
+        status, body = await asyncio.wait_for(answer, 30)
+        assert status == 200 and body["images"] == []
+        await api.settled()
+        started = {e.job.id for e in api.events if isinstance(e, Started)}
+        queued = {e.job.id for e in api.events if isinstance(e, Queued)}
+        assert len(started) == 1 and len(queued) <= 2, (started, queued)  # 6 and 5 before
+        for job_id in queued:
+            assert (await api.storage.get_job(job_id)).status == "cancelled"
+
+
+async def test_a_hires_pass_waits_out_a_full_queue(tiny_generator, tmp_path: Path) -> None:
+    # The global cap is full when the first pass ends (another user's job waits): the hires pass
+    # must be queued once room frees, even though the caller has no job left to free it.
+    async with (
+        serving(tiny_generator, tmp_path, queue={"global_cap": 1}) as api,
+        aiohttp.ClientSession() as http,
+    ):
+        queue = api.scheduler.queue
+        held: list[Any] = []
+        refused = asyncio.Event()
+
+        def fill_the_queue(event: JobEvent) -> None:
+            if isinstance(event, Finished) and is_api_job(event.job) and not held:
+                held.append(queue.reserve(7))  # before the watch's task resumes: deterministic
+
+        api.scheduler.subscribe(fill_the_queue)
+        submit = api.scheduler.submit
+
+        async def watched_submit(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await submit(*args, **kwargs)
+            except QueueFullError:
+                refused.set()
+                raise
+
+        api.scheduler.submit = watched_submit  # type: ignore[method-assign]
+        request = {"prompt": "a cat", "enable_hr": True, "hr_scale": 2, "steps": 4,
+                   "denoising_strength": 0.5}  # fmt: skip
+        answer = asyncio.create_task(call(http, api.url, T2I, request))
+        await asyncio.wait_for(refused.wait(), 30)
+        queue.release(held[0])  # the other user's job is placed and runs
+        await submit(NewJob(user_id=7, work=GenerationRequest("a dog", seed=1)))
+        status, body = await asyncio.wait_for(answer, 4)  # the room poll alone would take 5 s
+        assert status == 200 and image_of(body["images"][0]).size == (128, 128), body
