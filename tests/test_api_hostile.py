@@ -60,11 +60,14 @@ async def test_sloppy_clients_are_served_and_bad_values_named(tiny_generator, tm
         })  # fmt: skip
         assert status == 200, body
         assert json.loads(body["info"])["all_seeds"] == [5]
-        # Booleans as strings: "false" is false (hires was run and images kept before).
+        # Booleans as strings: "false" is false (hires was run and images kept before); the
+        # schedule SillyTavern keeps by default ("normal": evenly spaced steps) runs as Automatic.
         status, body = await call(http, api.url, T2I, {
             "prompt": "a cat", "enable_hr": "false", "save_images": "false", "n_iter": 1.0,
+            "sampler_name": "DDIM", "scheduler": "normal",
         })  # fmt: skip
         assert status == 200, body
+        assert json.loads(body["info"])["scheduler"] == "Automatic"
         assert image_of(body["images"][0]).size == (64, 64)
         await api.settled()
         assert not list((tmp_path / "outputs").rglob("job*.png"))
