@@ -152,32 +152,36 @@ class JobWatch:
                     await asyncio.wait_for(room.wait(), ROOM_POLL_S)
                 continue
             log.info("api job %s queued for %s", job.id, user.name)
+            if call is not None and call.stopped:  # /interrupt came while it was being written
+                await self.scheduler.cancel(job.id)
             return Ticket(job, future)
 
     async def run(self, user: ApiUser, api: ApiRequest, call: Call) -> list[Outcome]:
         """Run a call's n_iter jobs side by side in the fair queue (each its own job), then
         their hires passes; the outcomes in order. QueueFullError when its first job has no
         room; JobFailed; ShuttingDown. The caller settles ``call`` afterwards."""
-        first = await self.submit(user, api.job_request(0), wait=False)
-        assert first is not None
-        call.tickets.append(first)
         calls = self._calls.setdefault(user.user_id, set())
-        calls.add(call)
-        tasks = [
-            asyncio.create_task(self._iteration(user, api, k, first if k == 0 else None, call))
-            for k in range(api.n_iter)
-        ]
+        calls.add(call)  # from the start, so that an /interrupt at any moment stops it
         try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            first = await self.submit(user, api.job_request(0), wait=False, call=call)
+            if first is None:
+                return []
+            call.tickets.append(first)
+            tasks = [
+                asyncio.create_task(self._iteration(user, api, k, first if k == 0 else None, call))
+                for k in range(api.n_iter)
+            ]
+            try:
+                results = await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
         finally:
             calls.discard(call)
-            if not calls:
-                self._calls.pop(user.user_id, None)
+            if not calls and self._calls.get(user.user_id) is calls:
+                self._calls.pop(user.user_id)
         return [outcome for part in results for outcome in part]
 
     def interrupt(self, user: ApiUser) -> int:
