@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from engine.requests import GenerationRequest
 from scheduling.events import Finished, JobEvent, Progress, Queued, Started
@@ -74,7 +75,13 @@ async def test_sloppy_clients_are_served_and_bad_values_named(tiny_generator, tm
 
         truncated = base64.b64decode(png_b64("red", (128, 128)))
         half = base64.b64encode(truncated[: len(truncated) // 2]).decode()
+        text_bomb = PngInfo()  # a zTXt chunk inflating past Pillow's 1 MB limit (was a 500)
+        text_bomb.add_text("parameters", "a" * 2_000_000, zip=True)
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=text_bomb)
+        bomb = base64.b64encode(buffer.getvalue()).decode()
         refusals = [
+            ("/sdapi/v1/png-info", {"image": bomb}, "image"),
             (T2I, {"prompt": "a cat", "enable_hr": "maybe"}, "enable_hr"),
             (T2I, {"prompt": "a cat", "seed": 7.5}, "seed"),
             ("/sdapi/v1/extra-single-image", {"image": half, "upscaler_1": "Lanczos"}, "image"),

@@ -36,8 +36,10 @@ def decode_image_field(value: Any, field: str = "image") -> Image.Image:
         raise invalid(exc.field, exc.message) from None
     try:
         image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
         raise invalid(field, "is not an image (PNG, JPEG or WebP)") from None
+    except ValueError:  # e.g. a PNG text chunk that inflates past Pillow's limit
+        raise invalid(field, "has a text chunk too large to read") from None
     if image.width * image.height > MAX_IMAGE_PIXELS:
         raise invalid(field, f"is larger than {MAX_IMAGE_PIXELS} pixels")
     return image
