@@ -84,6 +84,7 @@ async def test_sloppy_clients_are_served_and_bad_values_named(tiny_generator, tm
             ("/sdapi/v1/png-info", {"image": bomb}, "image"),
             (T2I, {"prompt": "a cat", "enable_hr": "maybe"}, "enable_hr"),
             (T2I, {"prompt": "a cat", "seed": 7.5}, "seed"),
+            (T2I, {"prompt": "a cat", "negative_prompt": ["ugly"]}, "negative_prompt"),
             ("/sdapi/v1/extra-single-image", {"image": half, "upscaler_1": "Lanczos"}, "image"),
         ]
         for path, request, field in refusals:

@@ -225,6 +225,9 @@ async def parse_request(
     """A web-UI txt2img/img2img body as an ApiRequest; Invalid names the client's field."""
     prompt = body.get("prompt", "")
     negative = body.get("negative_prompt")
+    for name, text in (("prompt", prompt), ("negative_prompt", negative)):
+        if text is not None and not isinstance(text, str):
+            raise Invalid(name, f"must be text (got {type(text).__name__})")
     n_iter = _integer(body, "n_iter", 1, 1, MAX_N_ITER)
     batch_size = _integer(body, "batch_size", 1, 1, 8)
     seed = whole(body.get("seed", -1))
