@@ -33,7 +33,7 @@ DISCONNECTED = "the client disconnected before the job ended"
 RETRY_AFTER_S = 10
 # A call waiting for room tries again at least this often (room freed without an event, e.g. a
 # reservation given back).
-ROOM_POLL_S = 5.0
+ROOM_POLL_S = 10.0
 
 
 class ShuttingDown(Exception):
