@@ -28,9 +28,14 @@ def _caller(request: web.Request, credentials: dict[str, str]) -> ApiUser:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() == "basic":
         try:
-            name, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            name = password = ""
+            raw = base64.b64decode(encoded.strip(), validate=True)
+        except binascii.Error:
+            raw = b""
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:  # Python requests sends non-ASCII credentials as latin-1
+            text = raw.decode("latin-1")
+        name, _, password = text.partition(":")
         expected = credentials.get(name)
         # compare_digest on every attempt, so timing does not tell which user names exist
         if hmac.compare_digest(password.encode(), (expected or "\0").encode()) and expected:

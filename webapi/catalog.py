@@ -41,6 +41,9 @@ _OPTIONS: dict[str, dict[str, Any]] = {
 }
 # The noise schedules a request's `scheduler` may name (web UI 1.9+): a sampler's own, or Karras.
 SCHEDULES = {"automatic": "Automatic", "karras": "Karras"}
+# The web UI's schedules that space the steps evenly, as this engine's samplers do on their own
+# (Automatic): clients keep one from a web UI (SillyTavern's default is "normal").
+EVEN_SCHEDULES = ("uniform", "normal", "simple", "sgm_uniform", "ddim")
 
 
 def sampler_for(sampler_name: str | None, scheduler: str | None = None) -> str | None:
@@ -49,7 +52,9 @@ def sampler_for(sampler_name: str | None, scheduler: str | None = None) -> str |
     Accepts the names of /samplers, their aliases, and the 1.9+ split ("DPM++ 2M" + "Karras");
     ValueError starting with the field at fault for a pair this engine cannot run.
     """
-    schedule = (scheduler or "automatic").strip().lower() or "automatic"
+    schedule = "_".join((scheduler or "").lower().split()) or "automatic"
+    if schedule in EVEN_SCHEDULES:
+        schedule = "automatic"
     if schedule not in SCHEDULES:
         raise ValueError(
             f"scheduler: unknown schedule {scheduler!r}; choose one of: Automatic, Karras"

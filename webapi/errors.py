@@ -47,6 +47,8 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise invalid("body", "is not JSON") from None
+    except RecursionError:  # thousands of nested brackets
+        raise invalid("body", "is nested too deeply") from None
     if not isinstance(body, dict):
         raise invalid("body", "must be a JSON object")
     return body

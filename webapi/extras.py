@@ -55,7 +55,7 @@ def target_size(body: dict[str, Any], size: tuple[int, int]) -> tuple[int, int]:
 
 def upscaler_choice(body: dict[str, Any], model_ref: str) -> str:
     """The upscaler named by ``upscaler_1``: None, Lanczos or the GEN_UPSCALER model's name."""
-    wanted = body.get("upscaler_1", NONE)
+    wanted = body.get("upscaler_1") or NONE  # null or "" as the web UI's "None"
     names = [NONE, RESAMPLER] + ([upscaler_name(model_ref)] if model_ref else [])
     for name in names:
         if isinstance(wanted, str) and wanted.strip().lower() == name.lower():
@@ -81,7 +81,10 @@ async def extra_single_image(request: web.Request) -> web.Response:
     upscaler = upscaler_choice(body, model_ref)
     with decode_image_field(body.get("image")) as opened:
         parameters = opened.info.get("parameters")
-        source = opened.convert("RGB")
+        try:
+            source = opened.convert("RGB")  # decodes: a truncated or corrupt file fails here
+        except (OSError, SyntaxError, ValueError):
+            raise invalid("image", "is not a readable image (truncated or corrupt)") from None
     size = target_size(body, source.size)
     if upscaler == NONE or size == source.size:
         result, note = source, "not enlarged (upscaler None)"

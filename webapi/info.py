@@ -36,8 +36,10 @@ def decode_image_field(value: Any, field: str = "image") -> Image.Image:
         raise invalid(exc.field, exc.message) from None
     try:
         image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
         raise invalid(field, "is not an image (PNG, JPEG or WebP)") from None
+    except ValueError:  # e.g. a PNG text chunk that inflates past Pillow's limit
+        raise invalid(field, "has a text chunk too large to read") from None
     if image.width * image.height > MAX_IMAGE_PIXELS:
         raise invalid(field, f"is larger than {MAX_IMAGE_PIXELS} pixels")
     return image
@@ -144,6 +146,11 @@ async def cmd_flags(request: web.Request) -> web.Response:
     )
 
 
+async def ping(request: web.Request) -> web.Response:
+    """GET /internal/ping: the web UI's liveness check (clients probe it before connecting)."""
+    return web.json_response({})
+
+
 def add_routes(app: web.Application) -> None:
     """Register the information and control endpoints."""
     progress.add_routes(app)
@@ -152,3 +159,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/sdapi/v1/png-info", png_info)
     app.router.add_get("/sdapi/v1/memory", memory)
     app.router.add_get("/sdapi/v1/cmd-flags", cmd_flags)
+    app.router.add_get("/internal/ping", ping)

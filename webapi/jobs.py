@@ -9,6 +9,7 @@ Jobs left from before a restart are ended at the next start (end_orphaned_jobs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Coroutine
@@ -30,6 +31,9 @@ RESTART_ERROR = "the client was disconnected by a restart of the server; the job
 DISCONNECTED = "the client disconnected before the job ended"
 # Retry-After when no speed has been measured yet (no ETA): a few steps' time on a small card.
 RETRY_AFTER_S = 10
+# A call waiting for room tries again at least this often (room freed without an event, e.g. a
+# reservation given back).
+ROOM_POLL_S = 10.0
 
 
 class ShuttingDown(Exception):
@@ -74,11 +78,12 @@ class Outcome:
         return list(self.result.get("seeds", []))
 
 
-@dataclass
+@dataclass(eq=False)
 class Call:
-    """One API call's jobs, in the order they were submitted."""
+    """One API call's jobs, in the order they were submitted; ``stopped`` by /interrupt."""
 
     tickets: list[Ticket] = field(default_factory=list)
+    stopped: bool = False
 
 
 class JobWatch:
@@ -90,6 +95,7 @@ class JobWatch:
         self._waiting: dict[int, asyncio.Future[JobEvent]] = {}
         self._room: dict[int, asyncio.Event] = {}
         self._abandoned: dict[int, str] = {}  # job id -> why its call went away
+        self._calls: dict[int, set[Call]] = {}  # user id -> the calls now being answered
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
         scheduler.subscribe(self.on_event)
@@ -98,12 +104,12 @@ class JobWatch:
     def on_event(self, event: JobEvent) -> None:
         """Scheduler listener: wake callers waiting for room or for their job's outcome."""
         job = event.job
+        if isinstance(event, (Started, Finished, Failed, Cancelled)):
+            # A waiting place freed: the user's own (per-user cap) or anyone's, a Discord
+            # member's too (the global cap), so every caller waiting for room tries again.
+            self._wake_all()
         if not is_api_job(job):
             return
-        if isinstance(event, (Started, Finished, Failed, Cancelled)):
-            room = self._room.pop(job.user_id, None)  # a waiting place of this user freed
-            if room is not None:
-                room.set()
         if isinstance(event, (Finished, Failed, Cancelled)):
             waiter = self._waiting.pop(job.id, None)
             if waiter is not None and not waiter.done():
@@ -112,10 +118,18 @@ class JobWatch:
                 reason = self._abandoned.pop(job.id, DISCONNECTED)
                 self._spawn(self._delivered(job.id, reason))
 
+    def _wake_all(self) -> None:
+        rooms, self._room = self._room, {}
+        for room in rooms.values():
+            room.set()
+
     # ----- one call ----------------------------------------------------------------------
-    async def submit(self, user: ApiUser, request: GenerationRequest, *, wait: bool) -> Ticket:
+    async def submit(
+        self, user: ApiUser, request: GenerationRequest, *, wait: bool, call: Call | None = None
+    ) -> Ticket | None:
         """Queue one job for ``user``; ``wait``: when the user's cap is reached, wait for room
-        (the call's later jobs), else QueueFullError (its first job: 429)."""
+        (the call's later jobs), else QueueFullError (its first job: 429). None when ``call``
+        was stopped by /interrupt before the job could be queued."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[JobEvent] = loop.create_future()
 
@@ -125,6 +139,8 @@ class JobWatch:
         while True:
             if self._stopping:
                 raise ShuttingDown
+            if call is not None and call.stopped:
+                return None
             room = self._room.setdefault(user.user_id, asyncio.Event())
             new = NewJob(user_id=user.user_id, work=request, reference={API_REFERENCE: user.name})
             try:
@@ -132,35 +148,58 @@ class JobWatch:
             except QueueFullError:
                 if not wait or self.scheduler.stopping:
                     raise
-                await room.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(room.wait(), ROOM_POLL_S)
                 continue
             log.info("api job %s queued for %s", job.id, user.name)
+            if call is not None and call.stopped:  # /interrupt came while it was being written
+                await self.scheduler.cancel(job.id)
             return Ticket(job, future)
 
     async def run(self, user: ApiUser, api: ApiRequest, call: Call) -> list[Outcome]:
         """Run a call's n_iter jobs side by side in the fair queue (each its own job), then
         their hires passes; the outcomes in order. QueueFullError when its first job has no
         room; JobFailed; ShuttingDown. The caller settles ``call`` afterwards."""
-        first = await self.submit(user, api.job_request(0), wait=False)
-        call.tickets.append(first)
-        tasks = [
-            asyncio.create_task(self._iteration(user, api, k, first if k == 0 else None, call))
-            for k in range(api.n_iter)
-        ]
+        calls = self._calls.setdefault(user.user_id, set())
+        calls.add(call)  # from the start, so that an /interrupt at any moment stops it
         try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            first = await self.submit(user, api.job_request(0), wait=False, call=call)
+            if first is None:
+                return []
+            call.tickets.append(first)
+            tasks = [
+                asyncio.create_task(self._iteration(user, api, k, first if k == 0 else None, call))
+                for k in range(api.n_iter)
+            ]
+            try:
+                results = await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        finally:
+            calls.discard(call)
+            if not calls and self._calls.get(user.user_id) is calls:
+                self._calls.pop(user.user_id)
         return [outcome for part in results for outcome in part]
+
+    def interrupt(self, user: ApiUser) -> int:
+        """Stop the user's calls: none of their later jobs (n_iter, hires passes) is queued;
+        their queued and running jobs are the caller's to cancel. How many calls were stopped."""
+        calls = self._calls.get(user.user_id, set())
+        for call in calls:
+            call.stopped = True
+        self._wake_all()
+        return len(calls)
 
     async def _iteration(
         self, user: ApiUser, api: ApiRequest, k: int, ticket: Ticket | None, call: Call
     ) -> list[Outcome]:
         if ticket is None:
-            ticket = await self.submit(user, api.job_request(k), wait=True)
+            ticket = await self.submit(user, api.job_request(k), wait=True, call=call)
+            if ticket is None:
+                return []
             call.tickets.append(ticket)
         outcome = await self._outcome(ticket)
         if outcome is None or api.hires is None:
@@ -168,7 +207,10 @@ class JobWatch:
         decided = outcome.job.request.to_dict()
         finals: list[Outcome] = []
         for path, seed in zip(outcome.paths, outcome.seeds, strict=False):
-            hires = await self.submit(user, api.hires_request(decided, path, seed), wait=True)
+            request = api.hires_request(decided, path, seed)
+            hires = await self.submit(user, request, wait=True, call=call)
+            if hires is None:
+                break
             call.tickets.append(hires)
             done = await self._outcome(hires)
             if done is not None:

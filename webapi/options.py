@@ -15,7 +15,7 @@ from aiohttp import web
 
 from engine.img2img import upscaler_name
 from webapi.context import ApiContext, ApiUser, context_of, user_of
-from webapi.errors import invalid
+from webapi.errors import invalid, json_object
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,7 @@ async def get_options(request: web.Request) -> web.Response:
 
 async def set_options(request: web.Request) -> web.Response:
     """POST /sdapi/v1/options: switch the caller's checkpoint; other keys are ignored."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise invalid("body", "must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise invalid("body", "must be a JSON object")
+    body = await json_object(request)
     context, user = context_of(request), user_of(request)
     wanted = body.get(CHECKPOINT)
     if wanted is not None:

@@ -125,13 +125,37 @@ def sampler_name(sampler: Any, scheduler: Any) -> str | None:
         raise Invalid(field_name, message) from None
 
 
+def whole(value: Any) -> Any:
+    """A JSON number that is whole (20.0 too, as some clients send) as an int; else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _integer(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = body.get(name, default)
+    value = whole(body.get(name, default))
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise Invalid(name, f"must be a whole number from {low} to {high} (got {value!r})")
     return value
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def flag(body: dict[str, Any], name: str, default: bool) -> bool:
+    """A yes/no field: a JSON bool, 0/1, or "true"/"false" as form-minded clients send it."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise Invalid(name, f"must be true or false (got {value!r})")
 
 
 def _number(body: dict[str, Any], name: str) -> float | None:
@@ -147,8 +171,11 @@ def decode_image(text: Any, field_name: str) -> bytes:
     """The bytes of a base64 image (a data: URL prefix is allowed); Invalid when unreadable."""
     if not isinstance(text, str) or not text.strip():
         raise Invalid(field_name, "must be a base64-encoded image")
+    # Whitespace is dropped (clients that wrap lines at 76 characters) and lost padding restored.
+    encoded = "".join(_DATA_URL.sub("", text.strip()).split())
+    encoded += "=" * (-len(encoded) % 4)
     try:
-        data = base64.b64decode(_DATA_URL.sub("", text.strip()), validate=True)
+        data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise Invalid(field_name, "is not valid base64") from None
     if not data:
@@ -198,9 +225,12 @@ async def parse_request(
     """A web-UI txt2img/img2img body as an ApiRequest; Invalid names the client's field."""
     prompt = body.get("prompt", "")
     negative = body.get("negative_prompt")
+    for name, text in (("prompt", prompt), ("negative_prompt", negative)):
+        if text is not None and not isinstance(text, str):
+            raise Invalid(name, f"must be text (got {type(text).__name__})")
     n_iter = _integer(body, "n_iter", 1, 1, MAX_N_ITER)
     batch_size = _integer(body, "batch_size", 1, 1, 8)
-    seed = body.get("seed", -1)
+    seed = whole(body.get("seed", -1))
     if seed is None or seed == -1:
         seed = random_seed()
     elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -209,7 +239,7 @@ async def parse_request(
         body.get("sampler_name") or body.get("sampler_index"), body.get("scheduler")
     )
     for side in ("width", "height"):
-        value = body.get(side)
+        value = whole(body.get(side))
         if value is not None:
             try:
                 if isinstance(value, bool) or not isinstance(value, int):
@@ -223,8 +253,8 @@ async def parse_request(
         "num_inference_steps": body.get("steps"),
         "guidance_scale": body.get("cfg_scale"),
         "seed": seed,
-        "width": body.get("width"),
-        "height": body.get("height"),
+        "width": whole(body.get("width")),
+        "height": whole(body.get("height")),
         "num_images": batch_size,
         "scheduler": sampler,
         "draft": False,
@@ -244,15 +274,15 @@ async def parse_request(
     if img2img:
         await _img2img_fields(ctx, body, request)
     hires = None
-    if body.get("enable_hr") and not img2img:
+    if flag(body, "enable_hr", False) and not img2img:
         hires = _hires(body)
     return ApiRequest(
         request=request,
         batch_size=batch_size,
         n_iter=n_iter,
         hires=hires,
-        send_images=body.get("send_images", True) is not False,
-        save_images=bool(body.get("save_images", False)),
+        send_images=flag(body, "send_images", True),
+        save_images=flag(body, "save_images", False),
         received=body,
     )
 
@@ -284,8 +314,8 @@ async def _img2img_fields(ctx: ApiContext, body: dict[str, Any], request: dict[s
     data = decode_image(images[0], "init_images")
     exact = body.get("width") is not None or body.get("height") is not None
     native = ctx.door.native_size()
-    width = body.get("width") or native[0]
-    height = body.get("height") or native[1]
+    width = whole(body.get("width")) or native[0]
+    height = whole(body.get("height")) or native[1]
     files = ctx.storage.files
     try:
         path, width, height = await asyncio.to_thread(
@@ -299,7 +329,7 @@ async def _img2img_fields(ctx: ApiContext, body: dict[str, Any], request: dict[s
         request["strength"] = strength
     if body.get("mask"):
         mask = decode_image(body["mask"], "mask")
-        invert = bool(body.get("inpainting_mask_invert"))
+        invert = flag(body, "inpainting_mask_invert", False)
         try:
             request["mask_image"] = await asyncio.to_thread(
                 store_mask, files, mask, "mask", width, height, invert=invert
@@ -311,5 +341,6 @@ async def _img2img_fields(ctx: ApiContext, body: dict[str, Any], request: dict[s
             request["mask_blur"] = blur
         # A mask repaints best on the model's 9-channel inpainting partner, when one is listed.
         model = request.get("model") or ctx.door.resident_model
-        if model and body.get("override_settings", {}).get("sd_model_checkpoint") is None:
+        overrides = body.get("override_settings") or {}  # null, as some clients send it
+        if model and overrides.get("sd_model_checkpoint") is None:
             request["model"] = ctx.door.inpaint_partner(model) or request.get("model")

@@ -23,6 +23,7 @@ from scheduling.jobs import JobRecord
 from scheduling.scheduler import QueueSnapshot, RunningJob, Scheduler
 from webapi.context import CONTEXT, ApiUser, context_of, is_api_user, user_of
 from webapi.errors import invalid
+from webapi.generate import watch_of
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,10 @@ async def _cancel(request: web.Request, *, waiting_too: bool) -> int:
 
 async def _stop(request: web.Request, *, waiting_too: bool) -> None:
     """Cancel the caller's jobs and note it for /progress (interrupted, or skipped)."""
-    count = await _cancel(request, waiting_too=waiting_too)
     user = user_of(request)
+    if waiting_too:  # first, so that no later job of the caller's calls is queued meanwhile
+        watch_of(request.app).interrupt(user)
+    count = await _cancel(request, waiting_too=waiting_too)
     what = "interrupted" if waiting_too else "skipped"
     if count:
         tracker_for(context_of(request).scheduler).mark(user.user_id, **{what: True})
