@@ -183,7 +183,7 @@ class Database:
         left = until - asyncio.get_running_loop().time()
         try:
             await asyncio.wait_for(self._lock.acquire(), max(0.0, left))
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin one before Python 3.11
             raise DatabaseLockedError(
                 f"The database {self.path} is busy; its turn did not come in time."
             ) from None
@@ -214,7 +214,7 @@ class Database:
         if until is not None:
             wait = min(wait, until - asyncio.get_running_loop().time() - busy.SLICE_MS / 1000)
         if wait > 0:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.locks.free.wait(), wait)
         return True
 

@@ -148,7 +148,7 @@ class JobWatch:
             except QueueFullError:
                 if not wait or self.scheduler.stopping:
                     raise
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(room.wait(), ROOM_POLL_S)
                 continue
             log.info("api job %s queued for %s", job.id, user.name)
