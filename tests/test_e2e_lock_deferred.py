@@ -70,9 +70,12 @@ async def test_deferred_commands_that_lose_to_a_lock_leave_nothing_behind(
         monkeypatch.setattr(loras, "add_lora", taking_the_lock(loras.add_lora))
         train = await world.slash(world.admin, "train", train_options(world, "inkwash"))
         try:
-            async with asyncio.timeout(10):  # the lock is met: the crowd arrives under it
+
+            async def lock_met() -> None:
                 while bot.storage.db.locks.since is None:
                     await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(lock_met(), 10)  # the crowd arrives under the lock
             click, slash = world.fake.send_component, world.slash
             crowd = [
                 *[await click(world.alice, result, f"sd:{b}") for b in BUTTONS],

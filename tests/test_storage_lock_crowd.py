@@ -38,9 +38,12 @@ async def test_a_crowd_of_commands_gives_up_in_time_and_reads_pass(
             patient = [
                 asyncio.create_task(storage.users.set_fixed_seed(100 + n, n)) for n in range(5)
             ]
-            async with asyncio.timeout(5):  # commands arrive once the lock is met
+
+            async def lock_met() -> None:
                 while storage.db.locks.since is None:
                     await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(lock_met(), 5)  # commands arrive once the lock is met
             crowd = [
                 within_budget(BUDGET_S, timed(storage.users.set_fixed_seed(n, n)))
                 for n in range(2, 2 + CROWD)
