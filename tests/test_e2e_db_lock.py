@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,16 @@ async def test_locked_database_refuses_in_words_and_accepted_jobs_deliver(
     caplog.set_level(logging.INFO, logger="storage")
     async with running(world, tiny_model_dir) as bot:
         # Alice's job is running on the engine when the other program takes the lock.
-        entered, release = threading.Event(), threading.Event()
+        entered, release, made = threading.Event(), threading.Event(), threading.Event()
         original_run = bot.generator.run
 
         def gated_run(*args, **kwargs):
             entered.set()
             release.wait(30)
-            return original_run(*args, **kwargs)
+            try:
+                return original_run(*args, **kwargs)
+            finally:
+                made.set()
 
         bot.generator.run = gated_run  # type: ignore[method-assign]
         accepted = await world.slash(world.alice, "imagine", {"prompt": "a red boat", "seed": 5})
@@ -63,16 +67,18 @@ async def test_locked_database_refuses_in_words_and_accepted_jobs_deliver(
             print(
                 f"/queue {shown.at - queue.created_at:.2f} s, /seed {said.at - seed.created_at:.2f} s"
             )
+            # Her images are made; recording them waits for the lock.
+            assert await asyncio.to_thread(made.wait, 30)
             assert not any(is_result(e) for e in accepted.events)
-            # The other program keeps the file a while longer (a backup, say); the finished
-            # job's result waits for it rather than being given up.
+            # The other program keeps the file past the old 5 s busy timeout (a backup, say):
+            # the finished job's result waits for it rather than being given up.
             await asyncio.sleep(max(0.0, locked_at + LOCK_S - loop.time()))
-            assert not any(is_result(e) for e in accepted.events)
         finally:
             other.execute("ROLLBACK")
             other.close()
-        released_at = loop.time()
+        released_at, released_wall = loop.time(), time.monotonic()
         result = await wait_result(accepted, timeout=60)
+        assert result.at >= released_wall  # posted only once the lock had ended
         print(f"the accepted job delivered {loop.time() - released_at:.2f} s after the lock ended")
         assert result.files
         await bot.outbox.wait_idle()
