@@ -98,6 +98,9 @@ class JobMessenger:
             if state.flush is None or state.flush.done():
                 state.flush = asyncio.create_task(self._flush_later(job, state, wait))
             return
+        # This one is newer than any update still kept for a flush that is due but has not run
+        # yet (a busy loop): drop that one, or it would land after this one and replace it.
+        state.pending = None
         await self._send(job, state, update)
 
     async def _flush_later(self, job: JobRecord, state: _State, delay: float) -> None:
