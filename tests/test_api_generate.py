@@ -110,6 +110,18 @@ async def test_img2img_mask_and_hires(tiny_generator, tmp_path: Path) -> None:
         assert [image_of(b).size for b in body["images"]] == [(128, 128), (128, 128)]
         assert info(body)["all_seeds"] == [9, 10]
         assert "Hires upscale: 2" in info(body)["infotexts"][0]
+        # hr_resize_x/y: the larger ratio to the first pass (64 px here), the shape kept.
+        status, _, body = await post(
+            http, api.url, T2I,
+            {"prompt": "a dog", "enable_hr": True, "hr_resize_x": 96, "hr_resize_y": 80,
+             "hr_second_pass_steps": 4, "steps": 2, "seed": 9},
+        )  # fmt: skip
+        assert status == 200, body
+        assert image_of(body["images"][0]).size == (96, 96)
+        status, _, body = await post(
+            http, api.url, T2I, {"prompt": "a dog", "enable_hr": True, "hr_resize_x": 48}
+        )
+        assert status == 422 and body["detail"][0]["loc"] == ["body", "hr_resize_x"], body
 
 
 async def test_refusals_name_the_field(tiny_generator, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ async def _generate(request: web.Request, *, img2img: bool) -> web.StreamRespons
         # Refused before anything is queued, as /imagine does.
         resolved = ctx.door.prepare(api.job_request(0))
         if api.hires is not None:
-            check_hires(api.hires, resolved.width, resolved.height)
+            api.hires = check_hires(api.hires, resolved.width, resolved.height)
     except ValueError as exc:
         raise _refused(exc) from None
     call = Call()

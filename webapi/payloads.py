@@ -10,7 +10,7 @@ import asyncio
 import base64
 import binascii
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.config import check_size
@@ -47,6 +47,7 @@ API_FIELDS = {
 }
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 MAX_N_ITER = 16
+MAX_HIRES_SIDE = 8192  # hr_resize_x/y beyond this are refused before the size check
 
 
 class Invalid(ValueError):
@@ -73,6 +74,8 @@ class HiresPass:
     scale: float
     strength: float
     steps: int | None
+    # hr_resize_x / hr_resize_y (0: not given): the scale then follows from the first pass's size
+    resize: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -291,19 +294,30 @@ def _hires(body: dict[str, Any]) -> HiresPass:
     scale = _number(body, "hr_scale") or 2.0
     strength = _number(body, "denoising_strength")
     steps = _integer(body, "hr_second_pass_steps", 0, 0, 150) or None
+    resize = (
+        _integer(body, "hr_resize_x", 0, 0, MAX_HIRES_SIDE),
+        _integer(body, "hr_resize_y", 0, 0, MAX_HIRES_SIDE),
+    )
     try:
         strength = check_strength(UPSCALE_STRENGTH if strength is None else strength)
     except ValueError as exc:
         raise Invalid("denoising_strength", str(exc).split(": ", 1)[-1]) from None
-    return HiresPass(scale, strength, steps)
+    return HiresPass(scale, strength, steps, resize)
 
 
-def check_hires(hires: HiresPass, width: int, height: int) -> None:
-    """Invalid (hr_scale) when the enlarged image would be past the size limit."""
+def check_hires(hires: HiresPass, width: int, height: int) -> HiresPass:
+    """The hires pass for a first pass of this size: hr_resize_x/y turned into a scale (the
+    larger ratio: the picture keeps its shape, no crop); Invalid past the size limit."""
+    field_name = "hr_scale"
+    if any(hires.resize):
+        x, y = hires.resize
+        hires = replace(hires, scale=max(x / width, y / height))
+        field_name = "hr_resize_x" if x / width >= y / height else "hr_resize_y"
     try:
         upscaled_size(width, height, hires.scale)
     except ValueError as exc:
-        raise Invalid("hr_scale", str(exc).split(": ", 1)[-1]) from None
+        raise Invalid(field_name, str(exc).split(": ", 1)[-1]) from None
+    return hires
 
 
 async def _img2img_fields(ctx: ApiContext, body: dict[str, Any], request: dict[str, Any]) -> None:
