@@ -40,10 +40,12 @@ async def test_deferred_commands_that_lose_to_a_lock_leave_nothing_behind(
     world, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other: sqlite3.Connection | None = None
+    taking = asyncio.Lock()  # two wrapped steps may ask at once: one BEGIN only
 
     async def lock() -> None:
-        if not other.in_transaction:  # off the loop: the bot may be finishing a write
-            await asyncio.to_thread(other.execute, "BEGIN EXCLUSIVE")
+        async with taking:
+            if not other.in_transaction:  # off the loop: the bot may be finishing a write
+                await asyncio.to_thread(other.execute, "BEGIN EXCLUSIVE")
 
     def taking_the_lock(step: Any) -> Any:
         async def wrapped(*args: Any, **kwargs: Any) -> Any:
